@@ -1,0 +1,133 @@
+"""Batched per-sample augmentation on the training device.
+
+Each augmentation is a function ``(images, generator) -> images`` over a whole
+batch ``images: (N, C, H, W) float32`` in [0, 1] pixel units: the per-sample
+parameters are drawn in one call from ``generator`` (a CPU ``torch.Generator``,
+so a seed gives the same views on any device) and the warp runs batched through
+kornia, with no per-image Python loop.
+
+- :class:`RandomAffine` is the write-up's Keras ``ImageDataGenerator`` setting:
+  rotation up to +-10 degrees, x and y scale each in [0.9, 1.1], shift up to 10%
+  of width and height, constant (zero) fill, optional horizontal flip.
+- :class:`RandomResizedCrop` is the ImageNet recipe used by the Label Refinery
+  paper: area scale in [0.08, 1], aspect ratio in [3/4, 4/3], resized to the
+  training size, plus horizontal flip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from kornia.geometry.transform import crop_and_resize, get_affine_matrix2d, warp_affine
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(n, *shape, generator=generator) * (high - low) + low
+
+
+@dataclass(frozen=True)
+class RandomAffine:
+    """Rotation, independent x/y zoom, shift and optional horizontal flip, constant zero fill.
+
+    Attributes:
+        max_rotation_deg: angle drawn uniformly in [-max, max] degrees.
+        scale_range: x and y scale factors each drawn uniformly in this range.
+        max_shift: shift drawn uniformly in [-max, max] x (width, height), as a fraction.
+        hflip: flip half of the images horizontally (only where it keeps the class).
+    """
+
+    max_rotation_deg: float = 10.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    max_shift: float = 0.1
+    hflip: bool = False
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment ``images: (N, C, H, W) float`` in [0, 1]; returns the same shape and dtype."""
+        n, _, h, w = images.shape
+        angle = _uniform(n, -self.max_rotation_deg, self.max_rotation_deg, generator)
+        scale = _uniform(n, *self.scale_range, generator, 2)
+        shift = _uniform(n, -self.max_shift, self.max_shift, generator, 2) * torch.tensor([w, h])
+        flip = torch.rand(n, generator=generator) < 0.5
+        if self.hflip:
+            scale[:, 0] = torch.where(flip, -scale[:, 0], scale[:, 0])  # a negative x scale mirrors
+        center = torch.tensor([(w - 1) / 2, (h - 1) / 2]).expand(n, 2)
+        matrix = get_affine_matrix2d(shift, center, scale, angle)[:, :2]
+        matrix = matrix.to(device=images.device, dtype=images.dtype, non_blocking=True)
+        return warp_affine(images, matrix, (h, w), padding_mode="zeros", align_corners=False)
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    """Random area/aspect crop resized to ``size`` pixels, plus horizontal flip.
+
+    The box sampler follows torchvision's ``RandomResizedCrop.get_params``: up
+    to 10 tries per image to draw an area fraction in ``scale`` and a log-uniform
+    aspect ratio in ``ratio`` that fits, else the whole image (centre crop at the
+    nearest allowed ratio). All tries for all images are drawn in one call.
+
+    Attributes:
+        size: output height = width, in pixels.
+        scale: range of the crop's area as a fraction of the image's.
+        ratio: range of the crop's width / height.
+        hflip: flip half of the images horizontally.
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+
+    def boxes(self, n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+        """Crop boxes ``(n, 4) float32`` as ``(x0, y0, x1, y1)`` in pixels, inclusive corners."""
+        tries = 10
+        area = h * w * _uniform(n, *self.scale, generator, tries)
+        log_r = _uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), generator, tries)
+        aspect = torch.exp(log_r)
+        cw = torch.sqrt(area * aspect).round()
+        ch = torch.sqrt(area / aspect).round()
+        ok = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+        # Fallback (no try fits): the whole image, trimmed to the nearest allowed ratio.
+        in_ratio = w / h
+        fw, fh = (
+            (w, round(w / self.ratio[0])) if in_ratio < self.ratio[0]
+            else (round(h * self.ratio[1]), h) if in_ratio > self.ratio[1] else (w, h)
+        )
+        pick = first.clamp_min(0).unsqueeze(1)
+        cw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), torch.tensor(float(fw)))
+        ch = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), torch.tensor(float(fh)))
+        x0 = (torch.rand(n, generator=generator) * (w - cw + 1)).floor()
+        y0 = (torch.rand(n, generator=generator) * (h - ch + 1)).floor()
+        x0 = torch.where(first >= 0, x0, ((w - cw) / 2).floor())
+        y0 = torch.where(first >= 0, y0, ((h - ch) / 2).floor())
+        return torch.stack([x0, y0, x0 + cw - 1, y0 + ch - 1], dim=1)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Crop ``images: (N, C, H, W) float`` to ``(N, C, size, size)``."""
+        n, _, h, w = images.shape
+        b = self.boxes(n, h, w, generator)
+        flip = torch.rand(n, generator=generator) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
+        # A flipped crop is the same box with left and right corners swapped.
+        x0 = torch.where(flip, b[:, 2], b[:, 0])
+        x1 = torch.where(flip, b[:, 0], b[:, 2])
+        corners = torch.stack(
+            [torch.stack([x0, b[:, 1]], 1), torch.stack([x1, b[:, 1]], 1),
+             torch.stack([x1, b[:, 3]], 1), torch.stack([x0, b[:, 3]], 1)], dim=1
+        ).to(device=images.device, dtype=images.dtype, non_blocking=True)
+        return crop_and_resize(images, corners, (self.size, self.size), align_corners=True)
+
+
+def augment_uint8(
+    images: torch.Tensor, augment, generator: torch.Generator, batch_size: int = 4096
+) -> torch.Tensor:
+    """Apply ``augment`` to ``(N, C, H, W) uint8`` images in batches and return uint8 (rounded).
+
+    Used for the write-up's static augmentation: copies made once and stored.
+    """
+    out = torch.empty_like(images)
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].float().div_(255)
+        out[start : start + batch_size] = augment(x, generator).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return out

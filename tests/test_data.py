@@ -1,0 +1,98 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from labelrefinery.data import (DataError, ImageData, load_dataset, load_digits, load_fashion_mnist, read_idx,
+                                stratified_split)
+
+from .conftest import needs_fashion_mnist, write_idx
+
+
+def test_read_idx_round_trip_gz_and_raw(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "a.gz", a)), a)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "a", a, compress=False)), a)
+
+
+def test_read_idx_truncated_names_file_and_fix(tmp_path):
+    a = np.zeros((10, 28, 28), dtype=np.uint8)
+    p = write_idx(tmp_path / "train-images-idx3-ubyte", a, compress=False)
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*truncated or corrupt.*fetch the dataset again"):
+        read_idx(p)
+
+
+def test_read_idx_bad_magic_and_bad_gzip(tmp_path):
+    p = tmp_path / "x"
+    p.write_bytes(b"\x12\x34\x08\x01" + bytes(8))
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(p)
+    g = tmp_path / "y.gz"
+    g.write_bytes(gzip.compress(b"\0\0\x08\x01" + (5).to_bytes(4, "big") + bytes(5))[:-6])
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(g)
+
+
+def test_fashion_mnist_from_data_dir(tiny_idx_dir, tmp_path):
+    ds = load_fashion_mnist(tiny_idx_dir, debian_dir=tmp_path / "nowhere")
+    assert ds.train.images.shape == (120, 1, 28, 28) and ds.train.images.dtype == torch.uint8
+    assert ds.test.labels.tolist() == [i % 10 for i in range(40)]
+    assert ds.classes[0] == "T-shirt/top" and ds.hflip_keeps_class
+
+
+def test_fashion_mnist_missing_everywhere_lists_three_ways(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def no_network(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tvd.FashionMNIST, "download", no_network)
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(tmp_path / "empty", debian_dir=tmp_path / "nowhere")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "--data-dir" in msg and "apt-get install dataset-fashion-mnist" in msg and "download" in msg
+
+
+def test_labels_out_of_range_rejected(tiny_idx_dir, tmp_path):
+    write_idx(tiny_idx_dir / "t10k-labels-idx1-ubyte.gz", np.full(40, 12))
+    with pytest.raises(DataError, match=r"label 12 is outside \[0, 10\)"):
+        load_fashion_mnist(tiny_idx_dir, debian_dir=tmp_path / "nowhere")
+
+
+def test_image_data_rejects_float_images():
+    with pytest.raises(DataError, match="uint8"):
+        ImageData(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64), ["a", "b"])
+
+
+@needs_fashion_mnist
+def test_real_fashion_mnist():
+    ds = load_dataset("fashion-mnist")
+    assert ds.train.images.shape == (60000, 1, 28, 28)
+    assert ds.test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ds.train.labels).tolist() == [6000] * 10
+    assert 0.2 < ds.mean[0] < 0.4
+
+
+def test_digits_split_fixed():
+    a, b = load_digits(), load_digits()
+    assert len(a.train) == 1437 and len(a.test) == 360
+    assert torch.equal(a.test.labels, b.test.labels)
+    assert a.train.images.max() == 255 and not a.hflip_keeps_class
+
+
+def test_unknown_dataset_lists_known():
+    with pytest.raises(ValueError, match="known datasets: fashion-mnist"):
+        load_dataset("imagenet-21k")
+
+
+def test_stratified_split():
+    labels = torch.arange(1000) % 10
+    keep, held = stratified_split(labels, 0.15, seed=3)
+    assert len(held) == 150 and len(keep) == 850
+    assert torch.bincount(labels[held]).tolist() == [15] * 10
+    assert set(keep.tolist()).isdisjoint(held.tolist())
+    assert torch.equal(held, stratified_split(labels, 0.15, seed=3)[1])
+    assert not torch.equal(held, stratified_split(labels, 0.15, seed=4)[1])

@@ -1,0 +1,126 @@
+import pytest
+import torch
+from torch import nn
+
+from labelrefinery.config import resolve_config
+from labelrefinery.data import load_digits
+from labelrefinery.models import ModelSpec, build_model
+from labelrefinery.train import (FrozenRefinery, Pipeline, derive_seed, evaluate, fit, predict,
+                                 recalibrate_batchnorm, resolve_precision, train_one_epoch)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def _pipeline(ds, amp=None):
+    return Pipeline.create(CPU, ds.mean, ds.std, amp)
+
+
+def test_derive_seed_stable_and_distinct():
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    assert len({derive_seed(0, g, e) for g in range(5) for e in range(5)}) == 25
+
+
+def test_precision_resolution():
+    assert resolve_precision("fp32", CPU) is None
+    assert resolve_precision("bf16", CPU) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", CPU)
+
+
+class Parent(nn.Module):
+    def __init__(self, refinery):
+        super().__init__()
+        self.student = nn.Linear(2, 2)
+        self.refinery = refinery
+
+
+def test_frozen_refinery_stays_in_eval_mode():
+    inner = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    parent = Parent(FrozenRefinery(inner))
+    parent.train()
+    assert parent.student.training and not inner.training and not inner[1].training
+    assert all(not p.requires_grad for p in inner.parameters())
+    before = inner[1].running_mean.clone()
+    parent.refinery(torch.randn(16, 4) * 10 + 3)
+    assert torch.equal(inner[1].running_mean, before)
+
+
+def test_offline_targets_follow_the_permutation(digits):
+    """Soft targets that are a fixed function of each image are learnt only if indexed like the images."""
+    ds = digits
+    n = 512
+    images, labels = ds.train.images[:n], ds.train.labels[:n]
+    targets = torch.nn.functional.one_hot((labels + 3) % 10, 10).float()  # a relabelling
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("convnet", 10, 1, 8))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    p = _pipeline(ds)
+    for e in range(15):
+        stats = train_one_epoch(model, opt, images, targets, p, batch_size=64,
+                                generator=torch.Generator().manual_seed(e))
+    acc = (predict(model, images, p).argmax(1) == (labels + 3) % 10).float().mean()
+    assert stats["train_top1"] > 90 and acc > 0.9
+
+
+def test_recalibrate_batchnorm_restores_confidence(digits):
+    ds = digits
+    p = _pipeline(ds)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("convnet", 10, 1, 8))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for e in range(3):  # few steps: running statistics lag behind
+        train_one_epoch(model, opt, ds.train.images, ds.train.labels, p, batch_size=256,
+                        generator=torch.Generator().manual_seed(e))
+    entropy = lambda l: float(-(torch.xlogy(l.softmax(1), l.softmax(1))).sum(1).mean())  # noqa: E731
+    before = predict(model, ds.train.images, p)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(model, ds.train.images, p)
+    after = predict(model, ds.train.images, p)
+    assert entropy(after) < entropy(before) - 0.3
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert evaluate(model, ds.test.images, ds.test.labels, p)["top1"] > 85
+
+
+def test_fit_resume_matches_uninterrupted(digits, tmp_path):
+    ds = digits
+    cfg = resolve_config("quick", {"epochs": 4, "lr_schedule": "plateau", "plateau_patience_epochs": 1,
+                                   "progress": False, "batch_size": 128})
+    p = _pipeline(ds)
+    imgs, labels = ds.train.images[:600], ds.train.labels[:600]
+    vi, vl = ds.train.images[600:800], ds.train.labels[600:800]
+
+    def new_model():
+        torch.manual_seed(1)
+        return build_model(ModelSpec("convnet", 10, 1, 8))
+
+    a = new_model()
+    res_a = fit(a, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1))
+    b = new_model()
+    state = tmp_path / "state.pt"
+    cfg.epochs = 2
+    fit(b, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_path=state)
+    cfg.epochs = 4
+    b2 = new_model()
+    res_b = fit(b2, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_path=state)
+    assert res_b.best_val_top1 == res_a.best_val_top1 and res_b.best_epoch == res_a.best_epoch
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b2.state_dict()[k]), k
+
+
+def test_early_stopping_and_restore_best(digits):
+    ds = digits
+    cfg = resolve_config("quick", {"epochs": 30, "lr_schedule": "plateau", "early_stop_patience_epochs": 2,
+                                   "early_stop_min_delta": 50.0, "progress": False})
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("convnet", 10, 1, 8))
+    p = _pipeline(ds)
+    res = fit(model, ds.train.images[:500], ds.train.labels[:500], ds.train.images[500:700],
+              ds.train.labels[500:700], cfg, p, seed_keys=(0, 1))
+    assert res.stopped_early and res.epochs_run == 3  # a 50-point min_delta: only epoch 1 counts
+    assert evaluate(model, ds.train.images[500:700], ds.train.labels[500:700], p)["top1"] == pytest.approx(
+        res.best_val_top1)
