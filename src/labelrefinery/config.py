@@ -64,6 +64,13 @@ class RunConfig:
     temperature: float = _f(1.0, "softmax temperature T of refined labels; the soft loss is scaled by T^2")
     label_form: str = _f("soft", "refined label form: soft | hard | topk:K")
     gt_weight: float = _f(0.0, "alpha: targets = alpha * one-hot ground truth + (1 - alpha) * refined labels")
+    refinery_checkpoint: str | None = _f(None, "a trained model that makes generation 1's labels instead of the "
+                                         "ground truth (a model.safetensors of this tool, or a torchvision/timm "
+                                         "state dict with --refinery-model)")
+    refinery_model: str | None = _f(None, "model name of --refinery-checkpoint when the file does not store it")
+    adversarial_jitter: float = _f(0.0, "P: probability per training image of replacing it by its adversarial "
+                                   "jitter (needs --labels online)")
+    jitter_eps: float = _f(1 / 255, "E: adversarial jitter step, in [0, 1] pixel units")
     ensemble: str = _f("", "comma-separated generations whose averaged softmax is also evaluated, e.g. 2,3")
     # Execution
     precision: str = _f("auto", "auto (bf16 on CPUs with AVX512-BF16/AMX and on CUDA with bf16, else fp32) | fp32 | bf16 | fp16",
@@ -105,6 +112,14 @@ class RunConfig:
         from .targets import parse_label_form
 
         parse_label_form(self.label_form)
+        if not 0.0 <= self.adversarial_jitter <= 1.0:
+            raise ValueError(f"--adversarial-jitter must be a probability in [0, 1], got {self.adversarial_jitter}")
+        if self.adversarial_jitter > 0 and self.labels != "online":
+            raise ValueError("--adversarial-jitter needs --labels online (the refinery labels each jittered crop)")
+        if self.jitter_eps <= 0:
+            raise ValueError(f"--jitter-eps must be > 0 (in [0, 1] pixel units), got {self.jitter_eps}")
+        if self.refinery_model is not None:
+            check_model_name(self.refinery_model)
         self.ensemble_generations()
         self.lr_step_epochs()
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):

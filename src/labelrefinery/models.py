@@ -228,7 +228,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         An ``nn.Module`` mapping ``(N, C, H, W) float32`` to ``(N, K)`` logits.
 
     Raises:
-        ValueError: unknown name, K < 2, C not in {1, 3}, or image size < 8 px.
+        ValueError: unknown name, K < 2, C not in {1, 3}, or image size < 4 px.
         ImportError: ``timm:NAME`` requested but timm is not installed.
     """
     check_model_name(spec.name)
@@ -236,8 +236,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
         raise ValueError(f"num_classes must be >= 2, got {spec.num_classes}")
     if spec.in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {spec.in_channels}")
-    if spec.image_size < 8:
-        raise ValueError(f"image_size must be >= 8 px, got {spec.image_size}")
+    if spec.image_size < 4:
+        raise ValueError(f"image_size must be >= 4 px, got {spec.image_size}")
     if spec.name.startswith("timm:"):
         try:
             import timm

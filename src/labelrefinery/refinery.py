@@ -107,21 +107,27 @@ def make_augment(cfg: RunConfig, dataset: Dataset):
     if cfg.augment in ("online", "static"):
         return RandomAffine(hflip=dataset.hflip_keeps_class)
     if cfg.augment == "crop":
-        return RandomResizedCrop(size=dataset.image_shape[1], hflip=dataset.hflip_keeps_class)
+        return RandomResizedCrop(size=input_size(cfg, dataset), hflip=dataset.hflip_keeps_class)
     return None
 
 
+def input_size(cfg: RunConfig, dataset: Dataset) -> int:
+    """Side of the images the model sees, in pixels: the stored size, or 224/256 of it for ``augment=crop``."""
+    side = dataset.image_shape[1]
+    return max(1, round(side * CenterCropView.fraction)) if cfg.augment == "crop" else side
+
+
 class CenterCropView:
-    """Evaluation view for ``augment=crop``: centre crop of 224/256 of the side, resized back (as 256 -> 224)."""
+    """Evaluation view for ``augment=crop``: the centre 224/256 of each side (256 -> 224 px, 32 -> 28 px)."""
 
     fraction = 224 / 256
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from kornia.geometry.transform import center_crop, resize
-
+        """``(N, C, H, W)`` -> ``(N, C, round(H * 7/8), round(W * 7/8))``."""
         _, _, h, w = x.shape
         ch, cw = max(1, round(h * self.fraction)), max(1, round(w * self.fraction))
-        return resize(center_crop(x, (ch, cw)), (h, w), antialias=False)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return x[:, :, top : top + ch, left : left + cw]
 
 
 @dataclass
@@ -173,6 +179,53 @@ def _load_model(path: Path, spec: ModelSpec, device: torch.device) -> torch.nn.M
     return model.to(device).to(memory_format=torch.channels_last)
 
 
+def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, image_size: int,
+                  device: torch.device) -> torch.nn.Module:
+    """Load a user-given refinery (``--refinery-checkpoint``) for ``dataset``.
+
+    Accepts this tool's ``model.safetensors`` (which stores its model spec and
+    class names) or a plain torchvision/timm state dict (``.safetensors``,
+    ``.pt``, ``.pth``, loaded with ``weights_only=True``) together with
+    ``model_name``. A ``module.`` prefix from DataParallel/DDP is stripped.
+
+    Raises:
+        ValueError: unreadable file; no model name known; stored class names
+            that differ from the dataset's (the message shows the first
+            difference); missing or unexpected weights (never a partial load).
+    """
+    state, classes, spec, _ = load_checkpoint(Path(path))
+    if classes is not None and classes != dataset.classes:
+        i = next((i for i, (a, b) in enumerate(zip(classes, dataset.classes)) if a != b),
+                 min(len(classes), len(dataset.classes)))
+        have = repr(classes[i]) if i < len(classes) else "(none)"
+        want = repr(dataset.classes[i]) if i < len(dataset.classes) else "(none)"
+        raise ValueError(
+            f"refinery {path} was trained on other classes: class {i} is {have} there but {want} in "
+            f"{dataset.name} ({len(classes)} vs {len(dataset.classes)} classes); use a refinery trained on this dataset"
+        )
+    c = dataset.image_shape[0]
+    if spec is None or model_name is not None:
+        if model_name is None:
+            raise ValueError(f"{path} does not say which model it holds; add --refinery-model NAME")
+        spec_obj = ModelSpec(model_name, dataset.train.num_classes, c, image_size)
+    else:
+        spec_obj = ModelSpec(**spec)
+    if spec_obj.num_classes != dataset.train.num_classes or spec_obj.in_channels != c:
+        raise ValueError(f"refinery {path} has {spec_obj.num_classes} classes and {spec_obj.in_channels} input "
+                         f"channels; {dataset.name} needs {dataset.train.num_classes} and {c}")
+    model = build_model(spec_obj)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"refinery {path} does not fit model {spec_obj.name!r}: missing {result.missing_keys[:3]} "
+            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:3]} ({len(result.unexpected_keys)}); "
+            "check --refinery-model"
+        )
+    if classes is None:
+        log(f"note: {path} stores no class names; assuming they are {dataset.name}'s, in order")
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
 def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipeline: Pipeline) -> list[dict]:
     """Train the chain R1..Rn for one seed, skipping finished generations; returns one summary per generation."""
     seed_dir = run_dir / f"seed-{seed}"
@@ -187,8 +240,7 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
         np.savez(buf, train_indices=train_idx.numpy(), val_indices=val_idx.numpy(),
                  val_labels=val_labels.numpy(), test_labels=test_labels.numpy())
         atomic_write_bytes(split_path, buf.getvalue())
-    c, h, _ = dataset.image_shape
-    spec = ModelSpec(cfg.model, dataset.train.num_classes, c, h)
+    spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], input_size(cfg, dataset))
     tv = training_views(dataset, train_idx, cfg, seed)
     device = pipeline.device
     images = tv.images.to(device)
@@ -196,33 +248,35 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
     targets: torch.Tensor = gt
     augment = make_augment(cfg, dataset) if cfg.augment != "static" else None
     summaries: list[dict] = []
-    previous: torch.nn.Module | None = None
+    previous: torch.nn.Module | None = None  # the refinery of the next generation
+    make_targets = lambda logits, truth: refined_labels(  # noqa: E731
+        logits, temperature=cfg.temperature, form=cfg.label_form, ground_truth=truth, gt_weight=cfg.gt_weight)
+    if cfg.refinery_checkpoint:
+        previous = load_refinery(cfg.refinery_checkpoint, cfg.refinery_model, dataset, spec.image_size, device)
+        if cfg.labels == "offline":
+            targets = make_targets(predict(previous, images, pipeline), tv.labels).to(device)
     metrics_path = run_dir / "metrics.jsonl"
     for g in range(1, cfg.generations + 1):
         gen_dir = seed_dir / f"gen-{g}"
         summary_path = gen_dir / "summary.json"
         tag = f"seed {seed} R{g}"
         if summary_path.exists():
+            previous = None  # loaded from disk when the next generation needs it
             summaries.append(json.loads(summary_path.read_text()))
             saved = load_labels(gen_dir / "labels.npz")
             if not np.array_equal(saved["indices"], tv.indices.numpy()):
                 raise RunDirError(f"{gen_dir / 'labels.npz'} belongs to other training images; start a new --name")
             targets = torch.from_numpy(saved["labels"]).to(device)
-            previous = None  # loaded lazily below when the next generation needs it
             log(f"[{tag}] finished earlier: val {summaries[-1]['val_top1']:.2f}%  test {summaries[-1]['test_top1']:.2f}%")
             continue
         torch.manual_seed(derive_seed(seed, g, 0x1417))
         model = build_model(spec).to(device).to(memory_format=torch.channels_last)
         train_targets: torch.Tensor | OnlineLabels = targets
-        if cfg.labels == "online" and g >= 2:
+        if cfg.labels == "online" and (g >= 2 or cfg.refinery_checkpoint):
             if previous is None:
                 previous = _load_model(seed_dir / f"gen-{g - 1}" / "model.safetensors", spec, device)
-            train_targets = OnlineLabels(
-                FrozenRefinery(previous),
-                lambda logits, truth: refined_labels(logits, temperature=cfg.temperature, form=cfg.label_form,
-                                                     ground_truth=truth, gt_weight=cfg.gt_weight),
-                gt,
-            )
+            train_targets = OnlineLabels(FrozenRefinery(previous), make_targets, gt,
+                                         jitter_prob=cfg.adversarial_jitter, jitter_eps=cfg.jitter_eps)
         # A restarted generation drops the metrics of epochs after its resume point.
         state_path = gen_dir / "train-state.pt"
         resume_epoch = 0
@@ -246,8 +300,7 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
         save_checkpoint(gen_dir / "model.safetensors", model, dataset.classes, spec.to_dict(),
                         {"seed": seed, "generation": g, "val_top1": result.best_val_top1})
         logits = predict(model, images, pipeline)
-        new_targets = refined_labels(logits, temperature=cfg.temperature, form=cfg.label_form,
-                                     ground_truth=tv.labels, gt_weight=cfg.gt_weight)
+        new_targets = make_targets(logits, tv.labels)
         save_labels(gen_dir / "labels.npz", new_targets, tv.indices, tv.views, dataset.classes)
         val = evaluate(model, val_images, val_labels, pipeline)
         test_logits = predict(model, test_images, pipeline)
