@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -292,7 +293,8 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
             append_jsonl(metrics_path, {"kind": "epoch", "seed": seed, "generation": g, **record})
 
         started = time.perf_counter()
-        result = fit(model, images, train_targets, val_images, val_labels, cfg, pipeline,
+        trainee = torch.compile(model) if cfg.compile else model  # shares model's parameters
+        result = fit(trainee, images, train_targets, val_images, val_labels, cfg, pipeline,
                      seed_keys=(seed, g), augment=augment, state_path=state_path, log=log_epoch, desc=f"[{tag}]")
         if cfg.recalibrate_bn:
             recalibrate_batchnorm(model, images[(tv.views == 0).to(device)] if cfg.augment == "static" else images, pipeline)
@@ -349,8 +351,7 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     cfg.validate()
     resumed = prepare_run_dir(run_dir, cfg)
     device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     amp_dtype = resolve_precision(cfg.precision, device)
     options = {"image_size": cfg.image_size, "svhn_extra": cfg.svhn_extra}
     dataset = load_dataset(cfg.dataset, cfg.data_dir, **options)
