@@ -177,6 +177,10 @@ def bench_precision(args, ds, device, precision: str) -> dict:
     res["c_ours_refinery"] = median_rate(
         lambda: train_one_epoch(model, opt, images, online, pipe, batch_size=bs, generator=g, augment=augment),
         n, args.repeats, 1, device)
+    unfused = OnlineLabels(FrozenRefinery(refinery.model, fuse=False), online.make_targets, labels)
+    res["c_ours_refinery_unfused"] = median_rate(
+        lambda: train_one_epoch(model, opt, images, unfused, pipe, batch_size=bs, generator=g, augment=augment),
+        n, args.repeats, 1, device)
 
     # (d) conventional: Dataset + per-sample transforms + DataLoader(workers = cores)
     transform = conventional_transform(ds.mean, ds.std, ds.hflip_keeps_class)
@@ -257,6 +261,7 @@ def table(results: list[dict]) -> str:
             ("(b) ours: offline labels + online aug, images/s", "b_ours", "{:.0f}"),
             ("    ours without augmentation, images/s", "b_ours_no_aug", "{:.0f}"),
             ("(c) ours + per-crop refinery, images/s", "c_ours_refinery", "{:.0f}"),
+            ("    same, refinery without Conv-BN folding, images/s", "c_ours_refinery_unfused", "{:.0f}"),
             ("(d) conventional DataLoader pipeline, images/s", "d_conventional", "{:.0f}"),
             ("    conventional + refinery forward, images/s", "d_conventional_refinery", "{:.0f}"),
             ("(e) predict (label generation), images/s", "e_predict", "{:.0f}"),

@@ -27,7 +27,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(RunConfig):
         hint = hints[f.name]
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: preset, else {default})"
+        help_text = f"{f.metadata.get('help', '')} (default: the preset's, else {default})"
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if hint is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
@@ -53,13 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a chain of generations R1..Rn (R1 on ground truth, each next one on the previous "
         "generation's refined labels) for seeds 0..N-1, then print test top-1 accuracy per generation as "
         "mean ± std over seeds. Rerunning on an existing run directory continues where it stopped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument("--preset", default="quick", choices=sorted(PRESETS),
                      help="defaults to start from: quick (CPU, convnet, ~5 min), blog (the write-up's protocol, "
-                     "ResNet-50), paper (per-crop labels, random crops, SGD)")
+                     "ResNet-50), paper (per-crop labels, random crops, SGD); default quick")
     run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
-    run.add_argument("--runs-dir", default="runs", help="parent directory of run directories")
+    run.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
     _add_config_flags(run)
 
     report = sub.add_parser("report", help="rebuild the results table from one or more run directories")

@@ -27,7 +27,7 @@ class RunConfig:
     """Everything that defines a refinery run. Units are in the field help."""
 
     # What to run
-    dataset: str = _f("fashion-mnist", "dataset name: fashion-mnist, mnist, digits, cifar10, cifar100, svhn, folder:PATH")
+    dataset: str = _f("fashion-mnist", "dataset name: fashion-mnist, mnist, digits, synthetic, cifar10, cifar100, svhn, folder:PATH")
     data_dir: str | None = _f(None, "directory holding (or receiving) the dataset files")
     model: str = _f("convnet", "model name from the registry (see `refinery models`), or timm:NAME")
     generations: int = _f(3, "number of models in the chain, counting R1 (>= 1)")

@@ -8,8 +8,9 @@ int64`` in [0, K), and the class names. Conversion to float and normalisation
 happen per batch on the training device (see :mod:`labelrefinery.train`).
 
 Dataset names: ``fashion-mnist``, ``mnist``, ``digits`` (scikit-learn's bundled
-8x8 digits, needs no download), ``cifar10``, ``cifar100``, ``svhn`` and
-``folder:PATH`` (see :mod:`labelrefinery.datasets_extra`).
+8x8 digits, needs no download), ``synthetic`` (generated CIFAR-sized data for
+benchmarks), ``cifar10``, ``cifar100``, ``svhn`` and ``folder:PATH`` (see
+:mod:`labelrefinery.datasets_extra`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -286,7 +288,33 @@ def load_digits() -> Dataset:
     )
 
 
-DATASETS = ["fashion-mnist", "mnist", "digits", "cifar10", "cifar100", "svhn", "folder:PATH"]
+def load_synthetic(num_train: int = 50000, num_test: int = 10000, size: int = 32, num_classes: int = 10,
+                   seed: int = 0) -> Dataset:
+    """CIFAR-sized stand-in data for machines without a dataset (benchmarks, GPU smoke runs): 3 x size x size.
+
+    Each class is a random smooth colour template; an image is its class's
+    template, randomly shifted by up to size/4 pixels, blended with noise, so
+    the task is learnable but not trivial. Generated in a few seconds from ``seed``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=g)
+    templates = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def split(n: int) -> ImageData:
+        labels = torch.randint(0, num_classes, (n,), generator=g)
+        out = torch.empty(n, 3, size, size, dtype=torch.uint8)
+        for start in range(0, n, 4096):
+            lab = labels[start : start + 4096]
+            shift = torch.randint(-size // 4, size // 4 + 1, (2,), generator=g).tolist()
+            x = templates[lab].roll(shifts=shift, dims=(2, 3))
+            x = 0.55 * x + 0.45 * torch.rand(x.shape, generator=g)
+            out[start : start + 4096] = (x * 255).round().to(torch.uint8)
+        return ImageData(out, labels, [f"class{i}" for i in range(num_classes)])
+
+    return Dataset("synthetic", split(num_train), split(num_test), hflip_keeps_class=True)
+
+
+DATASETS = ["fashion-mnist", "mnist", "digits", "cifar10", "cifar100", "svhn", "synthetic", "folder:PATH"]
 
 
 def check_dataset_name(name: str) -> None:
@@ -317,6 +345,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         return load_mnist(root)
     if name == "digits":
         return load_digits()
+    if name == "synthetic":
+        return load_synthetic()
     from . import datasets_extra
 
     return datasets_extra.load(name, root, **options)

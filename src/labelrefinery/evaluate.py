@@ -1,8 +1,8 @@
 """Evaluating saved generations, alone and as an ensemble of generations.
 
 The ensemble's prediction is the average of the named generations' softmax
-outputs (born-again networks, Furlanello et al. 2018, section 3.2: "BAN
-ensembles"); its test top-1 accuracy is reported per seed and as mean ± std.
+outputs (the ensemble of generations of "Born-Again Neural Networks",
+Furlanello et al. 2018, ICML); its test top-1 accuracy is reported per seed and as mean ± std.
 """
 
 from __future__ import annotations

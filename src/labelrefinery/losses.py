@@ -16,8 +16,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     """Mean cross-entropy H(p, q) = -sum_k p_k log q_k with q = softmax(logits).
 
     With class indices this is the usual cross-entropy. With soft targets p it
-    is the loss of the Label Refinery paper (Bagherinezhad et al. 2018,
-    section 3): it equals KL(p || q) + H(p), so it never reaches 0 unless p is
+    is the loss of the Label Refinery paper's code (Bagherinezhad et al. 2018,
+    arXiv 1805.02641; hessamb/label-refinery): it equals KL(p || q) + H(p), so it never reaches 0 unless p is
     one-hot; see :func:`kl_divergence` for the part that can.
 
     Args:

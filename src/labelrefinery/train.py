@@ -9,7 +9,8 @@ on the device, augments it with per-sample parameters (batched, see
 the model under autocast. Offline targets are indexed by the same permutation
 as the images, never by batch position. With a refinery (``labels=online``)
 the targets of each batch are the frozen refinery's softmax on exactly the
-augmented batch the student sees (Bagherinezhad et al. 2018, section 3).
+augmented batch the student sees, as in the Label Refinery paper's code
+(Bagherinezhad et al. 2018, arXiv 1805.02641; hessamb/label-refinery).
 """
 
 from __future__ import annotations
@@ -134,14 +135,29 @@ class FrozenRefinery(nn.Module):
     in the paper's code, where the wrapper's ``train()`` flipped the refinery's
     BatchNorm into batch-statistics mode). Its parameters have
     ``requires_grad=False`` and must not be given to an optimizer.
+
+    With ``fuse=True`` the forward pass runs a copy in which every
+    Conv-BatchNorm pair is folded into one convolution
+    (``torch.fx.experimental.optimization.fuse``; exact in eval mode up to
+    rounding), which saves the BatchNorm passes; models that torch.fx cannot
+    trace run unfused. ``self.model`` itself is never modified.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fuse: bool = True):
         super().__init__()
         self.model = model
         for p in self.model.parameters():
             p.requires_grad_(False)
         super().train(False)
+        self.fused: nn.Module | None = None
+        if fuse:
+            try:
+                from torch.fx.experimental.optimization import fuse as fx_fuse
+
+                self.fused = fx_fuse(model).to(memory_format=torch.channels_last)
+                self.fused.eval()
+            except Exception:  # not traceable by torch.fx: run the model as it is
+                self.fused = None
 
     def train(self, mode: bool = True) -> "FrozenRefinery":  # noqa: ARG002 - mode ignored on purpose
         return super().train(False)
@@ -149,7 +165,7 @@ class FrozenRefinery(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` normalised input -> ``(B, K)`` logits, computed without autograd."""
         with torch.no_grad():
-            return self.model(x)
+            return (self.fused if self.fused is not None else self.model)(x)
 
 
 # --------------------------------------------------------------------------- inference
@@ -192,7 +208,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipe
     carry little signal, which makes later generations collapse. One pass in
     train mode without gradients, averaging over all batches
     (``torch.optim.swa_utils.update_bn``; Wu & Johnson 2021, "Rethinking 'Batch'
-    in BatchNorm", section 3), fixes the statistics. Weights are unchanged.
+    in BatchNorm", the "precise BN" statistics), fixes the statistics. Weights are unchanged.
 
     Args:
         model: trained in place (its BatchNorm buffers only); left in eval mode.
@@ -260,7 +276,7 @@ def adversarial_jitter(
     """One-step gradient-sign perturbation of ``x`` that most increases the student's disagreement with the refinery.
 
     x' = clip(x + eps * sign(grad_x CE(student(x), softmax(refinery(x)))), 0, 1): our reading of the
-    Label Refinery paper's "adversarial jittering" (Bagherinezhad et al. 2018, section 3.3),
+    Label Refinery paper's "adversarial jittering" (Bagherinezhad et al. 2018, arXiv 1805.02641),
     in the fast-gradient-sign form of Goodfellow et al. 2015.
 
     Args:
