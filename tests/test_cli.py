@@ -20,6 +20,16 @@ def run_cli(args, tmp_path):
     (["--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'"),
     (["--label-form", "topk:0"], "--label-form"),
     (["--ensemble", "1,9"], "--ensemble"),
+    (["--threads", "-3"], "--threads must be >= 0, got -3"),
+    (["--device", "cudafoo"], "--device must be auto, cpu, cuda or cuda:N, got 'cudafoo'"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["--temperature", "inf"], "--temperature must be a finite number > 0"),
+    (["--dataset", "digits", "--val-fraction", "0.001"], "--val-fraction between"),
+    (["--dataset", "digits", "--train-size", "5000"], "--train-size 5000 exceeds the 1437 train images"),
+    (["--dataset", "digits", "--model", "timm:not_a_model"], "timm has no model 'not_a_model'"),
+    (["--dataset", "digits", "--refinery-checkpoint", "/nonexistent.safetensors"], "does not exist"),
+    (["--name", ""], "--name must be a plain directory name"),
 ])
 def test_bad_flags_exit_2_one_line_no_files(args, message, tmp_path, capsys):
     assert run_cli(["run", *args], tmp_path) == 2
@@ -58,3 +68,56 @@ def test_help_documents_units():
     for flag in ("--generations", "--seeds", "--augment", "--batch-size", "--early-stop-min-delta", "--precision"):
         assert flag in out.stdout
     assert "percentage points" in out.stdout and "per optimizer step" in out.stdout
+
+
+def test_bad_refinery_files_leave_nothing(tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x02random bytes")
+    assert run_cli(["run", "--dataset", "digits", "--refinery-checkpoint", str(junk), "--name", "j"], tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read checkpoint" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs" / "j").exists()
+    assert run_cli(["run", "--dataset", "digits", "--refinery-checkpoint", str(tmp_path), "--name", "j"], tmp_path) == 2
+    assert "is not a file" in capsys.readouterr().err
+
+
+def test_runs_dir_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["run", "--dataset", "digits", "--runs-dir", str(f), "--no-progress"]) == 2
+    assert "cannot make run directory" in capsys.readouterr().err
+
+
+def test_resume_rules_logs_and_file_modes(tmp_path, capsys):
+    base = ["run", "--dataset", "digits", "--epochs", "1", "--name", "d"]
+    assert run_cli(base + ["--generations", "2"], tmp_path) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("Test top-1 accuracy") and "starting" in err and "[seed 0 R2]" in err
+    assert run_cli(base + ["--generations", "1"], tmp_path) == 0  # runs nothing new, forgets nothing
+    run_dir = tmp_path / "runs" / "d"
+    assert "generations: 2" in (run_dir / "config.yaml").read_text()
+    assert "| R2 |" in (run_dir / "results.md").read_text()
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    assert ((run_dir / "results.json").stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_validation_accuracy_uses_recalibrated_statistics(tmp_path):
+    import json
+
+    assert run_cli(["run", "--dataset", "digits", "--epochs", "1", "--generations", "1", "--name", "v"], tmp_path) == 0
+    run_dir = tmp_path / "runs" / "v"
+    epoch = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][0]
+    summary = json.loads((run_dir / "seed-0/gen-1/summary.json").read_text())
+    assert abs(epoch["val_top1"] - summary["val_top1"]) < 3.0 and summary["val_top1"] > 50
+
+
+def test_report_columns_are_distinct(tmp_path, capsys):
+    base = ["run", "--dataset", "digits", "--epochs", "1", "--generations", "1"]
+    assert run_cli(base + ["--name", "a"], tmp_path) == 0
+    assert run_cli(base + ["--name", "b", "--no-recalibrate-bn"], tmp_path) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs/a"), str(tmp_path / "runs/b")]) == 0
+    header = capsys.readouterr().out.splitlines()[2]
+    assert "recalibrate_bn=True" in header and "recalibrate_bn=False" in header

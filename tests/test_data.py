@@ -49,6 +49,7 @@ def test_fashion_mnist_missing_everywhere_lists_three_ways(tmp_path, monkeypatch
         raise OSError("network unreachable")
 
     monkeypatch.setattr(tvd.FashionMNIST, "download", no_network)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as e:
         load_fashion_mnist(tmp_path / "empty", debian_dir=tmp_path / "nowhere")
     msg = str(e.value)
@@ -107,3 +108,26 @@ def test_synthetic_is_seeded_and_learnable_shape():
     # class templates differ: per-class mean images are far apart
     means = torch.stack([a.train.images[a.train.labels == k].float().mean(0) for k in range(10)])
     assert torch.cdist(means.flatten(1), means.flatten(1)).fill_diagonal_(1e9).min() > 50
+
+
+def test_data_dir_typo_and_partial_files_are_errors_not_fallbacks(tiny_idx_dir, tmp_path):
+    with pytest.raises(DataError, match="is not a directory"):
+        load_fashion_mnist(tmp_path / "no-such-dir", debian_dir=tiny_idx_dir)
+    (tiny_idx_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte missing"):
+        load_fashion_mnist(tiny_idx_dir, debian_dir=tmp_path / "nowhere")
+
+
+def test_gzip_corrupted_in_the_middle(tiny_idx_dir, tmp_path):
+    p = tiny_idx_dir / "train-images-idx3-ubyte.gz"
+    raw = bytearray(p.read_bytes())
+    for i in range(200, 260):
+        raw[i] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="cannot read .*train-images-idx3-ubyte.gz"):
+        load_fashion_mnist(tiny_idx_dir, debian_dir=tmp_path / "nowhere")
+
+
+def test_validation_split_too_small():
+    with pytest.raises(ValueError, match="--val-fraction between"):
+        stratified_split(torch.arange(1000) % 10, 0.001, seed=0)

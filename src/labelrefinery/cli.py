@@ -27,7 +27,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(RunConfig):
         hint = hints[f.name]
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: the preset's, else {default})"
+        by_preset = {p: v[f.name] for p, v in PRESETS.items() if f.name in v and v[f.name] != default}
+        shown = ", ".join(f"{p}: {v}" for p, v in by_preset.items())
+        help_text = f"{f.metadata.get('help', '')} (default: {default}" + (f"; preset {shown})" if shown else ")")
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if hint is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mean ± std over seeds. Rerunning on an existing run directory continues where it stopped.",
     )
     run.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                     help="defaults to start from: quick (CPU, convnet, ~5 min), blog (the write-up's protocol, "
+                     help="defaults to start from: quick (CPU, convnet, ~6 min on 2 cores), blog (the write-up's protocol, "
                      "ResNet-50), paper (per-crop labels, random crops, SGD); default quick")
     run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
     run.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args.preset, overrides)
         from .refinery import run
 
+        if args.name is not None and (not args.name.strip() or "/" in args.name or args.name in (".", "..")):
+            raise ValueError(f"--name must be a plain directory name, got {args.name!r}; or leave it out")
         run_dir = Path(args.runs_dir) / (args.name or default_run_name(cfg, args.preset))
         from .report import format_table
 
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table([results]))
         print(f"run directory: {run_dir}")
         return 0
-    except (ValueError, DataError, RunDirError, ImportError) as e:
+    except (ValueError, DataError, RunDirError, ImportError, OSError) as e:
         print(f"refinery: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ resolved copy is saved as ``config.yaml`` in the run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,6 +17,15 @@ LABEL_MODES = ("offline", "online")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("plateau", "onecycle", "cosine", "steps")
+
+
+def check_device_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is auto, cpu, cuda or cuda:N."""
+    ok = name in ("auto", "cpu", "cuda")
+    if name.startswith("cuda:"):
+        ok = name[5:].isdigit()
+    if not ok:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -97,10 +107,21 @@ class RunConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"--temperature must be a finite number > 0, got {self.temperature}")
+        if not (math.isfinite(self.early_stop_min_delta) and self.early_stop_min_delta >= 0):
+            raise ValueError(f"--early-stop-min-delta must be >= 0 points, got {self.early_stop_min_delta}")
+        if not 0.0 < self.plateau_factor < 1.0:
+            raise ValueError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor}")
+        for name in ("plateau_patience_epochs", "early_stop_patience_epochs", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.min_lr < 0:
+            raise ValueError(f"--min-lr must be >= 0, got {self.min_lr}")
         if not 0.0 <= self.gt_weight <= 1.0:
             raise ValueError(f"--gt-weight must be in [0, 1], got {self.gt_weight}")
         if self.static_copies < 1:
@@ -122,8 +143,7 @@ class RunConfig:
             check_model_name(self.refinery_model)
         self.ensemble_generations()
         self.lr_step_epochs()
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device_name(self.device)
 
     def ensemble_generations(self) -> list[int]:
         """The generations named by ``ensemble`` (1-based), or [] when empty."""

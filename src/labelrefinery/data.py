@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class Dataset:
         train, test: the two splits (same classes, same C, H, W).
         hflip_keeps_class: whether a horizontal flip keeps every class (False for digits).
         mean, std: per-channel normalisation constants in [0, 1] pixel units.
+        source: where the data was read from (a directory, a package, "generated").
     """
 
     name: str
@@ -104,6 +106,7 @@ class Dataset:
     hflip_keeps_class: bool
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.train.classes != self.test.classes:
@@ -149,8 +152,8 @@ def read_idx(path: Path) -> np.ndarray:
     """
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"cannot read {path}: {e}; delete it and fetch the dataset again") from e
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read {path}: {e}; delete it and fetch the dataset again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number); delete it and fetch the dataset again")
     ndim = raw[3]
@@ -176,15 +179,23 @@ _IDX_FILES = {
 
 
 def _find_idx_files(directory: Path) -> dict[str, Path] | None:
-    """The four IDX files in ``directory`` (``.gz`` or not), or None if any is missing."""
+    """The four IDX files in ``directory`` (``.gz`` or not), or None if none is there.
+
+    Raises:
+        DataError: some but not all of the four files are there.
+    """
     found = {}
     for key, stem in _IDX_FILES.items():
         for candidate in (directory / stem, directory / f"{stem}.gz"):
             if candidate.is_file():
                 found[key] = candidate
                 break
-        else:
-            return None
+    if not found:
+        return None
+    if len(found) < len(_IDX_FILES):
+        missing = [stem for key, stem in _IDX_FILES.items() if key not in found]
+        raise DataError(f"{directory} holds only some of the dataset's files: {', '.join(missing)} missing (.gz or raw); "
+                        "add them, or point --data-dir elsewhere")
     return found
 
 
@@ -214,6 +225,8 @@ def _load_mnist_family(
     """Find the IDX files in ``data_dir``, then the Debian package, then download with torchvision."""
     candidates = []
     if data_dir is not None:
+        if not data_dir.is_dir():
+            raise DataError(f"--data-dir {data_dir} is not a directory; create it, fix the path, or leave it out")
         candidates += [data_dir, data_dir / torchvision_cls / "raw"]
     if debian_dir is not None:
         candidates.append(debian_dir)
@@ -221,7 +234,7 @@ def _load_mnist_family(
         files = _find_idx_files(directory)
         if files is not None:
             train, test = _load_idx_dataset(files, classes)
-            return Dataset(name, train, test, hflip_keeps_class=(name == "fashion-mnist"))
+            return Dataset(name, train, test, hflip_keeps_class=(name == "fashion-mnist"), source=str(directory))
     download_error = "no --data-dir given"
     if data_dir is not None:
         try:
@@ -231,7 +244,8 @@ def _load_mnist_family(
             files = _find_idx_files(data_dir / torchvision_cls / "raw")
             if files is not None:
                 train, test = _load_idx_dataset(files, classes)
-                return Dataset(name, train, test, hflip_keeps_class=(name == "fashion-mnist"))
+                return Dataset(name, train, test, hflip_keeps_class=(name == "fashion-mnist"),
+                               source=f"downloaded into {data_dir}")
         except DataError:
             raise
         except Exception as e:  # network errors come in many types
@@ -285,6 +299,7 @@ def load_digits() -> Dataset:
         ImageData(to(images[tr].copy()), to(labels[tr].copy()), list(DIGIT_CLASSES)),
         ImageData(to(images[te].copy()), to(labels[te].copy()), list(DIGIT_CLASSES)),
         hflip_keeps_class=False,
+        source="sklearn.datasets.load_digits",
     )
 
 
@@ -311,7 +326,7 @@ def load_synthetic(num_train: int = 50000, num_test: int = 10000, size: int = 32
             out[start : start + 4096] = (x * 255).round().to(torch.uint8)
         return ImageData(out, labels, [f"class{i}" for i in range(num_classes)])
 
-    return Dataset("synthetic", split(num_train), split(num_test), hflip_keeps_class=True)
+    return Dataset("synthetic", split(num_train), split(num_test), hflip_keeps_class=True, source="generated")
 
 
 DATASETS = ["fashion-mnist", "mnist", "digits", "cifar10", "cifar100", "svhn", "synthetic", "folder:PATH"]
@@ -364,10 +379,16 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         ``(keep, held_out)``: sorted ``int64`` index tensors partitioning ``range(N)``.
 
     Raises:
-        ValueError: fraction outside (0, 1).
+        ValueError: fraction outside (0, 1), or a split too small to hold every class.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    k = int(labels.max()) + 1 if len(labels) else 0
+    held = int(np.ceil(fraction * len(labels)))
+    if held < k or len(labels) - held < k:
+        raise ValueError(f"a {fraction} split of {len(labels)} images leaves {held} and {len(labels) - held}, "
+                         f"fewer than the {k} classes; use --val-fraction between {k / len(labels):.3f} and "
+                         f"{1 - k / len(labels):.3f}")
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))

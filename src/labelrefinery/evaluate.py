@@ -93,4 +93,7 @@ def evaluate_run(run_dir: Path, ensemble: str = "", device: str = "auto") -> str
         entry = ensemble_results(run_dir, cfg, dataset, pipeline, gens_wanted)
         for seed, acc in entry["per_seed"].items():
             lines.append(f"| {seed} | ensemble {','.join(map(str, gens_wanted))} | {acc:.2f} |")
+        from .report import summarize_run, write_results
+
+        write_results(run_dir, [summarize_run(run_dir)])  # the table gains the ensemble row
     return "\n".join(lines)

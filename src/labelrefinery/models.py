@@ -245,7 +245,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
             raise ImportError(
                 f"model {spec.name!r} needs timm: pip install 'labelrefinery[timm]'"
             ) from e
-        return timm.create_model(
-            spec.name[5:], pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels
-        )
+        try:
+            return timm.create_model(
+                spec.name[5:], pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels
+            )
+        except RuntimeError as e:  # timm: "Unknown model (...)"
+            raise ValueError(f"timm has no model {spec.name[5:]!r} ({e}); list them with timm.list_models()") from None
     return _REGISTRY[spec.name](spec)

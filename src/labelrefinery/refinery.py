@@ -34,6 +34,8 @@ import io
 import json
 import os
 import platform
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +65,7 @@ def log(msg: str) -> None:
     """One line to stderr (progress bars share it)."""
     from tqdm import tqdm
 
-    tqdm.write(msg)
+    tqdm.write(msg, file=sys.stderr)
 
 
 def code_version() -> str:
@@ -227,8 +229,12 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipeline: Pipeline) -> list[dict]:
-    """Train the chain R1..Rn for one seed, skipping finished generations; returns one summary per generation."""
+def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipeline: Pipeline,
+             external_refinery: torch.nn.Module | None = None) -> list[dict]:
+    """Train the chain R1..Rn for one seed, skipping finished generations; returns one summary per generation.
+
+    ``external_refinery`` (from ``--refinery-checkpoint``) makes generation 1's labels instead of the ground truth.
+    """
     seed_dir = run_dir / f"seed-{seed}"
     train_idx, val_idx = seed_split(dataset, cfg, seed)
     val_images, val_labels = dataset.train.images[val_idx], dataset.train.labels[val_idx]
@@ -252,8 +258,8 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
     previous: torch.nn.Module | None = None  # the refinery of the next generation
     make_targets = lambda logits, truth: refined_labels(  # noqa: E731
         logits, temperature=cfg.temperature, form=cfg.label_form, ground_truth=truth, gt_weight=cfg.gt_weight)
-    if cfg.refinery_checkpoint:
-        previous = load_refinery(cfg.refinery_checkpoint, cfg.refinery_model, dataset, spec.image_size, device)
+    if external_refinery is not None:
+        previous = external_refinery
         if cfg.labels == "offline":
             targets = make_targets(predict(previous, images, pipeline), tv.labels).to(device)
     metrics_path = run_dir / "metrics.jsonl"
@@ -355,16 +361,48 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     amp_dtype = resolve_precision(cfg.precision, device)
     options = {"image_size": cfg.image_size, "svhn_extra": cfg.svhn_extra}
     dataset = load_dataset(cfg.dataset, cfg.data_dir, **options)
+    # Everything that can be checked is checked before the run directory is made.
+    for name, size, have in (("train", cfg.train_size, len(dataset.train)), ("test", cfg.test_size, len(dataset.test))):
+        if size is not None and size > have:
+            raise DataError(f"--{name}-size {size} exceeds the {have} {name} images of {dataset.name}; "
+                            f"use at most {have} or leave it out")
     if len(dataset.train) < 20:
         raise DataError(f"{cfg.dataset} has only {len(dataset.train)} training images; at least 20 are needed")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    seed_split(dataset, cfg, 0)  # raises if the validation split cannot hold every class
+    build_model(ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], input_size(cfg, dataset)))
+    external = None
+    if cfg.refinery_checkpoint:
+        external = load_refinery(cfg.refinery_checkpoint, cfg.refinery_model, dataset, input_size(cfg, dataset),
+                                 device)
+    fresh = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot make run directory {run_dir}: {e.strerror}; choose another --runs-dir") from None
+    try:
+        return _run(cfg, run_dir, dataset, device, amp_dtype, resumed, external)
+    except Exception:
+        if fresh and not any(run_dir.glob("seed-*/gen-*/summary.json")) \
+                and not any(run_dir.glob("seed-*/gen-*/train-state.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing finished: leave nothing behind
+        raise
+
+
+def _run(cfg: RunConfig, run_dir: Path, dataset: Dataset, device: torch.device, amp_dtype, resumed: bool,
+         external: torch.nn.Module | None) -> dict:
+    saved_path = run_dir / "config.yaml"
+    stored = cfg.to_dict()
+    if saved_path.exists():  # --generations / --seeds only ever extend what the directory records
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        for key in ("generations", "seeds"):
+            stored[key] = max(int(saved.get(key, 0)), stored[key])
+    atomic_write_text(saved_path, yaml.safe_dump(stored, sort_keys=False))
     write_json(run_dir / "run.json", {
         "code_version": code_version(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(device), "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "dataset": {"name": dataset.name, "train": len(dataset.train), "test": len(dataset.test),
-                    "classes": dataset.classes, "image_shape": list(dataset.image_shape)},
+        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.train),
+                    "test": len(dataset.test), "classes": dataset.classes, "image_shape": list(dataset.image_shape)},
     })
     log(f"{'resuming' if resumed else 'starting'} {run_dir}: {cfg.dataset} ({len(dataset.train)} train, "
         f"{len(dataset.test)} test), {cfg.model}, {cfg.generations} generations x {cfg.seeds} seeds, "
@@ -373,7 +411,7 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype,
                                CenterCropView() if cfg.augment == "crop" else None)
     for seed in range(cfg.seeds):
-        run_seed(cfg, dataset, run_dir, seed, pipeline)
+        run_seed(cfg, dataset, run_dir, seed, pipeline, external)
     if cfg.ensemble:
         from .evaluate import ensemble_results
 

@@ -68,8 +68,12 @@ def _fmt(mean: float, std: float | None) -> str:
 
 def column_names(results: list[dict]) -> list[str]:
     """A header per run: dataset and augment always, plus every other setting that differs between the runs."""
+    from .config import RESUMABLE_CHANGES, RunConfig
+
     keys = ["dataset", "augment"]
-    for key in ("model", "labels", "label_form", "temperature", "refinery_checkpoint", "epochs", "precision"):
+    for key in RunConfig.__dataclass_fields__:
+        if key in keys or key in RESUMABLE_CHANGES:
+            continue
         values = {str(r["config"].get(key)) for r in results}
         if len(values) > 1:
             keys.append(key)
@@ -78,6 +82,9 @@ def column_names(results: list[dict]) -> list[str]:
         parts = [f"{r['config']['dataset']}", f"aug={r['config']['augment']}"]
         parts += [f"{k}={r['config'].get(k)}" for k in keys[2:]]
         names.append(" ".join(parts))
+    # Runs that differ only in what a column does not show (seeds, generations) get their directory's name.
+    if len(set(names)) < len(names):
+        names = [f"{n} ({Path(r['run_dir']).name})" for n, r in zip(names, results)]
     return names
 
 

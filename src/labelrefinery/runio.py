@@ -21,6 +21,9 @@ from safetensors.torch import save as st_save
 
 CHECKPOINT_FORMAT = "labelrefinery-checkpoint/1"
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, rename)."""
@@ -32,6 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the mode any new file would get
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -97,8 +101,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
         ValueError: the file cannot be read as a checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"checkpoint {path} does not exist; give the path of a model.safetensors or .pt file")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is not a file; give the path of a model.safetensors or .pt file")
     classes = spec = None
     extra: dict = {}
     try:
@@ -119,7 +125,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
                     state = state[key]
                     break
     except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"cannot read checkpoint {path} as safetensors or as a weights-only torch file "
+            f"({type(e).__name__}: {first[:120]}); give a model.safetensors of this tool or a plain state dict"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
     for prefix in ("module.", "_orig_mod."):

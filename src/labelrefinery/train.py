@@ -40,8 +40,11 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
 
     Raises:
-        ValueError: a CUDA device was asked for and none is available.
+        ValueError: a name other than auto, cpu, cuda, cuda:N; or CUDA asked for and none available.
     """
+    from .config import check_device_name
+
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -197,6 +200,9 @@ def predict(
                 logits = model(pipeline.normalize(x))
             out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+RECALIBRATION_IMAGES = 4096  # training images (evenly strided) behind each epoch's BatchNorm statistics
 
 
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_size: int = 1024) -> None:
@@ -510,6 +516,10 @@ def fit(
             augment=augment, temperature=cfg.temperature, scheduler=scheduler if per_batch else None,
             grad_scaler=grad_scaler, progress=cfg.progress, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
         )
+        if getattr(cfg, "recalibrate_bn", False):
+            # Running statistics lag behind in short runs; validation (and so best-epoch choice, plateau and
+            # early stopping) would judge a miscalibrated model. Only eval-mode behaviour changes.
+            recalibrate_batchnorm(model, images[:: max(1, len(images) // RECALIBRATION_IMAGES)], pipeline)
         val = evaluate(model, val_images, val_labels, pipeline)
         if cfg.lr_schedule == "plateau":
             scheduler.step(val["top1"])
