@@ -162,6 +162,25 @@ def bench_precision(args, ds, device, precision: str) -> dict:
     steps = max(1, n // bs)
     res["a_bound"] = median_rate(lambda: [bare_step() for _ in range(steps)], steps * bs, args.repeats, 1, device)
 
+    if args.compile:
+        cmodel = torch.compile(new_model())
+        copt = torch.optim.Adam(cmodel.parameters(), 1e-3)
+
+        def compiled_step():
+            with pipe.autocast():
+                out = cmodel(xb)
+            loss = soft_target_cross_entropy(out, tb)
+            copt.zero_grad(set_to_none=True)
+            loss.backward()
+            copt.step()
+
+        t0 = time.perf_counter()
+        compiled_step()
+        sync(device)
+        res["compile_time_s"] = time.perf_counter() - t0
+        res["a_bound_compiled"] = median_rate(lambda: [compiled_step() for _ in range(steps)], steps * bs,
+                                              args.repeats, 1, device)
+
     # (b) our trainer, offline soft labels, online augmentation
     g = torch.Generator().manual_seed(0)
     res["b_ours"] = median_rate(
@@ -176,10 +195,6 @@ def bench_precision(args, ds, device, precision: str) -> dict:
     online = OnlineLabels(refinery, lambda logits, gt: refined_labels(logits), labels)
     res["c_ours_refinery"] = median_rate(
         lambda: train_one_epoch(model, opt, images, online, pipe, batch_size=bs, generator=g, augment=augment),
-        n, args.repeats, 1, device)
-    unfused = OnlineLabels(FrozenRefinery(refinery.model, fuse=False), online.make_targets, labels)
-    res["c_ours_refinery_unfused"] = median_rate(
-        lambda: train_one_epoch(model, opt, images, unfused, pipe, batch_size=bs, generator=g, augment=augment),
         n, args.repeats, 1, device)
 
     # (d) conventional: Dataset + per-sample transforms + DataLoader(workers = cores)
@@ -209,6 +224,14 @@ def bench_precision(args, ds, device, precision: str) -> dict:
         "b_share_of_peak": res["b_ours"] * train_flops / peak,
     })
 
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            train_one_epoch(model, opt, images, soft, pipe, batch_size=bs, generator=g, augment=augment)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        res["profile_b"] = prof.key_averages().table(sort_by=sort, row_limit=15)
     if args.accuracy_epochs:
         res.update(accuracy_comparison(args, ds, pipe, spec, augment))
     return res
@@ -258,10 +281,11 @@ def accuracy_comparison(args, ds, pipe, spec, augment) -> dict:
 
 def table(results: list[dict]) -> str:
     rows = [("(a) bound: bare fwd+bwd+step, images/s", "a_bound", "{:.0f}"),
+            ("    (a) under torch.compile, images/s", "a_bound_compiled", "{:.0f}"),
+            ("    torch.compile time (first step), s", "compile_time_s", "{:.0f}"),
             ("(b) ours: offline labels + online aug, images/s", "b_ours", "{:.0f}"),
             ("    ours without augmentation, images/s", "b_ours_no_aug", "{:.0f}"),
             ("(c) ours + per-crop refinery, images/s", "c_ours_refinery", "{:.0f}"),
-            ("    same, refinery without Conv-BN folding, images/s", "c_ours_refinery_unfused", "{:.0f}"),
             ("(d) conventional DataLoader pipeline, images/s", "d_conventional", "{:.0f}"),
             ("    conventional + refinery forward, images/s", "d_conventional_refinery", "{:.0f}"),
             ("(e) predict (label generation), images/s", "e_predict", "{:.0f}"),
@@ -306,6 +330,8 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n x n peak matmul")
     parser.add_argument("--accuracy-epochs", type=int, default=0,
                         help="also train ours and the conventional pipeline this many full epochs and compare")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile on (a): compile time and steady rate")
+    parser.add_argument("--profile", action="store_true", help="also profile one epoch of (b) and print the top ops")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args()
@@ -321,6 +347,9 @@ def main() -> None:
     text = table(results)
     print(json.dumps(meta))
     print(text)
+    for r in results:
+        if "profile_b" in r:
+            print(f"\nprofile of (b), {r['amp_dtype']}:\n{r['profile_b']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
