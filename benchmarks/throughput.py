@@ -209,7 +209,6 @@ def bench_precision(args, ds, device, precision: str) -> dict:
                                         args.repeats, 1, device)
     res["d_conventional_refinery"] = median_rate(
         lambda: conventional_epoch(model, opt, loader, pipe, refinery=refinery), seen, args.repeats, 1, device)
-    del loader
 
     # (e) label generation
     res["e_predict"] = median_rate(lambda: predict(model, images, pipe, batch_size=1024), n, args.repeats, 1, device)
