@@ -1,0 +1,28 @@
+"""CUDA path: the same code with the data on the GPU. Skipped where torch sees no CUDA device."""
+
+import pytest
+import torch
+
+from labelrefinery.config import resolve_config
+from labelrefinery.data import load_digits
+from labelrefinery.models import ModelSpec, build_model
+from labelrefinery.train import Pipeline, fit, predict, resolve_precision
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_fit_and_predict_on_cuda_match_cpu_weights():
+    ds = load_digits()
+    cuda = torch.device("cuda")
+    p = Pipeline.create(cuda, ds.mean, ds.std, resolve_precision("auto", cuda))
+    cfg = resolve_config("quick", {"epochs": 3, "progress": False, "batch_size": 128})
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("convnet", 10, 1, 8)).to(cuda).to(memory_format=torch.channels_last)
+    res = fit(model, ds.train.images.to(cuda), ds.train.labels.to(cuda), ds.test.images, ds.test.labels, cfg, p,
+              seed_keys=(0, 1))
+    assert res.best_val_top1 > 80
+    logits = predict(model, ds.test.images, p)
+    assert logits.device.type == "cpu" and logits.dtype == torch.float32
+    cpu = Pipeline.create(torch.device("cpu"), ds.mean, ds.std, None)
+    cpu_logits = predict(model.cpu().float(), ds.test.images, cpu)
+    assert (logits.argmax(1) == cpu_logits.argmax(1)).float().mean() > 0.97
