@@ -16,8 +16,7 @@ import yaml
 
 from .config import RunConfig
 from .data import Dataset, load_dataset
-from .models import ModelSpec, build_model
-from .runio import load_checkpoint, write_json
+from .runio import load_model, write_json
 from .train import Pipeline, predict, resolve_device, resolve_precision, top1_accuracy
 
 
@@ -29,12 +28,9 @@ def generation_probabilities(run_dir: Path, seed: int, generation: int, dataset:
         ValueError: the generation's checkpoint is missing or does not match the dataset's classes.
     """
     path = Path(run_dir) / f"seed-{seed}" / f"gen-{generation}" / "model.safetensors"
-    state, classes, spec, _ = load_checkpoint(path)
+    model, classes = load_model(path, pipeline.device)
     if classes is not None and classes != dataset.classes:
         raise ValueError(f"{path} was trained on classes {classes[:3]}..., not {dataset.name}'s")
-    model = build_model(ModelSpec(**spec))
-    model.load_state_dict(state, strict=True)
-    model = model.to(pipeline.device).to(memory_format=torch.channels_last)
     images = dataset.test.images if test_size is None else dataset.test.images[:test_size]
     return predict(model, images, pipeline).softmax(1)
 

@@ -51,7 +51,7 @@ from .data import DataError, Dataset, load_dataset, stratified_split
 from .models import ModelSpec, build_model
 from .report import summarize_run, write_results
 from .runio import (append_jsonl, atomic_write_bytes, atomic_write_text, load_checkpoint, load_labels,
-                    read_jsonl, save_checkpoint, save_labels, write_json)
+                    load_model, read_jsonl, save_checkpoint, save_labels, write_json)
 from .targets import refined_labels
 from .train import (FrozenRefinery, OnlineLabels, Pipeline, derive_seed, evaluate, fit, predict,
                     recalibrate_batchnorm, resolve_device, resolve_precision, top1_accuracy)
@@ -175,13 +175,6 @@ def seed_split(dataset: Dataset, cfg: RunConfig, seed: int) -> tuple[torch.Tenso
     return pool[train_pos], pool[val_pos]
 
 
-def _load_model(path: Path, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
-    state, _, _, _ = load_checkpoint(path)
-    model = build_model(spec)
-    model.load_state_dict(state, strict=True)
-    return model.to(device).to(memory_format=torch.channels_last)
-
-
 def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, image_size: int,
                   device: torch.device) -> torch.nn.Module:
     """Load a user-given refinery (``--refinery-checkpoint``) for ``dataset``.
@@ -281,7 +274,7 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
         train_targets: torch.Tensor | OnlineLabels = targets
         if cfg.labels == "online" and (g >= 2 or cfg.refinery_checkpoint):
             if previous is None:
-                previous = _load_model(seed_dir / f"gen-{g - 1}" / "model.safetensors", spec, device)
+                previous, _ = load_model(seed_dir / f"gen-{g - 1}" / "model.safetensors", device, spec)
             train_targets = OnlineLabels(FrozenRefinery(previous), make_targets, gt,
                                          jitter_prob=cfg.adversarial_jitter, jitter_eps=cfg.jitter_eps)
         # A restarted generation drops the metrics of epochs after its resume point.

@@ -138,6 +138,32 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
     return state, classes, spec, extra
 
 
+def load_model(path: Path, device: torch.device, spec=None) -> tuple[torch.nn.Module, list[str] | None]:
+    """Rebuild a saved generation: ``(model on device in channels_last, stored class names or None)``.
+
+    Args:
+        path: a checkpoint :func:`load_checkpoint` reads.
+        device: where to put the model.
+        spec: the :class:`labelrefinery.models.ModelSpec` to build; default: the one stored in the file.
+
+    Raises:
+        ValueError: unreadable file, no spec stored and none given, or weights that do not fit (strict load).
+    """
+    from .models import ModelSpec, build_model
+
+    state, classes, stored, _ = load_checkpoint(path)
+    if spec is None:
+        if stored is None:
+            raise ValueError(f"{path} does not store its model spec; it was not written by labelrefinery")
+        spec = ModelSpec(**stored)
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit model {spec.name!r}: {str(e).splitlines()[0]}") from None
+    return model.to(device).to(memory_format=torch.channels_last), classes
+
+
 # --------------------------------------------------------------------------- refined labels
 
 
