@@ -44,6 +44,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``refinery`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="refinery",
         description="Label Refinery: train generations of classifiers, each on its predecessor's soft labels.",
@@ -78,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_run_name(cfg: RunConfig, preset: str) -> str:
+    """``<preset>-<dataset>-<model>-<augment>-<labels>``, safe as a directory name."""
     dataset = cfg.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
     return f"{preset}-{dataset}-{cfg.model.replace(':', '-')}-{cfg.augment}-{cfg.labels}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DataError
