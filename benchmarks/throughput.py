@@ -151,29 +151,24 @@ def bench_precision(args, ds, device, precision: str) -> dict:
     xb = pipe.normalize(pipe.to_unit(images[:bs]))
     tb = soft[:bs]
 
-    def bare_step():
-        with pipe.autocast():
-            out = model(xb)
-        loss = soft_target_cross_entropy(out, tb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def bare_step_of(net, optimizer):
+        def step():
+            with pipe.autocast():
+                out = net(xb)
+            loss = soft_target_cross_entropy(out, tb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
+        return step
+
+    bare_step = bare_step_of(model, opt)
     steps = max(1, n // bs)
     res["a_bound"] = median_rate(lambda: [bare_step() for _ in range(steps)], steps * bs, args.repeats, 1, device)
 
     if args.compile:
         cmodel = torch.compile(new_model())
-        copt = torch.optim.Adam(cmodel.parameters(), 1e-3)
-
-        def compiled_step():
-            with pipe.autocast():
-                out = cmodel(xb)
-            loss = soft_target_cross_entropy(out, tb)
-            copt.zero_grad(set_to_none=True)
-            loss.backward()
-            copt.step()
-
+        compiled_step = bare_step_of(cmodel, torch.optim.Adam(cmodel.parameters(), 1e-3))
         t0 = time.perf_counter()
         compiled_step()
         sync(device)
