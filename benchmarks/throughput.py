@@ -105,24 +105,29 @@ def conventional_transform(mean, std, hflip: bool):
     return v2.Compose(ops)
 
 
-def conventional_epoch(model, optimizer, loader, pipeline, max_batches: int | None = None, refinery=None) -> int:
+def optimizer_step(model, optimizer, x, targets, pipeline) -> None:
+    """One forward + backward + step on an already normalised batch (the body every loop here shares)."""
+    with pipeline.autocast():
+        logits = model(x)
+    loss = soft_target_cross_entropy(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def conventional_epoch(model, optimizer, loader, pipeline, refinery=None, scheduler=None) -> int:
     """One pass of the conventional loop; returns the number of images seen."""
     model.train()
     seen = 0
-    for b, (x, t) in enumerate(loader):
-        if max_batches is not None and b >= max_batches:
-            break
+    for x, t in loader:
         x = x.to(pipeline.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         t = t.to(pipeline.device, non_blocking=True)
         if refinery is not None:
             with torch.no_grad(), pipeline.autocast():
                 t = torch.softmax(refinery(x).float(), 1)
-        with pipeline.autocast():
-            logits = model(x)
-        loss = soft_target_cross_entropy(logits, t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(model, optimizer, x, t, pipeline)
+        if scheduler is not None:
+            scheduler.step()
         seen += len(x)
     return seen
 
@@ -152,15 +157,7 @@ def bench_precision(args, ds, device, precision: str) -> dict:
     tb = soft[:bs]
 
     def bare_step_of(net, optimizer):
-        def step():
-            with pipe.autocast():
-                out = net(xb)
-            loss = soft_target_cross_entropy(out, tb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return step
+        return lambda: optimizer_step(net, optimizer, xb, tb, pipe)
 
     bare_step = bare_step_of(model, opt)
     steps = max(1, n // bs)
@@ -256,16 +253,7 @@ def accuracy_comparison(args, ds, pipe, spec, augment) -> dict:
                 batch_size=bs, shuffle=True, num_workers=args.workers, drop_last=True,
                 persistent_workers=args.workers > 0)
             for e in range(epochs):
-                model.train()
-                for x, t in loader:
-                    x = x.to(device).contiguous(memory_format=torch.channels_last)
-                    with pipe.autocast():
-                        logits = model(x)
-                    loss = soft_target_cross_entropy(logits, t.to(device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
+                conventional_epoch(model, opt, loader, pipe, scheduler=sched)
         sync(device)
         out[f"acc_{name}_wall_s"] = time.perf_counter() - start
         out[f"acc_{name}_test_top1"] = evaluate(model, ds.test.images, ds.test.labels, pipe)["top1"]

@@ -51,7 +51,7 @@ from .data import DataError, Dataset, load_dataset, stratified_split
 from .models import ModelSpec, build_model
 from .report import summarize_run, write_results
 from .runio import (append_jsonl, atomic_write_bytes, atomic_write_text, load_checkpoint, load_labels,
-                    load_model, read_jsonl, save_checkpoint, save_labels, write_json)
+                    load_model, model_from_state, read_jsonl, save_checkpoint, save_labels, write_json)
 from .targets import refined_labels
 from .train import (FrozenRefinery, OnlineLabels, Pipeline, derive_seed, evaluate, fit, predict,
                     recalibrate_batchnorm, resolve_device, resolve_precision, top1_accuracy)
@@ -209,17 +209,10 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
     if spec_obj.num_classes != dataset.train.num_classes or spec_obj.in_channels != c:
         raise ValueError(f"refinery {path} has {spec_obj.num_classes} classes and {spec_obj.in_channels} input "
                          f"channels; {dataset.name} needs {dataset.train.num_classes} and {c}")
-    model = build_model(spec_obj)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"refinery {path} does not fit model {spec_obj.name!r}: missing {result.missing_keys[:3]} "
-            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:3]} ({len(result.unexpected_keys)}); "
-            "check --refinery-model"
-        )
+    model = model_from_state(state, spec_obj, device, f"refinery {path} (check --refinery-model)")
     if classes is None:
         log(f"note: {path} stores no class names; assuming they are {dataset.name}'s, in order")
-    return model.to(device).to(memory_format=torch.channels_last)
+    return model
 
 
 def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipeline: Pipeline,
@@ -251,10 +244,7 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
     previous: torch.nn.Module | None = None  # the refinery of the next generation
     make_targets = lambda logits, truth: refined_labels(  # noqa: E731
         logits, temperature=cfg.temperature, form=cfg.label_form, ground_truth=truth, gt_weight=cfg.gt_weight)
-    if external_refinery is not None:
-        previous = external_refinery
-        if cfg.labels == "offline":
-            targets = make_targets(predict(previous, images, pipeline), tv.labels).to(device)
+    previous = external_refinery
     metrics_path = run_dir / "metrics.jsonl"
     for g in range(1, cfg.generations + 1):
         gen_dir = seed_dir / f"gen-{g}"
@@ -271,8 +261,10 @@ def run_seed(cfg: RunConfig, dataset: Dataset, run_dir: Path, seed: int, pipelin
             continue
         torch.manual_seed(derive_seed(seed, g, 0x1417))
         model = build_model(spec).to(device).to(memory_format=torch.channels_last)
+        if g == 1 and external_refinery is not None and cfg.labels == "offline":
+            targets = make_targets(predict(external_refinery, images, pipeline), tv.labels).to(device)
         train_targets: torch.Tensor | OnlineLabels = targets
-        if cfg.labels == "online" and (g >= 2 or cfg.refinery_checkpoint):
+        if cfg.labels == "online" and (g >= 2 or external_refinery is not None):
             if previous is None:
                 previous, _ = load_model(seed_dir / f"gen-{g - 1}" / "model.safetensors", device, spec)
             train_targets = OnlineLabels(FrozenRefinery(previous), make_targets, gt,

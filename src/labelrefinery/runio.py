@@ -138,6 +138,33 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
     return state, classes, spec, extra
 
 
+def model_from_state(state: dict[str, torch.Tensor], spec, device: torch.device, source: str) -> torch.nn.Module:
+    """Build the model ``spec`` names and load ``state`` into it: all weights or none.
+
+    Args:
+        state: a state dict (see :func:`load_checkpoint`).
+        spec: the :class:`labelrefinery.models.ModelSpec` to build.
+        device: where to put the model (channels_last).
+        source: the file the weights came from, for error messages.
+
+    Raises:
+        ValueError: missing or unexpected weights (the first few of each are named), or mismatched shapes.
+    """
+    from .models import build_model
+
+    model = build_model(spec)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{source} does not fit model {spec.name!r}: {str(e).splitlines()[-1].strip()}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{source} does not fit model {spec.name!r}: missing {result.missing_keys[:3]} "
+            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:3]} ({len(result.unexpected_keys)})"
+        )
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
 def load_model(path: Path, device: torch.device, spec=None) -> tuple[torch.nn.Module, list[str] | None]:
     """Rebuild a saved generation: ``(model on device in channels_last, stored class names or None)``.
 
@@ -149,19 +176,14 @@ def load_model(path: Path, device: torch.device, spec=None) -> tuple[torch.nn.Mo
     Raises:
         ValueError: unreadable file, no spec stored and none given, or weights that do not fit (strict load).
     """
-    from .models import ModelSpec, build_model
+    from .models import ModelSpec
 
     state, classes, stored, _ = load_checkpoint(path)
     if spec is None:
         if stored is None:
             raise ValueError(f"{path} does not store its model spec; it was not written by labelrefinery")
         spec = ModelSpec(**stored)
-    model = build_model(spec)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not fit model {spec.name!r}: {str(e).splitlines()[0]}") from None
-    return model.to(device).to(memory_format=torch.channels_last), classes
+    return model_from_state(state, spec, device, str(path)), classes
 
 
 # --------------------------------------------------------------------------- refined labels

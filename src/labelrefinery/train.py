@@ -452,7 +452,11 @@ def fit(
     Learning-rate schedule per ``cfg.lr_schedule``; early stopping when
     validation top-1 has not improved by more than ``cfg.early_stop_min_delta``
     points for ``cfg.early_stop_patience_epochs`` epochs (0 = never); at the end
-    the best-validation weights are restored when ``cfg.restore_best``.
+    the best-validation weights are restored when ``cfg.restore_best``. With
+    ``cfg.recalibrate_bn`` the BatchNorm statistics are recomputed over up to
+    ``RECALIBRATION_IMAGES`` evenly strided training images before each
+    validation (see :func:`recalibrate_batchnorm`), so the best epoch, the plateau
+    schedule and early stopping judge a calibrated model.
 
     Every epoch is seeded from ``seed_keys + (epoch,)`` and, when ``state_path``
     is given, the whole training state (weights, optimizer, scheduler, best
@@ -503,7 +507,7 @@ def fit(
             augment=augment, temperature=cfg.temperature, scheduler=scheduler if per_batch else None,
             grad_scaler=grad_scaler, progress=cfg.progress, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
         )
-        if getattr(cfg, "recalibrate_bn", False):
+        if cfg.recalibrate_bn:
             # Running statistics lag behind in short runs; validation (and so best-epoch choice, plateau and
             # early stopping) would judge a miscalibrated model. Only eval-mode behaviour changes.
             recalibrate_batchnorm(model, images[:: max(1, len(images) // RECALIBRATION_IMAGES)], pipeline)
