@@ -17,6 +17,10 @@ global RNG, not a generator.)
 - :class:`RandomResizedCrop` is the ImageNet recipe used by the Label Refinery
   paper: area scale in [0.08, 1], aspect ratio in [3/4, 4/3], resized to the
   training size, plus horizontal flip.
+- :class:`CenterCropView` is its evaluation view: the centre 224/256 of each side.
+
+:func:`make_augment` picks the training augmentation for ``--augment`` and
+:func:`input_size` the side the model sees.
 """
 
 from __future__ import annotations
@@ -161,3 +165,41 @@ def augment_uint8(
         x = images[start : start + batch_size].float().div_(255)
         out[start : start + batch_size] = augment(x, generator).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+class CenterCropView:
+    """Evaluation view for ``augment=crop``: the centre 224/256 of each side (256 -> 224 px, 32 -> 28 px)."""
+
+    fraction = 224 / 256
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C, round(H * 7/8), round(W * 7/8))``."""
+        _, _, h, w = x.shape
+        ch, cw = max(1, round(h * self.fraction)), max(1, round(w * self.fraction))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return x[:, :, top : top + ch, left : left + cw]
+
+
+def input_size(augment: str, stored_side: int) -> int:
+    """Side of the images the model sees, in pixels: the stored side, or 224/256 of it for ``augment=crop``."""
+    return max(1, round(stored_side * CenterCropView.fraction)) if augment == "crop" else stored_side
+
+
+def make_augment(augment: str, hflip: bool, stored_side: int):
+    """The batched training augmentation ``(x, generator) -> x`` for ``--augment``, or None.
+
+    ``none`` and ``static`` (whose copies are made once, before training, by
+    :func:`augment_uint8`) augment nothing while training; ``online`` is
+    :class:`RandomAffine` and ``crop`` is :class:`RandomResizedCrop` to
+    :func:`input_size`. ``hflip``: whether a horizontal flip keeps every class.
+    """
+    if augment == "online":
+        return RandomAffine(hflip=hflip)
+    if augment == "crop":
+        return RandomResizedCrop(size=input_size(augment, stored_side), hflip=hflip)
+    return None
+
+
+def eval_view(augment: str):
+    """The view applied to un-augmented images at evaluation and prediction: the centre crop for ``crop``, else None."""
+    return CenterCropView() if augment == "crop" else None

@@ -1,8 +1,10 @@
 """Command line: ``refinery run | report | evaluate | models``.
 
-Flags of ``refinery run`` are built from :class:`labelrefinery.config.RunConfig`;
-a preset supplies defaults and every flag given overrides it. Bad input exits
-with status 2 and a one-line error naming the value and the fix.
+Flags of ``refinery run`` are built from the fields of
+:class:`labelrefinery.config.RunConfig` and its sections; a preset supplies
+defaults and every flag given overrides it. A :class:`~labelrefinery.errors.UserError`
+(bad input) exits with status 2 and one line naming the value and the fix;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from pathlib import Path
 
-from .config import PRESETS, RunConfig, resolve_config
+from .config import PRESETS, RunConfig, leaf_fields, parse_int_list, resolve_config
+from .errors import ConfigError, UserError
 
 EXIT_BAD_INPUT = 2
 
@@ -22,17 +25,35 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _int_list(name: str):
+    def parse(text: str) -> list[int]:
+        try:
+            return parse_int_list(text, name)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = "comma-separated integers"
+    return parse
+
+
+def _default_of(f) -> object:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(RunConfig)
-    for f in fields(RunConfig):
-        hint = hints[f.name]
-        default = f.default if f.default is not MISSING else None
+    for f, hint in leaf_fields():
+        default = _default_of(f)
         by_preset = {p: v[f.name] for p, v in PRESETS.items() if f.name in v and v[f.name] != default}
         shown = ", ".join(f"{p}: {v}" for p, v in by_preset.items())
         help_text = f"{f.metadata.get('help', '')} (default: {default}" + (f"; preset {shown})" if shown else ")")
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if hint is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if typing.get_origin(hint) is list:
+            parser.add_argument(_flag(f.name), type=_int_list(f.name), metavar="N,N", **kwargs)
             continue
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         kwargs["type"] = base
@@ -71,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="test accuracy of saved generations, alone or as an ensemble")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ev.add_argument("--ensemble", default="", help="comma-separated generations whose averaged softmax is evaluated")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--ensemble", type=_int_list("ensemble"), default=[], metavar="N,N",
+                    help="comma-separated generations whose averaged softmax is evaluated")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
 
     sub.add_parser("models", help="list the model names --model accepts")
     return parser
@@ -80,17 +102,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_run_name(cfg: RunConfig, preset: str) -> str:
     """``<preset>-<dataset>-<model>-<augment>-<labels>``, safe as a directory name."""
-    dataset = cfg.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
-    return f"{preset}-{dataset}-{cfg.model.replace(':', '-')}-{cfg.augment}-{cfg.labels}"
+    dataset = cfg.data.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
+    return f"{preset}-{dataset}-{cfg.model.replace(':', '-')}-{cfg.data.augment}-{cfg.refinement.labels}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .chain import run
+    from .config import leaf_names
+    from .report import format_table
+
+    overrides = {name: getattr(args, name) for name in leaf_names() if hasattr(args, name)}
+    cfg = resolve_config(args.preset, overrides)
+    if args.name is not None and (not args.name.strip() or "/" in args.name or args.name in (".", "..")):
+        raise ConfigError(f"--name must be a plain directory name, got {args.name!r}; or leave it out")
+    run_dir = Path(args.runs_dir) / (args.name or default_run_name(cfg, args.preset))
+    results = run(cfg, run_dir)
+    print(format_table([results]))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import format_table, summarize_run
+    from .rundir import write_results_files
+
+    results = [summarize_run(d) for d in args.run_dirs]
+    out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
+    text = format_table(results)
+    if out is not None:
+        write_results_files(out, results[0] if len(results) == 1 else results, text)
+    print(text)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .data import DataError
-    from .refinery import RunDirError
-
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "models":
             from .models import available_models
@@ -98,32 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(available_models()))
             return 0
         if args.command == "report":
-            from .report import summarize_run, write_results, format_table
-
-            results = [summarize_run(d) for d in args.run_dirs]
-            out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
-            text = write_results(out, results) if out is not None else format_table(results)
-            print(text)
-            return 0
+            return _report(args)
         if args.command == "evaluate":
             from .evaluate import evaluate_run
 
             print(evaluate_run(args.run_dir, args.ensemble, args.device))
             return 0
-        overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
-        cfg = resolve_config(args.preset, overrides)
-        from .refinery import run
-
-        if args.name is not None and (not args.name.strip() or "/" in args.name or args.name in (".", "..")):
-            raise ValueError(f"--name must be a plain directory name, got {args.name!r}; or leave it out")
-        run_dir = Path(args.runs_dir) / (args.name or default_run_name(cfg, args.preset))
-        from .report import format_table
-
-        results = run(cfg, run_dir)
-        print(format_table([results]))
-        print(f"run directory: {run_dir}")
-        return 0
-    except (ValueError, DataError, RunDirError, ImportError, OSError) as e:
+        return _run(args)
+    except UserError as e:
         print(f"refinery: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -1,16 +1,31 @@
-"""Typed run configuration, presets, and the rules for resuming a run.
+"""Typed run configuration: four sections composed into :class:`RunConfig`, presets, resume rules.
 
-A :class:`RunConfig` is built from a preset (``quick``, ``blog``, ``paper``)
-and any flags given on the command line, which override the preset. Its
-resolved copy is saved as ``config.yaml`` in the run directory.
+A run is defined by the model, the chain's length (generations x seeds) and
+four sections, each a dataclass checked on construction:
+
+- :class:`DataConfig`: the dataset and its protocol (validation share, subsets, augmentation);
+- :class:`TrainConfig`: how one generation is fitted (epochs, batch size, optimizer, schedule);
+- :class:`RefineConfig`: how refined labels are made (offline/online, temperature, form, ground-truth weight);
+- :class:`ExecConfig`: how it executes (device, precision, threads), never what a result means.
+
+Every leaf field has a unique name, which is also its command-line flag
+(``batch_size`` -> ``--batch-size``) and its key in the flat form
+(:meth:`RunConfig.flat`). The resolved configuration is saved as
+``config.yaml`` with one mapping per section and lists as YAML lists;
+:meth:`RunConfig.from_dict` also reads the flat layout with comma strings that
+older run directories hold. This module imports nothing from the package but
+its errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Iterator
+
+from .errors import ConfigError
 
 AUGMENTS = ("none", "static", "online", "crop")
 LABEL_MODES = ("offline", "online")
@@ -19,48 +34,111 @@ OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("plateau", "onecycle", "cosine", "steps")
 
 
-def check_device_name(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is auto, cpu, cuda or cuda:N."""
-    ok = name in ("auto", "cpu", "cuda")
-    if name.startswith("cuda:"):
-        ok = name[5:].isdigit()
-    if not ok:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-
-
 def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
-@dataclass
-class RunConfig:
-    """Everything that defines a refinery run. Units are in the field help."""
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    # What to run
-    dataset: str = _f("fashion-mnist", "dataset name: fashion-mnist, mnist, digits, synthetic, cifar10, cifar100, svhn, folder:PATH")
-    data_dir: str | None = _f(None, "directory holding (or receiving) the dataset files")
-    model: str = _f("convnet", "model name from the registry (see `refinery models`), or timm:NAME")
-    generations: int = _f(3, "number of models in the chain, counting R1 (>= 1)")
-    seeds: int = _f(1, "repeat the whole chain for seeds 0..N-1 (>= 1)")
-    augment: str = _f("none", "training augmentation: none | static (2 stored copies, the write-up) | "
-                      "online (fresh every epoch) | crop (random resized crop + flip)", choices=AUGMENTS)
-    labels: str = _f("offline", "offline: refined labels made once per generation on fixed views; "
-                     "online: the refinery labels every augmented batch the student sees", choices=LABEL_MODES)
-    # Data protocol
+
+def _need(ok: bool, name: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{_flag(name)} must be {rule}, got {value!r}")
+
+
+def _check_finite_floats(obj: Any) -> None:
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{_flag(f.name)} must be a finite number, got {v}")
+
+
+def parse_int_list(text: str | list | tuple, name: str) -> list[int]:
+    """``"140,170"`` or ``[140, 170]`` -> ``[140, 170]``; ``""`` -> ``[]``.
+
+    Raises:
+        ConfigError: an item that is not an integer.
+    """
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = [t for t in str(text).replace(" ", "").split(",") if t]
+    try:
+        return [int(t) for t in items]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{_flag(name)} must be comma-separated integers like 2,3, got {text!r}") from None
+
+
+def parse_label_form(form: str) -> tuple[str, int]:
+    """Parse ``soft``, ``hard`` or ``topk:K`` into (kind, k); k = 0 unless topk.
+
+    Raises:
+        ConfigError: any other string, or K < 1.
+    """
+    if form in ("soft", "hard"):
+        return form, 0
+    if isinstance(form, str) and form.startswith("topk:"):
+        try:
+            k = int(form[5:])
+        except ValueError:
+            k = 0
+        if k >= 1:
+            return "topk", k
+    raise ConfigError(f"--label-form must be soft, hard or topk:K with K >= 1, got {form!r}")
+
+
+def check_device_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is auto, cpu, cuda or cuda:N (availability is checked later)."""
+    ok = name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    if not ok:
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+@dataclass
+class DataConfig:
+    """The dataset and its protocol."""
+
+    dataset: str = _f("fashion-mnist", "dataset name: fashion-mnist, mnist, digits, synthetic, cifar10, cifar100, "
+                      "svhn, folder:PATH")
+    data_dir: str | None = _f(None, "directory holding (or receiving) the dataset files; converted datasets are "
+                              "cached in its labelrefinery-cache/ (default for folder: ~/.cache/labelrefinery)")
     val_fraction: float = _f(0.15, "share of the training set held out for validation, stratified by class")
     train_size: int | None = _f(None, "use only this many training images (stratified, before the validation split)")
     test_size: int | None = _f(None, "evaluate on only this many test images (the first ones)")
-    image_size: int | None = _f(None, "resize folder datasets to this many pixels per side (default 224 for folder:)")
+    image_size: int | None = _f(None, "folder: datasets: resize (shorter side) and centre-crop every image to this "
+                                "many pixels per side (default 256)")
     svhn_extra: bool = _f(False, "svhn: add the 531,131-image extra split to training")
+    augment: str = _f("none", "training augmentation: none | static (2 stored copies, the write-up) | "
+                      "online (fresh every epoch) | crop (random resized crop + flip)", choices=AUGMENTS)
     static_copies: int = _f(2, "augment=static: augmented copies of every training image stored next to it")
-    # Optimisation
+
+    def __post_init__(self) -> None:
+        _check_finite_floats(self)
+        _need(isinstance(self.dataset, str) and bool(self.dataset), "dataset", self.dataset, "a dataset name")
+        _need(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in (0, 1)")
+        for name in ("train_size", "test_size"):
+            v = getattr(self, name)
+            _need(v is None or v >= 20, name, v, ">= 20 images")
+        _need(self.image_size is None or self.image_size >= 4, "image_size", self.image_size, ">= 4 pixels")
+        _need(self.augment in AUGMENTS, "augment", self.augment, f"one of {', '.join(AUGMENTS)}")
+        _need(self.static_copies >= 1, "static_copies", self.static_copies, ">= 1")
+
+
+@dataclass
+class TrainConfig:
+    """How one generation is fitted: what :func:`labelrefinery.engine.fit` reads."""
+
     epochs: int = _f(100, "maximum epochs per generation")
     batch_size: int = _f(250, "images per optimizer step (per process)")
     optimizer: str = _f("adam", "adam | sgd (momentum 0.9, nesterov)", choices=OPTIMIZERS)
     lr: float = _f(1e-3, "learning rate (the peak for onecycle)")
     weight_decay: float = _f(0.0, "L2 weight decay coefficient")
     lr_schedule: str = _f("plateau", "plateau (on validation accuracy) | onecycle | cosine | steps", choices=LR_SCHEDULES)
-    lr_steps: str = _f("", "lr_schedule=steps: comma-separated epochs at which lr is multiplied by plateau_factor")
+    lr_steps: list[int] = _f([], "lr_schedule=steps: comma-separated epochs (0-based) at which lr is multiplied "
+                             "by plateau_factor, e.g. 140,170")
     plateau_factor: float = _f(0.1, "lr multiplier on a plateau (and at each step for lr_schedule=steps)")
     plateau_patience_epochs: int = _f(10, "epochs without validation improvement before lr is reduced")
     min_lr: float = _f(1e-5, "lower bound of the learning rate under lr_schedule=plateau")
@@ -70,7 +148,32 @@ class RunConfig:
     restore_best: bool = _f(True, "end each generation with its best-validation weights")
     recalibrate_bn: bool = _f(True, "recompute BatchNorm statistics over the training images after each generation "
                               "(keeps short runs calibrated, so refined labels do not collapse)")
-    # Refinement
+
+    def __post_init__(self) -> None:
+        _check_finite_floats(self)
+        self.lr_steps = parse_int_list(self.lr_steps, "lr_steps")
+        for name in ("epochs", "batch_size"):
+            _need(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        _need(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        _need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        _need(self.early_stop_min_delta >= 0, "early_stop_min_delta", self.early_stop_min_delta, ">= 0 points")
+        _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", self.plateau_factor, "in (0, 1)")
+        for name in ("plateau_patience_epochs", "early_stop_patience_epochs"):
+            _need(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+        _need(self.min_lr >= 0, "min_lr", self.min_lr, ">= 0")
+        _need(all(e >= 0 for e in self.lr_steps), "lr_steps", self.lr_steps, "epochs >= 0")
+
+
+@dataclass
+class RefineConfig:
+    """How refined labels are made and used."""
+
+    labels: str = _f("offline", "offline: refined labels made once per generation on fixed views; "
+                     "online: the refinery labels every augmented batch the student sees", choices=LABEL_MODES)
     temperature: float = _f(1.0, "softmax temperature T of refined labels; the soft loss is scaled by T^2")
     label_form: str = _f("soft", "refined label form: soft | hard | topk:K")
     gt_weight: float = _f(0.0, "alpha: targets = alpha * one-hot ground truth + (1 - alpha) * refined labels")
@@ -81,111 +184,138 @@ class RunConfig:
     adversarial_jitter: float = _f(0.0, "P: probability per training image of replacing it by its adversarial "
                                    "jitter (needs --labels online)")
     jitter_eps: float = _f(1 / 255, "E: adversarial jitter step, in [0, 1] pixel units")
-    ensemble: str = _f("", "comma-separated generations whose averaged softmax is also evaluated, e.g. 2,3")
-    # Execution
-    precision: str = _f("auto", "auto (bf16 on CPUs with AVX512-BF16/AMX and on CUDA with bf16, else fp32) | fp32 | bf16 | fp16",
-                        choices=PRECISIONS)
+    ensemble: list[int] = _f([], "comma-separated generations whose averaged softmax is also evaluated, e.g. 2,3")
+
+    def __post_init__(self) -> None:
+        _check_finite_floats(self)
+        self.ensemble = parse_int_list(self.ensemble, "ensemble")
+        _need(self.labels in LABEL_MODES, "labels", self.labels, f"one of {', '.join(LABEL_MODES)}")
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be a finite number > 0, got {self.temperature}")
+        parse_label_form(self.label_form)
+        _need(0.0 <= self.gt_weight <= 1.0, "gt_weight", self.gt_weight, "in [0, 1]")
+        _need(0.0 <= self.adversarial_jitter <= 1.0, "adversarial_jitter", self.adversarial_jitter,
+              "a probability in [0, 1]")
+        if self.adversarial_jitter > 0 and self.labels != "online":
+            raise ConfigError("--adversarial-jitter needs --labels online (the refinery labels each jittered crop)")
+        _need(self.jitter_eps > 0, "jitter_eps", self.jitter_eps, "> 0 (in [0, 1] pixel units)")
+
+
+@dataclass
+class ExecConfig:
+    """How a run executes: never changes what a finished result means."""
+
+    precision: str = _f("auto", "auto (bf16 on CPUs with AVX512-BF16/AMX and on CUDA with bf16, else fp32) | fp32 | "
+                        "bf16 | fp16", choices=PRECISIONS)
     device: str = _f("auto", "auto (cuda if present, else cpu) | cpu | cuda | cuda:N")
     threads: int = _f(0, "CPU threads for torch (0 = all cores)")
     compile: bool = _f(False, "torch.compile the model (pays off only for long runs)")
     progress: bool = _f(True, "show a progress bar per epoch")
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` with a one-line message naming the bad value and the fix."""
-        from .data import check_dataset_name
-        from .models import check_model_name
-
-        check_dataset_name(self.dataset)
-        check_model_name(self.model)
-        positive = ["generations", "seeds", "epochs", "batch_size"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name, choices in [("augment", AUGMENTS), ("labels", LABEL_MODES), ("precision", PRECISIONS),
-                              ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)]:
-            if getattr(self, name) not in choices:
-                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"--temperature must be a finite number > 0, got {self.temperature}")
-        if not (math.isfinite(self.early_stop_min_delta) and self.early_stop_min_delta >= 0):
-            raise ValueError(f"--early-stop-min-delta must be >= 0 points, got {self.early_stop_min_delta}")
-        if not 0.0 < self.plateau_factor < 1.0:
-            raise ValueError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor}")
-        for name in ("plateau_patience_epochs", "early_stop_patience_epochs", "threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.min_lr < 0:
-            raise ValueError(f"--min-lr must be >= 0, got {self.min_lr}")
-        if not 0.0 <= self.gt_weight <= 1.0:
-            raise ValueError(f"--gt-weight must be in [0, 1], got {self.gt_weight}")
-        if self.static_copies < 1:
-            raise ValueError(f"--static-copies must be >= 1, got {self.static_copies}")
-        for name in ("train_size", "test_size"):
-            v = getattr(self, name)
-            if v is not None and v < 20:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 20 images, got {v}")
-        from .targets import parse_label_form
-
-        parse_label_form(self.label_form)
-        if not 0.0 <= self.adversarial_jitter <= 1.0:
-            raise ValueError(f"--adversarial-jitter must be a probability in [0, 1], got {self.adversarial_jitter}")
-        if self.adversarial_jitter > 0 and self.labels != "online":
-            raise ValueError("--adversarial-jitter needs --labels online (the refinery labels each jittered crop)")
-        if self.jitter_eps <= 0:
-            raise ValueError(f"--jitter-eps must be > 0 (in [0, 1] pixel units), got {self.jitter_eps}")
-        if self.refinery_model is not None:
-            check_model_name(self.refinery_model)
-        self.ensemble_generations()
-        self.lr_step_epochs()
+    def __post_init__(self) -> None:
+        _need(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         check_device_name(self.device)
+        if self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0, got {self.threads}")
 
-    def ensemble_generations(self) -> list[int]:
-        """The generations named by ``ensemble`` (1-based), or [] when empty."""
-        if not self.ensemble:
-            return []
-        try:
-            gens = [int(g) for g in self.ensemble.split(",")]
-        except ValueError:
-            raise ValueError(f"--ensemble must be comma-separated generation numbers like 2,3, got {self.ensemble!r}") from None
-        bad = [g for g in gens if not 1 <= g <= self.generations]
-        if bad or len(gens) < 2:
-            raise ValueError(
-                f"--ensemble needs two or more generations in 1..{self.generations}, got {self.ensemble!r}"
-            )
-        return gens
 
-    def lr_step_epochs(self) -> list[int]:
-        """Epochs (0-based) at which lr_schedule=steps multiplies the lr by ``plateau_factor``."""
-        if not self.lr_steps:
-            return []
-        try:
-            return [int(e) for e in self.lr_steps.split(",")]
-        except ValueError:
-            raise ValueError(f"--lr-steps must be comma-separated epochs like 140,170, got {self.lr_steps!r}") from None
+SECTIONS = {"data": DataConfig, "training": TrainConfig, "refinement": RefineConfig, "execution": ExecConfig}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a refinery run: model, chain length and the four sections."""
+
+    model: str = _f("convnet", "model name from the registry (see `refinery models`), or timm:NAME")
+    generations: int = _f(3, "number of models in the chain, counting R1 (>= 1)")
+    seeds: int = _f(1, "repeat the whole chain for seeds 0..N-1 (>= 1)")
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    refinement: RefineConfig = field(default_factory=RefineConfig)
+    execution: ExecConfig = field(default_factory=ExecConfig)
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.model, str) and bool(self.model), "model", self.model, "a model name")
+        for name in ("generations", "seeds"):
+            _need(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        gens = self.refinement.ensemble
+        if gens and (len(gens) < 2 or any(not 1 <= g <= self.generations for g in gens)):
+            raise ConfigError(f"--ensemble needs two or more generations in 1..{self.generations}, got "
+                              f"{','.join(map(str, gens))!r}")
+
+    # ------------------------------------------------------------------ flat and nested forms
+
+    def flat(self) -> dict[str, Any]:
+        """Every leaf field by name: ``{"model": ..., "dataset": ..., "batch_size": ..., ...}``."""
+        out = {name: getattr(self, name) for name in ("model", "generations", "seeds")}
+        for section in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
+        """Nested plain data (the ``config.yaml`` layout): top-level fields, then one mapping per section."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> "RunConfig":
+        """Build from leaf fields by name; missing ones take their defaults.
+
+        Raises:
+            ConfigError: an unknown name, or a value a section rejects.
+        """
+        unknown = sorted(set(values) - set(leaf_names()))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; see refinery run --help")
+        parts = {}
+        for section, kind in SECTIONS.items():
+            parts[section] = kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values})
+        top = {k: values[k] for k in ("model", "generations", "seeds") if k in values}
+        return cls(**top, **parts)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> "RunConfig":
+        """Read a saved ``config.yaml``: nested sections, or the flat layout of older run directories.
+
+        Raises:
+            ConfigError: unknown keys or bad values.
+        """
+        values: dict[str, Any] = {}
+        for key, value in (saved or {}).items():
+            if key in SECTIONS and isinstance(value, dict):
+                values.update(value)
+            else:
+                values[key] = value
+        return cls.from_flat(values)
+
+
+def leaf_fields() -> Iterator[tuple[dataclasses.Field, Any]]:
+    """Every leaf field with its resolved type hint, top-level fields first, then section by section."""
+    hints = typing.get_type_hints(RunConfig)
+    for f in fields(RunConfig):
+        if f.name not in SECTIONS:
+            yield f, hints[f.name]
+    for kind in SECTIONS.values():
+        hints = typing.get_type_hints(kind)
+        for f in fields(kind):
+            yield f, hints[f.name]
+
+
+def leaf_names() -> list[str]:
+    """Names of every leaf field (the flags of ``refinery run``)."""
+    return [f.name for f, _ in leaf_fields()]
 
 
 # Fields that may differ when a run directory is continued: they extend the
 # run or change only how it executes, not what any finished generation means.
-RESUMABLE_CHANGES = {"generations", "seeds", "device", "threads", "progress", "compile", "ensemble"}
+RESUMABLE_CHANGES = {"generations", "seeds", "ensemble", *(f.name for f in fields(ExecConfig))}
 
 
-def config_difference(saved: dict[str, Any], new: RunConfig) -> str | None:
-    """The first field (other than :data:`RESUMABLE_CHANGES`) whose value differs, as 'name: old -> new'."""
-    for f in fields(RunConfig):
-        if f.name in RESUMABLE_CHANGES:
-            continue
-        old = saved.get(f.name, f.default)
-        if old != getattr(new, f.name):
-            return f"{f.name}: {old!r} -> {getattr(new, f.name)!r}"
+def config_difference(saved: RunConfig, new: RunConfig) -> str | None:
+    """The first field (other than :data:`RESUMABLE_CHANGES`) whose value differs, as ``'name: old -> new'``."""
+    old_values, new_values = saved.flat(), new.flat()
+    for name in leaf_names():
+        if name not in RESUMABLE_CHANGES and old_values[name] != new_values[name]:
+            return f"{name}: {old_values[name]!r} -> {new_values[name]!r}"
     return None
 
 
@@ -204,24 +334,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's code: per-crop refined labels, random resized crops, SGD with lr steps.
     "paper": dict(
         model="alexnet_bn", generations=5, seeds=1, augment="crop", labels="online", epochs=200,
-        batch_size=256, optimizer="sgd", lr=0.01, weight_decay=5e-4, lr_schedule="steps", lr_steps="140,170",
+        batch_size=256, optimizer="sgd", lr=0.01, weight_decay=5e-4, lr_schedule="steps", lr_steps=[140, 170],
         plateau_factor=0.1, early_stop_patience_epochs=0,
     ),
 }
 
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:
-    """Preset values, then ``overrides`` (the flags given), on top of the dataclass defaults.
+    """Preset values, then ``overrides`` (the flags given, by leaf name), on top of the dataclass defaults.
 
     Raises:
-        ValueError: unknown preset, unknown field, or a value :meth:`RunConfig.validate` rejects.
+        ConfigError: unknown preset, unknown field, or a value a section rejects.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    known = {f.name for f in fields(RunConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; see refinery run --help")
-    cfg = RunConfig(**{**PRESETS[preset], **overrides})
-    cfg.validate()
-    return cfg
+        raise ConfigError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    return RunConfig.from_flat({**PRESETS[preset], **overrides})

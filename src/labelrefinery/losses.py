@@ -1,4 +1,4 @@
-"""Losses on plain tensors: soft-target cross-entropy, KL divergence, distillation.
+"""Losses on plain tensors: soft-target cross-entropy, KL divergence, the distillation loss.
 
 Letters: N batch size, K classes. ``logits: (N, K)`` of any float dtype (cast
 to float32 here, so autocast never computes a loss in reduced precision);
@@ -59,29 +59,40 @@ def kl_divergence(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (torch.xlogy(p, p) - p * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-def distillation_loss(
-    student_logits: torch.Tensor, refinery_logits: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """Soft-target cross-entropy at temperature T, scaled by T^2.
+def distillation_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Soft-target cross-entropy of the student at temperature T, scaled by T^2: the training loss of every generation.
 
-    L = -T^2 * sum_k softmax(r / T)_k * log softmax(s / T)_k, averaged over the
-    batch (Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a Neural
-    Network", section 2: the T^2 factor keeps the gradient's scale independent
-    of T). At T = 1 this is the Label Refinery paper's loss.
+    L = -T^2 * mean_n sum_k p_nk * log softmax(s_n / T)_k, where ``targets`` p are
+    the refined labels already made at temperature T (p = softmax(r / T) of the
+    refinery's logits r, see :func:`labelrefinery.targets.refined_labels`), or
+    ground-truth class indices with T = 1. Hinton, Vinyals, Dean 2015,
+    "Distilling the Knowledge in a Neural Network", section 2: the T^2 factor
+    keeps the gradient's scale independent of T. At T = 1 this is the Label
+    Refinery paper's loss.
 
     Args:
         student_logits: ``(N, K)`` float, with gradient.
-        refinery_logits: ``(N, K)`` float, no gradient needed.
+        targets: ``(N,) int64`` or ``(N, K) float32`` probability rows.
         temperature: T > 0.
 
     Returns:
         Scalar float32 tensor, in nats.
 
     Raises:
-        ValueError: T <= 0.
+        ValueError: T <= 0, or targets of another shape or dtype.
     """
-    if temperature <= 0:
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     t = float(temperature)
-    p = F.softmax(refinery_logits.float() / t, dim=1)
-    return soft_target_cross_entropy(student_logits.float() / t, p) * (t * t)
+    return soft_target_cross_entropy(student_logits.float() / t, targets) * (t * t)
+
+
+def distillation_kl(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(p || softmax(s / T)) in nats: the part of :func:`distillation_loss` (before the T^2 scale) that can reach 0.
+
+    Args:
+        student_logits: ``(N, K)`` float.
+        targets: ``(N,) int64`` or ``(N, K) float32`` probability rows.
+        temperature: T > 0, the same as the loss's.
+    """
+    return kl_divergence(student_logits.float() / float(temperature), targets)

@@ -8,41 +8,32 @@ generation's) is marked with ``!`` and listed under the table.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from .runio import atomic_write_text, write_json
+from .config import RESUMABLE_CHANGES, leaf_names
+from .rundir import RunDir
 
 
 def summarize_run(run_dir: Path) -> dict:
     """Collect every finished generation of a run directory.
 
     Returns:
-        ``{"run_dir", "config", "per_seed": {seed: [summary per generation]},
+        ``{"run_dir", "config" (flat, by field name), "per_seed": {seed: [summary per generation]},
         "generations": [{"generation", "test_top1_mean", "test_top1_std", "val_top1_mean", "n_seeds",
         "collapsed_seeds"}], "ensemble": [...]}``.
 
     Raises:
-        ValueError: ``run_dir`` is not a run directory.
+        RunDirError: ``run_dir`` is not a run directory, or its configuration cannot be read.
     """
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise ValueError(f"{run_dir} is not a run directory (no config.yaml); give the directory `refinery run` made")
-    cfg = yaml.safe_load(cfg_path.read_text())
+    rd = RunDir(run_dir)
+    cfg = rd.read_config().flat()
     per_seed: dict[str, list[dict]] = {}
-    for seed_dir in sorted(run_dir.glob("seed-*"), key=lambda p: int(p.name.split("-")[1])):
-        gens = []
-        for g in range(1, 10_000):
-            path = seed_dir / f"gen-{g}" / "summary.json"
-            if not path.exists():
-                break
-            gens.append(json.loads(path.read_text()))
+    for seed in rd.seeds():
+        gens = [rd.read_summary(seed, g) for g in rd.finished_generations(seed)]
         if gens:
-            per_seed[seed_dir.name.split("-")[1]] = gens
+            per_seed[str(seed)] = gens
     n_gen = max((len(v) for v in per_seed.values()), default=0)
     generations = []
     for g in range(1, n_gen + 1):
@@ -56,10 +47,8 @@ def summarize_run(run_dir: Path) -> dict:
             "n_seeds": len(rows),
             "collapsed_seeds": [r["seed"] for r in rows if r.get("collapsed")],
         })
-    ensemble_path = run_dir / "ensemble.json"
-    ensemble = json.loads(ensemble_path.read_text()) if ensemble_path.exists() else []
     return {"run_dir": str(run_dir), "config": cfg, "per_seed": per_seed, "generations": generations,
-            "ensemble": ensemble}
+            "ensemble": rd.read_ensembles()}
 
 
 def _fmt(mean: float, std: float | None) -> str:
@@ -68,10 +57,8 @@ def _fmt(mean: float, std: float | None) -> str:
 
 def column_names(results: list[dict]) -> list[str]:
     """A header per run: dataset and augment always, plus every other setting that differs between the runs."""
-    from .config import RESUMABLE_CHANGES, RunConfig
-
     keys = ["dataset", "augment"]
-    for key in RunConfig.__dataclass_fields__:
+    for key in leaf_names():
         if key in keys or key in RESUMABLE_CHANGES:
             continue
         values = {str(r["config"].get(key)) for r in results}
@@ -130,11 +117,3 @@ def format_table(results: list[dict]) -> str:
                    + "; ".join(f"{n} R{g} seeds {c}" for n, g, c in collapsed))
         out.append("")
     return "\n".join(out)
-
-
-def write_results(out_dir: Path, results: list[dict]) -> str:
-    """Write ``results.json`` and ``results.md`` into ``out_dir`` atomically; returns the Markdown."""
-    text = format_table(results)
-    write_json(Path(out_dir) / "results.json", results[0] if len(results) == 1 else results)
-    atomic_write_text(Path(out_dir) / "results.md", "# Label Refinery results\n\n" + text)
-    return text

@@ -1,31 +1,38 @@
-"""Refined labels: from a refinery's logits to the targets the next generation trains on.
+"""Targets: what each training batch is fitted to, and where refined labels come from.
 
-Targets are data: ``(N,) int64`` class indices (ground truth, generation 1) or
-``(N, K) float32`` rows that sum to 1 (refined labels). Letters: N images, K classes.
+Letters: N images, B batch size, K classes.
+
+Targets are data: ``(N,) int64`` class indices (ground truth) or ``(N, K)
+float32`` rows that sum to 1 (refined labels). The training loop asks a
+*target source* for each batch's targets and never looks at where they come
+from:
+
+- :class:`StoredTargets`: rows indexed like the training images (ground truth,
+  or the refined labels an earlier generation made once on fixed views:
+  ``labels=offline``, the blog write-up);
+- :class:`RefineryTargets`: the frozen refinery's softmax on exactly the
+  augmented batch the student sees (``labels=online``, the Label Refinery
+  paper's code, Bagherinezhad et al. 2018, arXiv 1805.02641), optionally on
+  adversarially jittered images.
+
+Both return :class:`BatchTargets` with the temperature T the loss applies to the
+student (:func:`labelrefinery.losses.distillation_loss`); refined labels
+themselves are made at T by :func:`refined_labels`, the one place a refinery's
+logits become targets.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-
-def parse_label_form(form: str) -> tuple[str, int]:
-    """Parse ``soft``, ``hard`` or ``topk:K`` into (kind, k); k = 0 unless topk.
-
-    Raises:
-        ValueError: any other string, or K < 1.
-    """
-    if form in ("soft", "hard"):
-        return form, 0
-    if form.startswith("topk:"):
-        try:
-            k = int(form[5:])
-        except ValueError:
-            k = 0
-        if k >= 1:
-            return "topk", k
-    raise ValueError(f"--label-form must be soft, hard or topk:K with K >= 1, got {form!r}")
+from .batch import Pipeline
+from .config import parse_label_form
+from .losses import soft_target_cross_entropy
 
 
 def refined_labels(
@@ -57,7 +64,7 @@ def refined_labels(
         ValueError: bad form, T <= 0, alpha outside [0, 1], or alpha > 0 without ground truth.
     """
     kind, k = parse_label_form(form)
-    if temperature <= 0:
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= gt_weight <= 1.0:
         raise ValueError(f"gt_weight must be in [0, 1], got {gt_weight}")
@@ -74,3 +81,144 @@ def refined_labels(
             raise ValueError("gt_weight > 0 needs the ground-truth labels")
         p = gt_weight * F.one_hot(ground_truth.to(p.device), num_classes).float() + (1 - gt_weight) * p
     return p
+
+
+@dataclass(frozen=True)
+class LabelRecipe:
+    """How refinery logits become targets: temperature T, label form and ground-truth weight alpha.
+
+    Calling it is :func:`refined_labels` with these settings: ``(logits (N, K), ground_truth (N,) int64)
+    -> (N, K) float32``.
+    """
+
+    temperature: float = 1.0
+    form: str = "soft"
+    gt_weight: float = 0.0
+
+    def __call__(self, logits: torch.Tensor, ground_truth: torch.Tensor | None = None) -> torch.Tensor:
+        return refined_labels(logits, temperature=self.temperature, form=self.form, ground_truth=ground_truth,
+                              gt_weight=self.gt_weight)
+
+
+class FrozenRefinery(nn.Module):
+    """A trained model used only to make refined labels: eval mode for good, no gradients.
+
+    ``train()`` on this module or on a parent module keeps it in eval mode, so
+    its BatchNorm layers always use their running statistics (the pitfall noted
+    in the paper's code, where the wrapper's ``train()`` flipped the refinery's
+    BatchNorm into batch-statistics mode). Its parameters have
+    ``requires_grad=False`` and must not be given to an optimizer.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenRefinery":  # noqa: ARG002 - mode ignored on purpose
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` normalised input -> ``(B, K)`` logits, computed without autograd."""
+        with torch.no_grad():
+            return self.model(x)
+
+
+def adversarial_jitter(
+    model: nn.Module, refinery: FrozenRefinery, x: torch.Tensor, pipeline: Pipeline, eps: float
+) -> torch.Tensor:
+    """One-step gradient-sign perturbation of ``x`` that most increases the student's disagreement with the refinery.
+
+    x' = clip(x + eps * sign(grad_x CE(student(x), softmax(refinery(x)))), 0, 1): our reading of the
+    Label Refinery paper's "adversarial jittering" (Bagherinezhad et al. 2018, arXiv 1805.02641),
+    in the fast-gradient-sign form of Goodfellow et al. 2015.
+
+    Args:
+        x: ``(B, C, H, W) float32`` in [0, 1] pixel units.
+        eps: step in [0, 1] pixel units.
+
+    Returns:
+        ``(B, C, H, W) float32`` in [0, 1], detached.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.no_grad():
+        target = torch.softmax(refinery(pipeline.normalize(x.detach())).float(), 1)
+    with pipeline.autocast():
+        logits = model(pipeline.normalize(x))
+    loss = soft_target_cross_entropy(logits, target)
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x + eps * grad.sign()).clamp_(0, 1).detach()
+
+
+@dataclass
+class BatchTargets:
+    """One batch as the loss sees it.
+
+    Attributes:
+        images: ``(B, C, H, W) float32`` in [0, 1]: the student's input (jittered where chosen).
+        targets: ``(B,) int64`` class indices or ``(B, K) float32`` probability rows.
+        temperature: T the loss applies to the student's logits (1 for class indices).
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    temperature: float
+
+
+class TargetSource(Protocol):
+    """What the training loop asks for each batch's targets."""
+
+    def for_batch(self, index: torch.Tensor, images: torch.Tensor, student: nn.Module, pipeline: Pipeline,
+                  generator: torch.Generator) -> BatchTargets:
+        """Targets of the training images at ``index: (B,) int64``, whose augmented pixels are ``images``."""
+        ...
+
+
+class StoredTargets:
+    """Targets stored as data, indexed like the training images.
+
+    Args:
+        rows: ``(N,) int64`` class indices or ``(N, K) float32`` probability rows, on the training device.
+        temperature: T of soft rows (class indices are always used at T = 1).
+    """
+
+    def __init__(self, rows: torch.Tensor, temperature: float = 1.0):
+        self.rows = rows
+        self.temperature = float(temperature) if rows.is_floating_point() else 1.0
+
+    def for_batch(self, index, images, student, pipeline, generator) -> BatchTargets:
+        return BatchTargets(images, self.rows[index], self.temperature)
+
+
+class RefineryTargets:
+    """The frozen refinery labels exactly the augmented batch the student sees (per-crop labels).
+
+    With ``jitter_prob`` P > 0, each image is first replaced with probability P by its
+    :func:`adversarial_jitter` (step ``jitter_eps`` in [0, 1] pixel units), drawn from the epoch's generator.
+
+    Args:
+        refinery: the frozen previous generation (or an external model).
+        recipe: turns its logits into targets (must have ``temperature``), e.g. :class:`LabelRecipe`.
+        ground_truth: ``(N,) int64`` labels on the device, indexed like the images (for the recipe's alpha).
+    """
+
+    def __init__(self, refinery: FrozenRefinery, recipe: LabelRecipe, ground_truth: torch.Tensor,
+                 jitter_prob: float = 0.0, jitter_eps: float = 1.0 / 255):
+        self.refinery, self.recipe, self.ground_truth = refinery, recipe, ground_truth
+        self.jitter_prob, self.jitter_eps = jitter_prob, jitter_eps
+        self.temperature = float(recipe.temperature)
+
+    def for_batch(self, index, images, student, pipeline, generator) -> BatchTargets:
+        x = images
+        if self.jitter_prob > 0:
+            chosen = (torch.rand(len(index), generator=generator) < self.jitter_prob).to(x.device)
+            if chosen.any():
+                x = x.clone()
+                x[chosen] = adversarial_jitter(student, self.refinery, x[chosen], pipeline, self.jitter_eps)
+        with torch.inference_mode(), pipeline.autocast():
+            refinery_logits = self.refinery(pipeline.normalize(x))
+        # Inference tensors cannot take part in autograd: the targets are cloned out of inference mode.
+        targets = self.recipe(refinery_logits.float(), self.ground_truth[index]).clone()
+        return BatchTargets(x, targets, self.temperature)

@@ -1,0 +1,149 @@
+"""The chain: for every seed, generations R1..Rn one after another, then the results table.
+
+:func:`run` checks everything that can be checked before the run directory is
+made (settings, data, model, external refinery), then trains every seed's
+chain, skipping finished generations and resuming an interrupted one from its
+last epoch. See :mod:`labelrefinery.generation` for one generation and
+:mod:`labelrefinery.rundir` for the files.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .augment import eval_view, input_size, make_augment
+from .batch import Pipeline
+from .checkpoint import load_refinery
+from .config import RunConfig
+from .console import log
+from .data import check_dataset_name, load_dataset
+from .device import precision_name, resolve_device, resolve_precision, set_threads
+from .errors import DataError, RunDirError
+from .evaluate import ensemble_results
+from .generation import Experiment, reload_generation, target_source, train_generation
+from .models import ModelSpec, build_model, check_model_name
+from .protocol import seed_data, seed_split
+from .report import format_table, summarize_run
+from .rundir import RunDir
+from .targets import LabelRecipe
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree when it is a checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
+    """Resolve the device, load and check the data, the model and any external refinery; makes no file.
+
+    Raises:
+        UserError: any setting, file or directory that cannot be used (see :mod:`labelrefinery.errors`).
+    """
+    check_dataset_name(cfg.data.dataset)
+    check_model_name(cfg.model)
+    if cfg.refinement.refinery_model is not None:
+        check_model_name(cfg.refinement.refinery_model)
+    run_dir.check_resumable(cfg)
+    device = resolve_device(cfg.execution.device)
+    set_threads(cfg.execution.threads)
+    amp_dtype = resolve_precision(cfg.execution.precision, device)
+    d = cfg.data
+    dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+    for name, size, have in (("train", d.train_size, len(dataset.train)), ("test", d.test_size, len(dataset.test))):
+        if size is not None and size > have:
+            raise DataError(f"--{name}-size {size} exceeds the {have} {name} images of {dataset.name}; "
+                            f"use at most {have} or leave it out")
+    if len(dataset.train) < 20:
+        raise DataError(f"{d.dataset} has only {len(dataset.train)} training images; at least 20 are needed")
+    seed_split(dataset, cfg, 0)  # raises if the validation split cannot hold every class
+    side = input_size(d.augment, dataset.image_shape[1])
+    spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
+    build_model(spec)
+    ref = cfg.refinement
+    external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device) \
+        if ref.refinery_checkpoint else None
+    pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype, eval_view(d.augment))
+    return Experiment(cfg, dataset, run_dir, pipeline, spec,
+                      make_augment(d.augment, dataset.hflip_keeps_class, dataset.image_shape[1]),
+                      LabelRecipe(ref.temperature, ref.label_form, ref.gt_weight), external)
+
+
+def run_seed(exp: Experiment, seed: int) -> list[dict]:
+    """Train the chain R1..Rn of one seed, skipping finished generations; returns one summary per generation."""
+    data = seed_data(exp.dataset, exp.cfg, seed, exp.pipeline.device)
+    exp.run_dir.write_split(seed, data.train_idx, data.val_idx, data.val_labels, data.test_labels)
+    summaries: list[dict] = []
+    refinery, stored = exp.external, None  # what made the next generation's labels (model, offline rows)
+    for g in range(1, exp.cfg.generations + 1):
+        if exp.run_dir.is_finished(seed, g):
+            summary, stored = reload_generation(exp, data, g)
+            refinery = None  # loaded from disk when the next generation needs it
+        else:
+            targets = target_source(exp, data, g, refinery, stored)
+            refinery, summary, stored = train_generation(exp, data, g, targets, summaries[-1] if summaries else None)
+        summaries.append(summary)
+    return summaries
+
+
+def _write_run_facts(exp: Experiment, resumed: bool) -> None:
+    cfg, ds, rd, device = exp.cfg, exp.dataset, exp.run_dir, exp.pipeline.device
+    rd.write_config(cfg)
+    precision = precision_name(exp.pipeline.amp_dtype)
+    rd.write_run_info({
+        "code_version": code_version(), "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "dataset": {"name": ds.name, "source": ds.source, "train": len(ds.train), "test": len(ds.test),
+                    "classes": ds.classes, "image_shape": list(ds.image_shape)},
+    })
+    log(f"{'resuming' if resumed else 'starting'} {rd.root}: {cfg.data.dataset} ({len(ds.train)} train, "
+        f"{len(ds.test)} test), {cfg.model}, {cfg.generations} generations x {cfg.seeds} seeds, "
+        f"augment={cfg.data.augment}, labels={cfg.refinement.labels}, {device}, {precision}")
+
+
+def run(cfg: RunConfig, run_dir: Path | str) -> dict:
+    """Run (or continue) a whole experiment: every seed's chain, ensembles, then the results table.
+
+    Args:
+        cfg: the configuration (checked on construction).
+        run_dir: the run directory; created only after everything has been checked. A fresh directory
+            in which nothing finished is removed again when the run fails.
+
+    Returns:
+        The results dict also written to ``results.json``.
+
+    Raises:
+        UserError: a setting, file or run directory that cannot be used.
+    """
+    rd = RunDir(run_dir)
+    resumed = rd.is_run()
+    exp = prepare(cfg, rd)
+    fresh = not rd.root.exists()
+    try:
+        rd.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot make run directory {rd.root}: {e.strerror}; choose another --runs-dir") from None
+    try:
+        _write_run_facts(exp, resumed)
+        for seed in range(cfg.seeds):
+            run_seed(exp, seed)
+        if cfg.refinement.ensemble:
+            ensemble_results(rd, exp.dataset, exp.pipeline, cfg.refinement.ensemble, cfg.data.test_size)
+        results = summarize_run(rd.root)
+        rd.write_results(results, format_table([results]))
+        return results
+    except BaseException:
+        if fresh and not rd.has_finished_work():
+            shutil.rmtree(rd.root, ignore_errors=True)  # nothing finished: leave nothing behind
+        raise

@@ -1,0 +1,196 @@
+"""Model files: this tool's safetensors checkpoints and foreign state dicts, loaded without unpickling.
+
+A checkpoint written here is a safetensors file whose metadata holds the
+format tag, the K class names, the :class:`~labelrefinery.models.ModelSpec`
+and free-form extras (seed, generation, validation top-1). Foreign files are
+read as plain state dicts: ``.safetensors``, or ``.pt``/``.pth`` through
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .console import log
+from .data import Dataset
+from .errors import CheckpointError
+from .fileio import atomic_write_bytes
+from .models import ModelSpec, build_model
+
+CHECKPOINT_FORMAT = "labelrefinery-checkpoint/1"
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, classes: list[str], spec: dict, extra: dict | None = None) -> None:
+    """Save weights as safetensors with the class names and the model spec in the metadata.
+
+    Args:
+        path: ``.safetensors`` file, written atomically.
+        model: its ``state_dict()`` is saved (tensors made contiguous, shared storage copied).
+        classes: the K class names, in label order.
+        spec: :class:`labelrefinery.models.ModelSpec` as a dict.
+        extra: more JSON-serialisable metadata (e.g. generation, seed, accuracy).
+    """
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": CHECKPOINT_FORMAT, "classes": json.dumps(classes), "model": json.dumps(spec),
+            "extra": json.dumps(extra or {})}
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def _read_safetensors(path: Path) -> tuple[dict, list[str] | None, dict | None, dict]:
+    raw = path.read_bytes()
+    state = st_load(raw)
+    header_len = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    fmt = meta.get("format")
+    if fmt is not None and fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {fmt!r}, this labelrefinery reads {CHECKPOINT_FORMAT!r}; "
+                              "use the labelrefinery version that wrote it")
+    classes = json.loads(meta["classes"]) if "classes" in meta else None
+    spec = json.loads(meta["model"]) if "model" in meta else None
+    return state, classes, spec, json.loads(meta.get("extra", "{}"))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None, dict | None, dict]:
+    """Load a checkpoint without unpickling anything.
+
+    Accepts this tool's safetensors checkpoints and plain state dicts (a
+    ``.safetensors`` file, or a ``.pt``/``.pth`` file loaded with
+    ``weights_only=True``, whose state dict may sit under ``state_dict``,
+    ``model`` or ``model_state_dict``). A ``module.`` prefix left by
+    DataParallel / DDP, and ``_orig_mod.`` left by torch.compile, are stripped.
+
+    Returns:
+        ``(state_dict, classes or None, model spec dict or None, extra dict)``.
+
+    Raises:
+        CheckpointError: missing file, or a file that cannot be read as a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a file"
+        raise CheckpointError(f"checkpoint {path} {what}; give the path of a model.safetensors or .pt file")
+    classes = spec = None
+    extra: dict = {}
+    try:
+        if path.suffix == ".safetensors":
+            state, classes, spec, extra = _read_safetensors(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model", "model_state_dict"):
+                if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                    state = state[key]
+                    break
+    except CheckpointError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"cannot read checkpoint {path} as safetensors or as a weights-only torch file "
+            f"({type(e).__name__}: {first[:120]}); give a model.safetensors of this tool or a plain state dict"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, classes, spec, extra
+
+
+def model_from_state(state: dict[str, torch.Tensor], spec: ModelSpec, device: torch.device,
+                     source: str) -> torch.nn.Module:
+    """Build the model ``spec`` names and load ``state`` into it: all weights or none.
+
+    Args:
+        state: a state dict (see :func:`load_checkpoint`).
+        spec: the model to build.
+        device: where to put the model (channels_last).
+        source: the file the weights came from, for error messages.
+
+    Raises:
+        CheckpointError: missing or unexpected weights (the first few of each are named), or mismatched shapes.
+    """
+    model = build_model(spec)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{source} does not fit model {spec.name!r}: {str(e).splitlines()[-1].strip()}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source} does not fit model {spec.name!r}: missing {result.missing_keys[:3]} "
+            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:3]} ({len(result.unexpected_keys)})"
+        )
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def load_model(path: Path, device: torch.device, spec: ModelSpec | None = None) -> tuple[torch.nn.Module, list[str] | None]:
+    """Rebuild a saved generation: ``(model on device in channels_last, stored class names or None)``.
+
+    Args:
+        path: a checkpoint :func:`load_checkpoint` reads.
+        device: where to put the model.
+        spec: the model to build; default: the one stored in the file.
+
+    Raises:
+        CheckpointError: unreadable file, no spec stored and none given, or weights that do not fit (strict load).
+    """
+    state, classes, stored, _ = load_checkpoint(path)
+    if spec is None:
+        if stored is None:
+            raise CheckpointError(f"{path} does not store its model spec; it was not written by labelrefinery")
+        spec = ModelSpec(**stored)
+    return model_from_state(state, spec, device, str(path)), classes
+
+
+def check_classes(source: str, classes: list[str], dataset: Dataset) -> None:
+    """Raise :class:`CheckpointError` showing the first difference when ``classes`` are not ``dataset``'s."""
+    if classes == dataset.classes:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(classes, dataset.classes)) if a != b),
+             min(len(classes), len(dataset.classes)))
+    have = repr(classes[i]) if i < len(classes) else "(none)"
+    want = repr(dataset.classes[i]) if i < len(dataset.classes) else "(none)"
+    raise CheckpointError(
+        f"{source} was trained on other classes: class {i} is {have} there but {want} in "
+        f"{dataset.name} ({len(classes)} vs {len(dataset.classes)} classes); use a model trained on this dataset"
+    )
+
+
+def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, image_size: int,
+                  device: torch.device) -> torch.nn.Module:
+    """Load a user-given refinery (``--refinery-checkpoint``) for ``dataset``.
+
+    Accepts this tool's ``model.safetensors`` (which stores its model spec and
+    class names) or a plain torchvision/timm state dict (``.safetensors``,
+    ``.pt``, ``.pth``, loaded with ``weights_only=True``) together with
+    ``model_name``.
+
+    Args:
+        image_size: side in pixels of the images the refinery will see.
+
+    Raises:
+        CheckpointError: unreadable file; no model name known; stored class names
+            that differ from the dataset's (the message shows the first
+            difference); missing or unexpected weights (never a partial load).
+    """
+    state, classes, spec, _ = load_checkpoint(Path(path))
+    if classes is not None:
+        check_classes(f"refinery {path}", classes, dataset)
+    c = dataset.image_shape[0]
+    if spec is None or model_name is not None:
+        if model_name is None:
+            raise CheckpointError(f"{path} does not say which model it holds; add --refinery-model NAME")
+        spec_obj = ModelSpec(model_name, dataset.train.num_classes, c, image_size)
+    else:
+        spec_obj = ModelSpec(**spec)
+    if spec_obj.num_classes != dataset.train.num_classes or spec_obj.in_channels != c:
+        raise CheckpointError(f"refinery {path} has {spec_obj.num_classes} classes and {spec_obj.in_channels} input "
+                              f"channels; {dataset.name} needs {dataset.train.num_classes} and {c}")
+    model = model_from_state(state, spec_obj, device, f"refinery {path} (check --refinery-model)")
+    if classes is None:
+        log(f"note: {path} stores no class names; assuming they are {dataset.name}'s, in order")
+    return model

@@ -1,0 +1,21 @@
+"""What a run prints: one-line messages and progress bars on stderr, from the main process only."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+from .dist import is_main_process
+
+
+def log(msg: str) -> None:
+    """Print one line to stderr (shared with the progress bars); silent on every process but rank 0."""
+    if is_main_process():
+        tqdm.write(msg, file=sys.stderr)
+
+
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img") -> tqdm:
+    """A tqdm bar over ``total`` items on stderr; disabled unless ``enabled`` and on rank 0."""
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not (enabled and is_main_process()),
+                dynamic_ncols=True)

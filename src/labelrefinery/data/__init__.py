@@ -1,0 +1,72 @@
+"""Datasets as in-memory uint8 tensors: one registry of names, one loader per source.
+
+Letters: N images, C channels (1 or 3), H x W pixels, K classes.
+
+Every loader returns a :class:`Dataset` whose ``train`` and ``test`` splits are
+:class:`ImageData` (``images: (N, C, H, W) uint8``, ``labels: (N,) int64``,
+class names). Names (:data:`DATASETS`):
+
+- ``fashion-mnist``, ``mnist``: IDX files (:mod:`.idx`);
+- ``digits``: scikit-learn's bundled 8x8 digits; ``synthetic``: generated CIFAR-sized data (:mod:`.small`);
+- ``cifar10``, ``cifar100``, ``svhn``: torchvision's classes (:mod:`.torchvision_sets`);
+- ``folder:PATH``: an ImageNet-layout image folder (:mod:`.folder`).
+
+Converted datasets are cached as uint8 (:mod:`.cache`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError, DataError
+from .core import Dataset, ImageData, stratified_split
+from .folder import load_folder
+from .idx import DEBIAN_FASHION_MNIST, load_fashion_mnist, load_mnist, read_idx
+from .small import load_digits, load_synthetic
+from .torchvision_sets import load_cifar, load_svhn
+
+# name -> loader(data_dir, options); folder:PATH is matched by its prefix.
+_LOADERS: dict[str, Callable[[Path | None, dict[str, Any]], Dataset]] = {
+    "fashion-mnist": lambda root, o: load_fashion_mnist(root),
+    "mnist": lambda root, o: load_mnist(root),
+    "digits": lambda root, o: load_digits(),
+    "synthetic": lambda root, o: load_synthetic(),
+    "cifar10": lambda root, o: load_cifar("cifar10", root),
+    "cifar100": lambda root, o: load_cifar("cifar100", root),
+    "svhn": lambda root, o: load_svhn(root, extra=bool(o.get("svhn_extra"))),
+}
+FOLDER_PREFIX = "folder:"
+DATASETS = [*_LOADERS, f"{FOLDER_PREFIX}PATH"]
+
+
+def check_dataset_name(name: str) -> None:
+    """Raise :class:`ConfigError` listing the known datasets when ``name`` is not one of them."""
+    if name in _LOADERS or (name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX)):
+        return
+    raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options: Any) -> Dataset:
+    """Load a dataset by name (see the module docstring for the names).
+
+    Args:
+        name: dataset name.
+        data_dir: where the dataset's files are or should be downloaded to; also decides the cache directory.
+        options: ``image_size`` (pixels, ``folder:PATH``), ``svhn_extra`` (bool, ``svhn``).
+
+    Raises:
+        ConfigError: unknown name.
+        DataError: missing, truncated or corrupt files, or bad labels.
+    """
+    check_dataset_name(name)
+    root = Path(data_dir) if data_dir is not None else None
+    if name.startswith(FOLDER_PREFIX):
+        return load_folder(Path(name[len(FOLDER_PREFIX):]), options.get("image_size"), root)
+    return _LOADERS[name](root, options)
+
+
+__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "DataError", "Dataset", "ImageData", "check_dataset_name",
+           "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist", "load_synthetic", "read_idx",
+           "stratified_split"]

@@ -1,0 +1,68 @@
+"""Device, precision and threads: resolved once at the start of a run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import check_device_name
+from .errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
+
+    Raises:
+        ConfigError: a name other than auto, cpu, cuda, cuda:N; or CUDA asked for and none available.
+    """
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for CUDA but torch sees no CUDA device; use --device cpu")
+    return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``name`` on ``device``: None means plain fp32.
+
+    ``auto`` picks bf16 on CPUs with AVX512-BF16/AMX and on CUDA devices that
+    support bf16, fp32 otherwise.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {name!r}")
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """``"fp32"``, ``"bfloat16"`` or ``"float16"``: how run.json and the start line name a precision."""
+    return "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "")
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's CPU threads (0 = every core this process may use); returns the number set."""
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    return torch.get_num_threads()

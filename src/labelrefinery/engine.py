@@ -1,0 +1,389 @@
+"""The training engine: ``predict``, ``evaluate``, ``recalibrate_batchnorm``, ``train_one_epoch``, ``fit``.
+
+Letters: N images, B batch size, C channels, H x W pixels, K classes.
+
+The training images live on the training device as ``(N, C, H, W) uint8``.
+Each step takes a slice of one index permutation, converts that batch to float
+on the device, augments it with per-sample parameters (batched, see
+:mod:`labelrefinery.augment`), asks the target source for the batch's targets
+(:mod:`labelrefinery.targets`: stored rows indexed by the same permutation, or
+a frozen refinery labelling exactly the augmented batch), normalises in
+channels_last layout and runs the model under autocast. The loop is the same
+whatever the targets are.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .batch import Pipeline, num_batches
+from .config import TrainConfig
+from .console import progress_bar
+from .losses import distillation_kl, distillation_loss, soft_target_cross_entropy
+from .seeding import epoch_generator
+from .targets import TargetSource
+
+RECALIBRATION_IMAGES = 4096  # training images (evenly strided) behind each epoch's BatchNorm statistics
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def predict(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` on ``images`` in dataset order, through ``pipeline.eval_view``.
+
+    Args:
+        model: classifier; put in eval mode here (and left so).
+        images: ``(N, C, H, W) uint8`` on any device.
+        pipeline: device, normalisation, evaluation view and precision.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(N, K) float32`` logits on the CPU.
+    """
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for x in pipeline.eval_batches(images, batch_size):
+            with pipeline.autocast():
+                logits = model(x)
+            out.append(logits.float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_size: int = 1024) -> None:
+    """Recompute every BatchNorm layer's running mean and variance over ``images`` (precise BatchNorm).
+
+    With few training steps the running statistics (an exponential average with
+    momentum 0.1) lag far behind the weights, so the model is badly calibrated in
+    eval mode: its softmax is nearly uniform and refined labels made from it
+    carry little signal, which makes later generations collapse. One pass in
+    train mode without gradients, averaging over all batches
+    (``torch.optim.swa_utils.update_bn``; Wu & Johnson 2021, "Rethinking 'Batch'
+    in BatchNorm", the "precise BN" statistics), fixes the statistics. Weights are unchanged.
+
+    Args:
+        model: trained in place (its BatchNorm buffers only); left in eval mode.
+        images: ``(N, C, H, W) uint8`` training images, un-augmented.
+        pipeline: device, normalisation, precision.
+        batch_size: images per forward pass.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    with torch.no_grad(), pipeline.autocast():
+        update_bn(pipeline.eval_batches(images, batch_size), model)
+    model.eval()
+
+
+def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent of ``logits: (N, K)`` (or probabilities) against ``labels: (N,) int64``."""
+    if len(labels) == 0:
+        return float("nan")
+    return 100.0 * (logits.argmax(1).cpu() == labels.cpu()).float().mean().item()
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pipeline: Pipeline,
+             batch_size: int = 1024) -> dict[str, float]:
+    """``{"top1": %, "loss": mean cross-entropy in nats}`` of ``model`` on ``(N, C, H, W) uint8`` images."""
+    logits = predict(model, images, pipeline, batch_size)
+    return {
+        "top1": top1_accuracy(logits, labels),
+        "loss": soft_target_cross_entropy(logits, labels.cpu()).item(),
+    }
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum 0.9, Nesterov) over the trainable parameters, with ``cfg.lr`` and ``cfg.weight_decay``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+ONECYCLE_WARMUP = 0.25  # share of all steps spent raising the lr to its peak
+
+
+class LRSchedule:
+    """The learning-rate schedule of ``cfg.lr_schedule``, stepped per batch and per epoch by the loop.
+
+    - ``plateau``: x ``plateau_factor`` after ``plateau_patience_epochs`` epochs without a validation gain,
+      never below ``min_lr``;
+    - ``onecycle``: Smith & Topin 2019 ("Super-Convergence"), peak ``lr`` after 25% of all steps (with 4 or
+      fewer steps in all, after the first);
+    - ``cosine``: cosine annealing from ``lr`` to 0 over all steps;
+    - ``steps``: x ``plateau_factor`` at each epoch in ``lr_steps``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        sched = torch.optim.lr_scheduler
+        total = cfg.epochs * steps_per_epoch
+        self.kind = cfg.lr_schedule
+        if self.kind == "plateau":
+            self.scheduler = sched.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                     patience=cfg.plateau_patience_epochs, min_lr=cfg.min_lr)
+        elif self.kind == "onecycle":
+            # OneCycleLR ends its warm-up at step warmup * total - 1, which must be > 0 (at 0 it divides by zero).
+            warmup = ONECYCLE_WARMUP if ONECYCLE_WARMUP * total > 1 or total < 2 else 1.5 / total
+            self.scheduler = sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=warmup)
+        elif self.kind == "cosine":
+            self.scheduler = sched.CosineAnnealingLR(optimizer, T_max=total)
+        else:
+            self.scheduler = sched.MultiStepLR(optimizer, cfg.lr_steps, gamma=cfg.plateau_factor)
+        self.per_batch = self.kind in ("onecycle", "cosine")
+
+    def after_batch(self) -> None:
+        if self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self, val_top1: float) -> None:
+        if self.kind == "plateau":
+            self.scheduler.step(val_top1)
+        elif not self.per_batch:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                    grad_scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if grad_scaler is not None:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    targets: TargetSource,
+    pipeline: Pipeline,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    schedule: LRSchedule | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
+    progress: bool = False,
+    desc: str = "",
+) -> dict[str, float]:
+    """One pass over ``images`` in a random order, the loss :func:`~labelrefinery.losses.distillation_loss`.
+
+    Args:
+        model: the student, trained in place.
+        optimizer: its optimizer.
+        images: ``(N, C, H, W) uint8`` training images, ideally already on the device.
+        targets: a target source (:class:`~labelrefinery.targets.StoredTargets`,
+            :class:`~labelrefinery.targets.RefineryTargets`) indexed like ``images``.
+        pipeline: device, normalisation, precision.
+        batch_size: B.
+        generator: CPU generator for the permutation, augmentation and jitter draws.
+        augment: batched ``(x, generator) -> x`` on [0, 1] floats, or None.
+        schedule: its ``after_batch`` is called after every step.
+        grad_scaler: for fp16.
+        progress: show a tqdm bar with loss, accuracy and images/s.
+
+    Returns:
+        dict with ``train_loss`` (the loss, nats), ``train_kl`` (KL divergence to
+        the targets, nats), ``train_top1`` (%, against the targets' argmax),
+        ``images_per_s`` and ``epoch_time_s``.
+    """
+    model.train()
+    n = len(images)
+    perm = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
+    steps = num_batches(n, batch_size)
+    totals = torch.zeros(4, dtype=torch.float64, device=pipeline.device)  # loss, kl, correct, seen
+    start = time.perf_counter()
+    bar = progress_bar(n, desc, progress)
+    for b in range(steps):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        x = pipeline.to_unit(images[idx])
+        if augment is not None:
+            x = augment(x, generator)
+        batch = targets.for_batch(idx, x, model, pipeline, generator)
+        with pipeline.autocast():
+            logits = model(pipeline.normalize(batch.images))
+        logits = logits.float()
+        loss = distillation_loss(logits, batch.targets, batch.temperature)
+        _optimizer_step(loss, optimizer, grad_scaler)
+        if schedule is not None:
+            schedule.after_batch()
+        with torch.no_grad():
+            t = batch.targets
+            hard = t.argmax(1) if t.is_floating_point() else t
+            kl = distillation_kl(logits, t, batch.temperature)
+            totals += torch.stack([loss.detach().double() * len(idx), kl.double() * len(idx),
+                                   (logits.argmax(1) == hard).sum().double(),
+                                   torch.tensor(float(len(idx)), device=totals.device, dtype=torch.float64)])
+        bar.update(len(idx))
+        if not bar.disable and (b % 10 == 0 or b == steps - 1):
+            t_loss, _, correct, seen = totals.tolist()
+            bar.set_postfix(loss=f"{t_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    bar.close()
+    t_loss, t_kl, correct, seen = totals.tolist()
+    elapsed = time.perf_counter() - start
+    return {"train_loss": t_loss / seen, "train_kl": t_kl / seen, "train_top1": 100.0 * correct / seen,
+            "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`: best validation top-1 (%), the epoch it came from (0-based), epochs run."""
+
+    best_val_top1: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+
+
+@dataclass
+class _Progress:
+    """What :func:`fit` carries from epoch to epoch (and through a resume file)."""
+
+    best_weights: dict[str, torch.Tensor]
+    best_top1: float = -math.inf
+    best_epoch: int = -1
+    since_best: int = 0
+    next_epoch: int = 0
+
+    def update(self, model: nn.Module, epoch: int, val_top1: float, min_delta: float) -> None:
+        """Track the best epoch (any gain) and the epochs since the last gain larger than ``min_delta`` points."""
+        improved = val_top1 > self.best_top1 + min_delta
+        if val_top1 > self.best_top1:
+            self.best_top1, self.best_epoch = val_top1, epoch
+            self.best_weights = _state_dict_copy(model)
+        self.since_best = 0 if improved else self.since_best + 1
+        self.next_epoch = epoch + 1
+
+
+def _state_dict_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _strip_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys saved from a ``torch.compile`` wrapper (``_orig_mod.``) as the plain module names them."""
+    prefix = "_orig_mod."
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def _resume(state_file, model: nn.Module, optimizer, schedule: LRSchedule, device) -> _Progress:
+    state = state_file.load(device) if state_file is not None else None
+    if state is None:
+        return _Progress(_state_dict_copy(model))
+    model.load_state_dict(_strip_compile_prefix(state["model"]))
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    return _Progress(_strip_compile_prefix(state["best_model"]), float(state["best_top1"]), int(state["best_epoch"]),
+                     int(state["since_best"]), int(state["epoch"]) + 1)
+
+
+def fit(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: TargetSource,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+    cfg: TrainConfig,
+    pipeline: Pipeline,
+    *,
+    seed_keys: tuple[int, ...],
+    augment=None,
+    state_file=None,
+    log: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    compile: bool = False,
+    desc: str = "",
+) -> FitResult:
+    """Train ``model`` for up to ``cfg.epochs`` epochs, tracking validation top-1 accuracy.
+
+    Learning-rate schedule per :class:`LRSchedule`; early stopping when
+    validation top-1 has not improved by more than ``cfg.early_stop_min_delta``
+    points for ``cfg.early_stop_patience_epochs`` epochs (0 = never); at the end
+    the best-validation weights are restored when ``cfg.restore_best``. With
+    ``cfg.recalibrate_bn`` the BatchNorm statistics are recomputed over up to
+    ``RECALIBRATION_IMAGES`` evenly strided training images before each
+    validation (see :func:`recalibrate_batchnorm`), so the best epoch, the plateau
+    schedule and early stopping judge a calibrated model.
+
+    Every epoch is seeded from ``seed_keys`` and the epoch
+    (:func:`labelrefinery.seeding.epoch_generator`) and, when ``state_file`` is
+    given, the whole training state (weights, optimizer, schedule, best weights,
+    counters) is saved there after each epoch. If it holds a state at the start,
+    training resumes after its last epoch and reaches the same result as an
+    uninterrupted run. States hold the plain module's names, with or without
+    ``compile``.
+
+    Args:
+        model: the student, on ``pipeline.device``, trained in place.
+        images, targets: see :func:`train_one_epoch`.
+        val_images: ``(M, C, H, W) uint8`` validation images (never augmented).
+        val_labels: ``(M,) int64`` ground-truth labels.
+        cfg: epochs, batch size, optimizer, schedule, patience.
+        pipeline: device, normalisation and precision.
+        seed_keys: integers identifying this fit (e.g. seed, generation).
+        augment: batched augmentation or None.
+        state_file: a resume file with ``load(device) -> dict | None`` and ``save(dict)``
+            (:class:`labelrefinery.rundir.TrainStateFile`), or None.
+        log: called with one metrics dict per epoch.
+        progress: a progress bar per epoch.
+        compile: train and validate through ``torch.compile(model)``.
+
+    Returns:
+        :class:`FitResult`.
+    """
+    optimizer = build_optimizer(model, cfg)
+    schedule = LRSchedule(optimizer, cfg, num_batches(len(images), cfg.batch_size))
+    grad_scaler = torch.amp.GradScaler(pipeline.device.type) if pipeline.amp_dtype == torch.float16 else None
+    trainee = torch.compile(model) if compile else model  # shares model's parameters
+    run = _resume(state_file, model, optimizer, schedule, pipeline.device)
+    patience = cfg.early_stop_patience_epochs
+    stopped_early = bool(patience) and run.since_best >= patience
+    epoch = run.next_epoch - 1
+    for epoch in range(run.next_epoch, cfg.epochs if not stopped_early else 0):
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(
+            trainee, optimizer, images, targets, pipeline, batch_size=cfg.batch_size,
+            generator=epoch_generator(seed_keys, epoch), augment=augment, schedule=schedule,
+            grad_scaler=grad_scaler, progress=progress, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+        )
+        if cfg.recalibrate_bn:
+            # Running statistics lag behind in short runs; validation (and so best-epoch choice, plateau and
+            # early stopping) would judge a miscalibrated model. Only eval-mode behaviour changes.
+            recalibrate_batchnorm(trainee, images[:: max(1, len(images) // RECALIBRATION_IMAGES)], pipeline)
+        val = evaluate(trainee, val_images, val_labels, pipeline)
+        schedule.after_epoch(val["top1"])
+        run.update(model, epoch, val["top1"], cfg.early_stop_min_delta)
+        if log is not None:
+            log({"epoch": epoch + 1, "lr": lr, **stats, "val_top1": val["top1"], "val_loss": val["loss"]})
+        if state_file is not None:
+            state_file.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": schedule.state_dict(), "best_model": run.best_weights,
+                             "best_top1": run.best_top1, "best_epoch": run.best_epoch,
+                             "since_best": run.since_best, "epoch": epoch})
+        if patience and run.since_best >= patience:
+            stopped_early = True
+            break
+    if cfg.restore_best:
+        model.load_state_dict(run.best_weights)
+    return FitResult(run.best_top1, run.best_epoch, max(epoch + 1, 0), stopped_early)

@@ -1,0 +1,105 @@
+"""The data protocol of one seed: its train/validation split, its training views, its test images.
+
+Validation (a stratified ``val_fraction`` of the training split, drawn by the
+seed, after an optional stratified ``train_size`` subset drawn once) and test
+images keep their ground-truth labels in every generation: they are never
+augmented, refined, or used to make refined labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .augment import RandomAffine, augment_uint8
+from .config import RunConfig
+from .data import Dataset, stratified_split
+from .seeding import static_copy_generator
+
+
+def seed_split(dataset: Dataset, cfg: RunConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train indices, validation indices)``, ``(M,) int64`` each, into the dataset's training split for ``seed``.
+
+    Raises:
+        ConfigError: a validation share that cannot hold every class.
+    """
+    labels = dataset.train.labels
+    pool = torch.arange(len(labels))
+    if cfg.data.train_size is not None and cfg.data.train_size < len(labels):
+        _, pool = stratified_split(labels, cfg.data.train_size / len(labels), seed=0)
+    train_pos, val_pos = stratified_split(labels[pool], cfg.data.val_fraction, seed)
+    return pool[train_pos], pool[val_pos]
+
+
+@dataclass
+class TrainingViews:
+    """The training set of one seed: the stored views and their ground truth.
+
+    Attributes:
+        images: ``(M, C, H, W) uint8``: the training images, followed by each stored augmented copy (static).
+        labels: ``(M,) int64`` ground truth of each view.
+        indices: ``(M,) int64`` index of each view's image in the dataset's training split.
+        views: ``(M,) int64`` 0 = the image itself, c = its c-th stored augmented copy.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    views: torch.Tensor
+
+
+def training_views(dataset: Dataset, train_idx: torch.Tensor, cfg: RunConfig, seed: int) -> TrainingViews:
+    """The images generation 1 trains on; with ``augment=static``, plus ``static_copies`` copies made once from the seed."""
+    images = dataset.train.images[train_idx]
+    labels = dataset.train.labels[train_idx]
+    parts, views = [images], [torch.zeros(len(images), dtype=torch.int64)]
+    if cfg.data.augment == "static":
+        affine = RandomAffine(hflip=dataset.hflip_keeps_class)
+        for c in range(1, cfg.data.static_copies + 1):
+            parts.append(augment_uint8(images, affine, static_copy_generator(seed, c)))
+            views.append(torch.full((len(images),), c, dtype=torch.int64))
+    reps = len(parts)
+    return TrainingViews(torch.cat(parts), labels.repeat(reps), train_idx.repeat(reps), torch.cat(views))
+
+
+@dataclass
+class SeedData:
+    """Everything one seed's chain reads, built once per seed.
+
+    Attributes:
+        seed: the run seed.
+        views: the stored training views (CPU).
+        images: ``views.images`` on the training device.
+        ground_truth: ``views.labels`` on the training device.
+        train_idx, val_idx: the split (see :func:`seed_split`).
+        val_images, val_labels: validation ``(V, C, H, W) uint8`` and ``(V,) int64``.
+        test_images, test_labels: the (first ``test_size``) test images and labels.
+    """
+
+    seed: int
+    views: TrainingViews
+    images: torch.Tensor
+    ground_truth: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def reported_test_set(dataset: Dataset, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images and labels a run reports on: the first ``test_size`` of the test split, or all of it."""
+    n = cfg.data.test_size
+    images, labels = dataset.test.images, dataset.test.labels
+    return (images, labels) if n is None else (images[:n], labels[:n])
+
+
+def seed_data(dataset: Dataset, cfg: RunConfig, seed: int, device: torch.device) -> SeedData:
+    """Split, views and test images of ``seed``; the training views are moved to ``device``."""
+    train_idx, val_idx = seed_split(dataset, cfg, seed)
+    views = training_views(dataset, train_idx, cfg, seed)
+    test_images, test_labels = reported_test_set(dataset, cfg)
+    return SeedData(seed, views, views.images.to(device), views.labels.to(device), train_idx, val_idx,
+                    dataset.train.images[val_idx], dataset.train.labels[val_idx], test_images, test_labels)
