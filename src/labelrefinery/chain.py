@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
 from pathlib import Path
 
 import torch
 
-from . import __version__
 from .augment import eval_view, input_size, make_augment
 from .batch import Pipeline
 from .checkpoint import load_refinery
@@ -32,16 +30,7 @@ from .protocol import seed_data, seed_split
 from .report import format_table, summarize_run
 from .rundir import RunDir
 from .targets import LabelRecipe
-
-
-def code_version() -> str:
-    """Package version plus the git commit of the source tree when it is a checkout."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
+from .version import code_version
 
 
 def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:

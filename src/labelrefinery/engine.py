@@ -117,8 +117,8 @@ class LRSchedule:
 
     - ``plateau``: x ``plateau_factor`` after ``plateau_patience_epochs`` epochs without a validation gain,
       never below ``min_lr``;
-    - ``onecycle``: Smith & Topin 2019 ("Super-Convergence"), peak ``lr`` after 25% of all steps (with 4 or
-      fewer steps in all, after the first);
+    - ``onecycle``: Smith & Topin 2019 ("Super-Convergence"), peak ``lr`` after 25% of all steps (with 3 or 4
+      steps in all, after the first; with 1 or 2, ``lr`` throughout);
     - ``cosine``: cosine annealing from ``lr`` to 0 over all steps;
     - ``steps``: x ``plateau_factor`` at each epoch in ``lr_steps``.
     """
@@ -130,15 +130,18 @@ class LRSchedule:
         if self.kind == "plateau":
             self.scheduler = sched.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
                                                      patience=cfg.plateau_patience_epochs, min_lr=cfg.min_lr)
+        elif self.kind == "onecycle" and total <= 2:  # no room to warm up and anneal: the peak lr throughout
+            self.scheduler = sched.LambdaLR(optimizer, lambda step: 1.0)
         elif self.kind == "onecycle":
-            # OneCycleLR ends its warm-up at step warmup * total - 1, which must be > 0 (at 0 it divides by zero).
-            warmup = ONECYCLE_WARMUP if ONECYCLE_WARMUP * total > 1 or total < 2 else 1.5 / total
+            # OneCycleLR ends its warm-up at step warmup * total - 1, which must be > 0 (at 0 it divides by
+            # zero): with 4 or fewer steps the warm-up ends after the first step.
+            warmup = ONECYCLE_WARMUP if ONECYCLE_WARMUP * total > 1 else 2 / total
             self.scheduler = sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=warmup)
         elif self.kind == "cosine":
             self.scheduler = sched.CosineAnnealingLR(optimizer, T_max=total)
         else:
             self.scheduler = sched.MultiStepLR(optimizer, cfg.lr_steps, gamma=cfg.plateau_factor)
-        self.per_batch = self.kind in ("onecycle", "cosine")
+        self.per_batch = self.kind in ("onecycle", "cosine")  # stepped after every batch
 
     def after_batch(self) -> None:
         if self.per_batch:
