@@ -36,9 +36,10 @@ from labelrefinery.augment import RandomAffine
 from labelrefinery.data import load_dataset
 from labelrefinery.losses import soft_target_cross_entropy
 from labelrefinery.models import ModelSpec, build_model
-from labelrefinery.targets import refined_labels
-from labelrefinery.train import (FrozenRefinery, OnlineLabels, Pipeline, evaluate, predict, resolve_device,
-                                 resolve_precision, train_one_epoch)
+from labelrefinery.batch import Pipeline
+from labelrefinery.device import resolve_device, resolve_precision
+from labelrefinery.engine import evaluate, predict, train_one_epoch
+from labelrefinery.targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, refined_labels
 
 
 def sync(device: torch.device) -> None:
@@ -175,16 +176,17 @@ def bench_precision(args, ds, device, precision: str) -> dict:
 
     # (b) our trainer, offline soft labels, online augmentation
     g = torch.Generator().manual_seed(0)
+    stored = StoredTargets(soft)
     res["b_ours"] = median_rate(
-        lambda: train_one_epoch(model, opt, images, soft, pipe, batch_size=bs, generator=g, augment=augment),
+        lambda: train_one_epoch(model, opt, images, stored, pipe, batch_size=bs, generator=g, augment=augment),
         n, args.repeats, 1, device)
     res["b_ours_no_aug"] = median_rate(
-        lambda: train_one_epoch(model, opt, images, soft, pipe, batch_size=bs, generator=g),
+        lambda: train_one_epoch(model, opt, images, stored, pipe, batch_size=bs, generator=g),
         n, args.repeats, 1, device)
 
     # (c) per-crop labels from a frozen refinery of the same architecture
     refinery = FrozenRefinery(new_model(1))
-    online = OnlineLabels(refinery, lambda logits, gt: refined_labels(logits), labels)
+    online = RefineryTargets(refinery, LabelRecipe(), labels)
     res["c_ours_refinery"] = median_rate(
         lambda: train_one_epoch(model, opt, images, online, pipe, batch_size=bs, generator=g, augment=augment),
         n, args.repeats, 1, device)
@@ -220,12 +222,22 @@ def bench_precision(args, ds, device, precision: str) -> dict:
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            train_one_epoch(model, opt, images, soft, pipe, batch_size=bs, generator=g, augment=augment)
+            train_one_epoch(model, opt, images, stored, pipe, batch_size=bs, generator=g, augment=augment)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         res["profile_b"] = prof.key_averages().table(sort_by=sort, row_limit=15)
     if args.accuracy_epochs:
         res.update(accuracy_comparison(args, ds, pipe, spec, augment))
     return res
+
+
+class _PerBatch:
+    """A torch scheduler stepped after every batch, as train_one_epoch's ``schedule`` expects."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def after_batch(self) -> None:
+        self.scheduler.step()
 
 
 def accuracy_comparison(args, ds, pipe, spec, augment) -> dict:
@@ -244,8 +256,9 @@ def accuracy_comparison(args, ds, pipe, spec, augment) -> dict:
         start = time.perf_counter()
         if name == "ours":
             for e in range(epochs):
-                train_one_epoch(model, opt, images, labels, pipe, batch_size=bs,
-                                generator=torch.Generator().manual_seed(e), augment=augment, scheduler=sched)
+                train_one_epoch(model, opt, images, StoredTargets(labels), pipe, batch_size=bs,
+                                generator=torch.Generator().manual_seed(e), augment=augment,
+                                schedule=_PerBatch(sched))
         else:
             loader = torch.utils.data.DataLoader(
                 TorchvisionFashion(ds.train.images, ds.train.labels,
