@@ -9,6 +9,17 @@ from labelrefinery.data import DEBIAN_FASHION_MNIST
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_home_cache(tmp_path_factory):
+    """Converted datasets (e.g. ``folder:PATH`` without ``--data-dir``) are cached in a temporary
+    ``$XDG_CACHE_HOME``, never in the real ``~/.cache/labelrefinery``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    mp.undo()
+
+
 HAVE_FASHION_MNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
 needs_fashion_mnist = pytest.mark.skipif(
     not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist (the README's setup does)"

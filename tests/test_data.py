@@ -6,6 +6,7 @@ import torch
 
 from labelrefinery.data import (DataError, ImageData, load_dataset, load_digits, load_fashion_mnist, read_idx,
                                 stratified_split)
+from labelrefinery.errors import ConfigError
 
 from .conftest import needs_fashion_mnist, write_idx
 
@@ -85,7 +86,7 @@ def test_digits_split_fixed():
 
 
 def test_unknown_dataset_lists_known():
-    with pytest.raises(ValueError, match="known datasets: fashion-mnist"):
+    with pytest.raises(ConfigError, match="known datasets: fashion-mnist"):
         load_dataset("imagenet-21k")
 
 
@@ -129,5 +130,5 @@ def test_gzip_corrupted_in_the_middle(tiny_idx_dir, tmp_path):
 
 
 def test_validation_split_too_small():
-    with pytest.raises(ValueError, match="--val-fraction between"):
+    with pytest.raises(ConfigError, match="--val-fraction between"):
         stratified_split(torch.arange(1000) % 10, 0.001, seed=0)

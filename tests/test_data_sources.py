@@ -109,7 +109,8 @@ def test_missing_torchvision_dataset(tmp_path, no_download):
 
 
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # never the real ~/.cache
     root = tmp_path / "imgs"
     rng = np.random.default_rng(0)
     for split, classes in (("train", ["bird", "Cat", "dog"]), ("val", ["Cat", "dog"])):
@@ -124,7 +125,7 @@ def folder(tmp_path):
     return root
 
 
-def test_image_folder(folder):
+def test_image_folder(folder, tmp_path):
     ds = load_dataset(f"folder:{folder}", image_size=16)
     assert ds.classes == ["Cat", "bird", "dog"]  # torchvision's sort: case-sensitive
     assert ds.train.images.shape == (15, 3, 16, 16) and ds.train.images.dtype == torch.uint8
@@ -133,7 +134,9 @@ def test_image_folder(folder):
     assert sorted(set(ds.test.labels.tolist())) == [0, 2]
     gray = ds.train.images[ds.train.labels == 0][1]  # gray.png: the three channels are equal
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
-    assert list((folder / "labelrefinery-cache").glob("folder-*-16px-*.safetensors"))
+    # The converted images are cached under $XDG_CACHE_HOME/labelrefinery, never inside the image tree.
+    assert list((tmp_path / "cache" / "labelrefinery").glob("folder-*-16px-*.safetensors"))
+    assert not (folder / "labelrefinery-cache").exists()
 
 
 def test_image_folder_corrupt_file_named(folder):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import yaml
 
-import labelrefinery.train as train_module
+import labelrefinery.rundir as rundir_module
+from labelrefinery.checkpoint import load_checkpoint
 from labelrefinery.cli import main
 from labelrefinery.data import load_dataset
-from labelrefinery.runio import load_checkpoint, load_labels
+from labelrefinery.rundir import RunDir
 
 from .conftest import needs_fashion_mnist
 
@@ -50,7 +51,7 @@ def test_checkpoint_and_labels(full_run):
     ds = load_dataset("fashion-mnist")
     state, classes, spec, extra = load_checkpoint(full_run / "seed-0/gen-1/model.safetensors")
     assert classes == ds.classes and spec["name"] == "convnet" and extra["generation"] == 1
-    labels = load_labels(full_run / "seed-0/gen-1/labels.npz")
+    labels = RunDir(full_run).load_labels(0, 1)
     split = np.load(full_run / "seed-0/split.npz")
     assert labels["labels"].dtype == np.float32 and labels["labels"].shape == (len(split["train_indices"]), 10)
     assert np.allclose(labels["labels"].sum(1), 1, atol=1e-4)
@@ -84,27 +85,27 @@ def test_resume_after_generation_1_gives_same_labels(full_run, tmp_path):
     assert refinery(tmp_path, "resumed", "--generations", "1") == 0
     assert not (tmp_path / "resumed/seed-0/gen-2").exists()
     assert refinery(tmp_path, "resumed", "--generations", "2") == 0
-    a = load_labels(full_run / "seed-0/gen-2/labels.npz")["labels"]
-    b = load_labels(tmp_path / "resumed/seed-0/gen-2/labels.npz")["labels"]
+    a = RunDir(full_run).load_labels(0, 2)["labels"]
+    b = RunDir(tmp_path / "resumed").load_labels(0, 2)["labels"]
     assert np.array_equal(a, b)
 
 
 def test_resume_mid_generation_gives_same_labels(full_run, tmp_path, monkeypatch):
-    real = train_module.atomic_write_bytes
+    real = rundir_module.atomic_write_bytes  # the run directory's writer of train-state.pt
 
     def interrupt_after_first_epoch_of_gen2(path, data):
         real(path, data)
         if path.name == "train-state.pt" and path.parent.name == "gen-2":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "atomic_write_bytes", interrupt_after_first_epoch_of_gen2)
+    monkeypatch.setattr(rundir_module, "atomic_write_bytes", interrupt_after_first_epoch_of_gen2)
     assert refinery(tmp_path, "mid", "--generations", "2") == 130
     assert (tmp_path / "mid/seed-0/gen-2/train-state.pt").exists()
     assert not (tmp_path / "mid/seed-0/gen-2/summary.json").exists()
-    monkeypatch.setattr(train_module, "atomic_write_bytes", real)
+    monkeypatch.setattr(rundir_module, "atomic_write_bytes", real)
     assert refinery(tmp_path, "mid", "--generations", "2") == 0
-    a = load_labels(full_run / "seed-0/gen-2/labels.npz")["labels"]
-    b = load_labels(tmp_path / "mid/seed-0/gen-2/labels.npz")["labels"]
+    a = RunDir(full_run).load_labels(0, 2)["labels"]
+    b = RunDir(tmp_path / "mid").load_labels(0, 2)["labels"]
     assert np.array_equal(a, b)
     epochs = [json.loads(x) for x in (tmp_path / "mid/metrics.jsonl").read_text().splitlines()]
     assert [(r["generation"], r["epoch"]) for r in epochs if r["kind"] == "epoch"] == [(1, 1), (1, 2), (2, 1), (2, 2)]

@@ -2,11 +2,16 @@ import pytest
 import torch
 from torch import nn
 
+from labelrefinery.batch import Pipeline
 from labelrefinery.config import resolve_config
 from labelrefinery.data import load_digits
+from labelrefinery.device import resolve_precision
+from labelrefinery.engine import evaluate, fit, predict, recalibrate_batchnorm, train_one_epoch
+from labelrefinery.errors import ConfigError
 from labelrefinery.models import ModelSpec, build_model
-from labelrefinery.train import (FrozenRefinery, Pipeline, derive_seed, evaluate, fit, predict,
-                                 recalibrate_batchnorm, resolve_precision, train_one_epoch)
+from labelrefinery.rundir import TrainStateFile
+from labelrefinery.seeding import derive_seed
+from labelrefinery.targets import FrozenRefinery, StoredTargets
 
 CPU = torch.device("cpu")
 
@@ -28,7 +33,7 @@ def test_derive_seed_stable_and_distinct():
 def test_precision_resolution():
     assert resolve_precision("fp32", CPU) is None
     assert resolve_precision("bf16", CPU) == torch.bfloat16
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ConfigError, match="precision"):
         resolve_precision("fp8", CPU)
 
 
@@ -61,7 +66,7 @@ def test_offline_targets_follow_the_permutation(digits):
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     p = _pipeline(ds)
     for e in range(15):
-        stats = train_one_epoch(model, opt, images, targets, p, batch_size=64,
+        stats = train_one_epoch(model, opt, images, StoredTargets(targets), p, batch_size=64,
                                 generator=torch.Generator().manual_seed(e))
     acc = (predict(model, images, p).argmax(1) == (labels + 3) % 10).float().mean()
     assert stats["train_top1"] > 90 and acc > 0.9
@@ -74,7 +79,7 @@ def test_recalibrate_batchnorm_restores_confidence(digits):
     model = build_model(ModelSpec("convnet", 10, 1, 8))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for e in range(3):  # few steps: running statistics lag behind
-        train_one_epoch(model, opt, ds.train.images, ds.train.labels, p, batch_size=256,
+        train_one_epoch(model, opt, ds.train.images, StoredTargets(ds.train.labels), p, batch_size=256,
                         generator=torch.Generator().manual_seed(e))
     entropy = lambda l: float(-(torch.xlogy(l.softmax(1), l.softmax(1))).sum(1).mean())  # noqa: E731
     before = predict(model, ds.train.images, p)
@@ -89,9 +94,9 @@ def test_recalibrate_batchnorm_restores_confidence(digits):
 def test_fit_resume_matches_uninterrupted(digits, tmp_path):
     ds = digits
     cfg = resolve_config("quick", {"epochs": 4, "lr_schedule": "plateau", "plateau_patience_epochs": 1,
-                                   "progress": False, "batch_size": 128})
+                                   "batch_size": 128}).training
     p = _pipeline(ds)
-    imgs, labels = ds.train.images[:600], ds.train.labels[:600]
+    imgs, labels = ds.train.images[:600], StoredTargets(ds.train.labels[:600])
     vi, vl = ds.train.images[600:800], ds.train.labels[600:800]
 
     def new_model():
@@ -101,12 +106,12 @@ def test_fit_resume_matches_uninterrupted(digits, tmp_path):
     a = new_model()
     res_a = fit(a, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1))
     b = new_model()
-    state = tmp_path / "state.pt"
+    state = TrainStateFile(tmp_path / "state.pt")
     cfg.epochs = 2
-    fit(b, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_path=state)
+    fit(b, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_file=state)
     cfg.epochs = 4
     b2 = new_model()
-    res_b = fit(b2, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_path=state)
+    res_b = fit(b2, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_file=state)
     assert res_b.best_val_top1 == res_a.best_val_top1 and res_b.best_epoch == res_a.best_epoch
     for k, v in a.state_dict().items():
         assert torch.equal(v, b2.state_dict()[k]), k
@@ -115,11 +120,11 @@ def test_fit_resume_matches_uninterrupted(digits, tmp_path):
 def test_early_stopping_and_restore_best(digits):
     ds = digits
     cfg = resolve_config("quick", {"epochs": 30, "lr_schedule": "plateau", "early_stop_patience_epochs": 2,
-                                   "early_stop_min_delta": 50.0, "progress": False})
+                                   "early_stop_min_delta": 50.0}).training
     torch.manual_seed(0)
     model = build_model(ModelSpec("convnet", 10, 1, 8))
     p = _pipeline(ds)
-    res = fit(model, ds.train.images[:500], ds.train.labels[:500], ds.train.images[500:700],
+    res = fit(model, ds.train.images[:500], StoredTargets(ds.train.labels[:500]), ds.train.images[500:700],
               ds.train.labels[500:700], cfg, p, seed_keys=(0, 1))
     assert res.stopped_early and res.epochs_run == 3  # a 50-point min_delta: only epoch 1 counts
     assert evaluate(model, ds.train.images[500:700], ds.train.labels[500:700], p)["top1"] == pytest.approx(

@@ -29,13 +29,14 @@ def test_kl_handles_zero_probabilities():
 def test_distillation_temperature_scaling():
     s = torch.randn(4, 10, requires_grad=True)
     r = torch.randn(4, 10)
-    loss1 = distillation_loss(s, r, 1.0)
+    # The targets are the refinery's softmax already at temperature T (refined labels made at T).
+    loss1 = distillation_loss(s, torch.softmax(r, 1), 1.0)
     assert torch.allclose(loss1, soft_target_cross_entropy(s, torch.softmax(r, 1)))
-    loss4 = distillation_loss(s, r, 4.0)
+    loss4 = distillation_loss(s, torch.softmax(r / 4, 1), 4.0)
     expected = 16 * soft_target_cross_entropy(s / 4, torch.softmax(r / 4, 1))
     assert torch.allclose(loss4, expected)
     with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
-        distillation_loss(s, r, 0)
+        distillation_loss(s, torch.softmax(r, 1), 0)
 
 
 def test_loss_computed_in_fp32_from_bf16_logits():

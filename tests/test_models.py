@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from labelrefinery.errors import ConfigError
 from labelrefinery.models import ModelSpec, available_models, build_model, check_model_name
 
 FAST = ["convnet", "resnet20", "resnet18", "mobilenet_v2", "alexnet_bn"]
@@ -32,7 +33,7 @@ def test_alexnet_bn_has_no_dropout_and_no_last_bias():
 
 
 def test_unknown_model_lists_names():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet9000'; known models: .*convnet"):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet9000'; known models: .*convnet"):
         check_model_name("resnet9000")
     assert "timm:NAME" in available_models()
 

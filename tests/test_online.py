@@ -6,15 +6,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from labelrefinery.batch import Pipeline
+from labelrefinery.checkpoint import load_refinery, save_checkpoint
 from labelrefinery.cli import main
 from labelrefinery.config import resolve_config
 from labelrefinery.data import load_digits
+from labelrefinery.engine import fit, predict, train_one_epoch
+from labelrefinery.errors import CheckpointError
 from labelrefinery.models import ModelSpec, build_model
-from labelrefinery.refinery import load_refinery
-from labelrefinery.runio import save_checkpoint
-from labelrefinery.targets import refined_labels
-from labelrefinery.train import (FrozenRefinery, OnlineLabels, Pipeline, adversarial_jitter, fit, predict,
-                                 train_one_epoch)
+from labelrefinery.targets import (FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, adversarial_jitter,
+                                   refined_labels)
 
 CPU = torch.device("cpu")
 
@@ -27,12 +28,12 @@ def digits():
 @pytest.fixture(scope="module")
 def trained(digits):
     """A convnet trained on digits for a few epochs: the refinery of these tests."""
-    cfg = resolve_config("quick", {"epochs": 6, "progress": False, "batch_size": 128})
+    cfg = resolve_config("quick", {"epochs": 6, "batch_size": 128}).training
     p = Pipeline.create(CPU, digits.mean, digits.std)
     torch.manual_seed(0)
     model = build_model(ModelSpec("convnet", 10, 1, 8))
-    fit(model, digits.train.images, digits.train.labels, digits.test.images, digits.test.labels, cfg, p,
-        seed_keys=(0, 1))
+    fit(model, digits.train.images, StoredTargets(digits.train.labels), digits.test.images, digits.test.labels,
+        cfg, p, seed_keys=(0, 1))
     return model.eval(), p
 
 
@@ -40,12 +41,11 @@ def test_refinery_unchanged_by_a_generation(digits, trained):
     refinery_model, p = trained
     before = {k: v.clone() for k, v in refinery_model.state_dict().items()}
     frozen = FrozenRefinery(refinery_model)
-    cfg = resolve_config("quick", {"epochs": 2, "progress": False, "batch_size": 64, "labels": "online",
-                                   "adversarial_jitter": 0.5, "augment": "online"})
+    cfg = resolve_config("quick", {"epochs": 2, "batch_size": 64, "labels": "online",
+                                   "adversarial_jitter": 0.5, "augment": "online"}).training
     torch.manual_seed(1)
     student = build_model(ModelSpec("convnet", 10, 1, 8))
-    online = OnlineLabels(frozen, lambda logits, gt: refined_labels(logits), digits.train.labels,
-                          jitter_prob=0.5, jitter_eps=2 / 255)
+    online = RefineryTargets(frozen, LabelRecipe(), digits.train.labels, jitter_prob=0.5, jitter_eps=2 / 255)
     from labelrefinery.augment import RandomAffine
 
     fit(student, digits.train.images, online, digits.test.images, digits.test.labels, cfg, p, seed_keys=(0, 2),
@@ -85,12 +85,14 @@ def test_left_crops_are_labelled_as_their_own_content(digits, trained):
         seen.append((t, position))
         return t
 
+    spy.temperature = 1.0  # a label recipe names the temperature its targets were made at
+
     left_crop = lambda x, generator: x[..., :8]  # noqa: E731  the view the student sees
     torch.manual_seed(0)
     student = build_model(ModelSpec("convnet", 10, 1, 8))
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
     # the "ground truth" handed to the spy is each pair's position, to undo the batch permutation
-    online = OnlineLabels(FrozenRefinery(refinery_model), spy, torch.arange(len(pairs)))
+    online = RefineryTargets(FrozenRefinery(refinery_model), spy, torch.arange(len(pairs)))
     train_one_epoch(student, opt, pairs, online, p, batch_size=len(pairs) + 1,
                     generator=torch.Generator().manual_seed(0), augment=left_crop)
     got, match = seen[0]
@@ -135,7 +137,7 @@ def test_external_refinery_class_mismatch_shows_first_difference(digits, trained
     classes = list(digits.classes)
     classes[4] = "four"
     path = _write_refinery(tmp_path, trained, classes)
-    with pytest.raises(ValueError, match=r"class 4 is 'four' there but '4' in digits"):
+    with pytest.raises(CheckpointError, match=r"class 4 is 'four' there but '4' in digits"):
         load_refinery(path, None, digits, 8, CPU)
 
 
@@ -144,13 +146,13 @@ def test_external_state_dict_with_ddp_prefix(digits, trained, tmp_path):
     state = {f"module.{k}": v.clone().contiguous() for k, v in model.state_dict().items()}
     pt = tmp_path / "ddp.pt"
     torch.save(state, pt)
-    with pytest.raises(ValueError, match="--refinery-model"):
+    with pytest.raises(CheckpointError, match="--refinery-model"):
         load_refinery(pt, None, digits, 8, CPU)
     loaded = load_refinery(pt, "convnet", digits, 8, CPU)
     assert torch.allclose(predict(loaded, digits.test.images, p), predict(model, digits.test.images, p), atol=1e-4)
     partial = {k: v for k, v in state.items() if "classifier" not in k}
     save_file(partial, tmp_path / "partial.safetensors")
-    with pytest.raises(ValueError, match=r"does not fit model 'convnet': missing \['classifier"):
+    with pytest.raises(CheckpointError, match=r"does not fit model 'convnet': missing \['classifier"):
         load_refinery(tmp_path / "partial.safetensors", "convnet", digits, 8, CPU)
 
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from labelrefinery.targets import parse_label_form, refined_labels
+from labelrefinery.config import parse_label_form
+from labelrefinery.errors import ConfigError
+from labelrefinery.targets import refined_labels
 
 
 def test_forms_sum_to_one():
@@ -32,5 +34,5 @@ def test_gt_weight_mixes_one_hot():
 
 @pytest.mark.parametrize("bad", ["topk:0", "topk:x", "softer", ""])
 def test_bad_label_form(bad):
-    with pytest.raises(ValueError, match="--label-form"):
+    with pytest.raises(ConfigError, match="--label-form"):
         parse_label_form(bad)

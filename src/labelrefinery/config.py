@@ -150,16 +150,16 @@ class TrainConfig:
                               "(keeps short runs calibrated, so refined labels do not collapse)")
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         _check_finite_floats(self)
         self.lr_steps = parse_int_list(self.lr_steps, "lr_steps")
         for name in ("epochs", "batch_size"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _need(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         _need(self.early_stop_min_delta >= 0, "early_stop_min_delta", self.early_stop_min_delta, ">= 0 points")
         _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", self.plateau_factor, "in (0, 1)")
         for name in ("plateau_patience_epochs", "early_stop_patience_epochs"):
@@ -187,11 +187,11 @@ class RefineConfig:
     ensemble: list[int] = _f([], "comma-separated generations whose averaged softmax is also evaluated, e.g. 2,3")
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"--temperature must be a finite number > 0, got {self.temperature}")
         _check_finite_floats(self)
         self.ensemble = parse_int_list(self.ensemble, "ensemble")
         _need(self.labels in LABEL_MODES, "labels", self.labels, f"one of {', '.join(LABEL_MODES)}")
-        if not self.temperature > 0:
-            raise ConfigError(f"--temperature must be a finite number > 0, got {self.temperature}")
         parse_label_form(self.label_form)
         _need(0.0 <= self.gt_weight <= 1.0, "gt_weight", self.gt_weight, "in [0, 1]")
         _need(0.0 <= self.adversarial_jitter <= 1.0, "adversarial_jitter", self.adversarial_jitter,
