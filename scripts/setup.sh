@@ -31,6 +31,6 @@ pip_install() {  # quiet on success, the whole log on failure
 if ! .venv/bin/python -c "import labelrefinery, torch, torchvision, timm, pytest" 2>/dev/null; then
   echo "setup: installing torch, torchvision and labelrefinery into .venv (about a minute)" >&2
   pip_install torch torchvision
-  pip_install -e '.[test,plot,timm]'
+  pip_install -e '.[test,timm]'
 fi
 .venv/bin/python -c "import labelrefinery, torch; print(f'setup: labelrefinery {labelrefinery.__version__}, torch {torch.__version__}')" >&2
