@@ -20,7 +20,7 @@ def run_cli(args, tmp_path):
     (["--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'"),
     (["--label-form", "topk:0"], "--label-form"),
     (["--ensemble", "1,9"], "--ensemble"),
-    (["--threads", "-3"], "--threads must be >= 0, got -3"),
+    (["--threads", "-3"], "--threads must be in [0, 1024] (0 = all cores), got -3"),
     (["--device", "cudafoo"], "--device must be auto, cpu, cuda or cuda:N, got 'cudafoo'"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),

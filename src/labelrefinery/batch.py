@@ -60,9 +60,17 @@ class Pipeline:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def eval_batches(self, images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-        """Model inputs for ``(N, C, H, W) uint8`` images in order: [0, 1], ``eval_view``, normalised, channels_last."""
-        for start in range(0, len(images), batch_size):
-            x = self.to_unit(images[start : start + batch_size])
+        """Model inputs for ``(N, C, H, W) uint8`` images in order: [0, 1], ``eval_view``, normalised, channels_last.
+
+        A last batch of one image is joined to the one before (BatchNorm recalibration runs these
+        batches in train mode, which cannot normalise a single image).
+        """
+        starts = list(range(0, len(images), batch_size))
+        if len(starts) > 1 and len(images) - starts[-1] == 1:
+            starts.pop()
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else len(images)
+            x = self.to_unit(images[start:end])
             if self.eval_view is not None:
                 x = self.eval_view(x)
             yield self.normalize(x)

@@ -18,11 +18,11 @@ import torch
 from .augment import eval_view, input_size, make_augment
 from .batch import Pipeline
 from .checkpoint import load_refinery
-from .config import RunConfig
+from .config import RunConfig, parse_label_form
 from .console import log
 from .data import check_dataset_name, load_dataset
 from .device import precision_name, resolve_device, resolve_precision, set_threads
-from .errors import DataError, RunDirError
+from .errors import ConfigError, DataError
 from .evaluate import ensemble_results
 from .generation import Experiment, reload_generation, target_source, train_generation
 from .models import ModelSpec, build_model, check_model_name
@@ -55,7 +55,15 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
                             f"use at most {have} or leave it out")
     if len(dataset.train) < 20:
         raise DataError(f"{d.dataset} has only {len(dataset.train)} training images; at least 20 are needed")
-    seed_split(dataset, cfg, 0)  # raises if the validation split cannot hold every class
+    train_idx, _ = seed_split(dataset, cfg, 0)  # raises if the validation split cannot hold every class
+    views = len(train_idx) * (1 + (d.static_copies if d.augment == "static" else 0))
+    if cfg.training.batch_size > views:
+        raise ConfigError(f"--batch-size {cfg.training.batch_size} exceeds the {views} training images of a seed; "
+                          f"use at most {views}")
+    kind, k = parse_label_form(cfg.refinement.label_form)
+    if kind == "topk" and k > dataset.train.num_classes:
+        raise ConfigError(f"--label-form topk:{k} keeps more classes than {dataset.name}'s "
+                          f"{dataset.train.num_classes}; use K <= {dataset.train.num_classes} or soft")
     side = input_size(d.augment, dataset.image_shape[1])
     spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
     build_model(spec)
@@ -106,33 +114,31 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
 
     Args:
         cfg: the configuration (checked on construction).
-        run_dir: the run directory; created only after everything has been checked. A fresh directory
-            in which nothing finished is removed again when the run fails.
+        run_dir: the run directory; created only after everything has been checked, and held (an OS lock)
+            for the whole run. A fresh directory in which nothing finished is removed again when the run fails.
 
     Returns:
         The results dict also written to ``results.json``.
 
     Raises:
-        UserError: a setting, file or run directory that cannot be used.
+        UserError: a setting, file or run directory that cannot be used, or one in use by another process.
     """
     rd = RunDir(run_dir)
-    resumed = rd.is_run()
     exp = prepare(cfg, rd)
     fresh = not rd.root.exists()
-    try:
-        rd.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot make run directory {rd.root}: {e.strerror}; choose another --runs-dir") from None
-    try:
-        _write_run_facts(exp, resumed)
-        for seed in range(cfg.seeds):
-            run_seed(exp, seed)
-        if cfg.refinement.ensemble:
-            ensemble_results(rd, exp.dataset, exp.pipeline, cfg.refinement.ensemble, cfg.data.test_size)
-        results = summarize_run(rd.root)
-        rd.write_results(results, format_table([results]))
-        return results
-    except BaseException:
-        if fresh and not rd.has_finished_work():
-            shutil.rmtree(rd.root, ignore_errors=True)  # nothing finished: leave nothing behind
-        raise
+    with rd.lock():  # one process per run directory, from here to the end
+        try:
+            rd.remove_leftovers()
+            resumed = rd.check_resumable(cfg)  # again: another process may have written it meanwhile
+            _write_run_facts(exp, resumed)
+            for seed in range(cfg.seeds):
+                run_seed(exp, seed)
+            if cfg.refinement.ensemble:
+                ensemble_results(rd, exp.dataset, exp.pipeline, cfg.refinement.ensemble, cfg.data.test_size)
+            results = summarize_run(rd.root)
+            rd.write_results(results, format_table([results]))
+            return results
+        except BaseException:
+            if fresh and not rd.has_finished_work():
+                shutil.rmtree(rd.root, ignore_errors=True)  # nothing finished: leave nothing behind
+            raise

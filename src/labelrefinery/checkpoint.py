@@ -10,6 +10,7 @@ read as plain state dicts: ``.safetensors``, or ``.pt``/``.pth`` through
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -19,14 +20,14 @@ from safetensors.torch import save as st_save
 from .console import log
 from .data import Dataset
 from .errors import CheckpointError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, sha256_bytes
 from .models import ModelSpec, build_model
 
 CHECKPOINT_FORMAT = "labelrefinery-checkpoint/1"
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, classes: list[str], spec: dict, extra: dict | None = None) -> None:
-    """Save weights as safetensors with the class names and the model spec in the metadata.
+def save_checkpoint(path: Path, model: torch.nn.Module, classes: list[str], spec: dict, extra: dict | None = None) -> str:
+    """Save weights as safetensors with the class names and the model spec in the metadata; returns its SHA-256.
 
     Args:
         path: ``.safetensors`` file, written atomically.
@@ -38,7 +39,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, classes: list[str], spec
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": CHECKPOINT_FORMAT, "classes": json.dumps(classes), "model": json.dumps(spec),
             "extra": json.dumps(extra or {})}
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    data = st_save(tensors, metadata=meta)
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
 
 
 def _read_safetensors(path: Path) -> tuple[dict, list[str] | None, dict | None, dict]:
@@ -55,20 +58,32 @@ def _read_safetensors(path: Path) -> tuple[dict, list[str] | None, dict | None, 
     return state, classes, spec, json.loads(meta.get("extra", "{}"))
 
 
+def _stored_classes(obj) -> list[str] | None:
+    """The class names a ``.pt`` checkpoint dict stores beside its weights (``classes`` or ``class_names``)."""
+    if isinstance(obj, dict):
+        for key in ("classes", "class_names"):
+            value = obj.get(key)
+            if isinstance(value, (list, tuple)) and value and all(isinstance(c, str) for c in value):
+                return list(value)
+    return None
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None, dict | None, dict]:
     """Load a checkpoint without unpickling anything.
 
     Accepts this tool's safetensors checkpoints and plain state dicts (a
     ``.safetensors`` file, or a ``.pt``/``.pth`` file loaded with
     ``weights_only=True``, whose state dict may sit under ``state_dict``,
-    ``model`` or ``model_state_dict``). A ``module.`` prefix left by
+    ``model`` or ``model_state_dict``, and whose class names may sit under
+    ``classes`` or ``class_names``). A ``module.`` prefix left by
     DataParallel / DDP, and ``_orig_mod.`` left by torch.compile, are stripped.
 
     Returns:
         ``(state_dict, classes or None, model spec dict or None, extra dict)``.
 
     Raises:
-        CheckpointError: missing file, or a file that cannot be read as a checkpoint.
+        CheckpointError: missing file, a file that cannot be read as a checkpoint (pickled objects
+            included), or NaN / infinite weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -81,12 +96,19 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
             state, classes, spec, extra = _read_safetensors(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+            classes = _stored_classes(state)
             for key in ("state_dict", "model", "model_state_dict"):
                 if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                     state = state[key]
                     break
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{path} holds pickled Python objects that weights-only loading refuses to run ({first[:100]}); "
+            "save the model's state_dict() (tensors only) or a .safetensors file and give that"
+        ) from None
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
@@ -95,6 +117,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite weights ({bad}); it is damaged or its "
+                              "training diverged: give another checkpoint")
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -124,11 +150,11 @@ def model_from_state(state: dict[str, torch.Tensor], spec: ModelSpec, device: to
             f"{source} does not fit model {spec.name!r}: missing {result.missing_keys[:3]} "
             f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:3]} ({len(result.unexpected_keys)})"
         )
-    return model.to(device).to(memory_format=torch.channels_last)
+    return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
 def load_model(path: Path, device: torch.device, spec: ModelSpec | None = None) -> tuple[torch.nn.Module, list[str] | None]:
-    """Rebuild a saved generation: ``(model on device in channels_last, stored class names or None)``.
+    """Rebuild a saved generation: ``(model in eval mode on device in channels_last, stored class names or None)``.
 
     Args:
         path: a checkpoint :func:`load_checkpoint` reads.

@@ -19,6 +19,14 @@ from .config import PRESETS, RunConfig, leaf_fields, parse_int_list, resolve_con
 from .errors import ConfigError, UserError
 
 EXIT_BAD_INPUT = 2
+DEFAULT_PRESET = "quick"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``refinery: error: ...``) and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(EXIT_BAD_INPUT, f"refinery: error: {message}; see {self.prog} --help\n")
 
 
 def _flag(name: str) -> str:
@@ -45,9 +53,13 @@ def _default_of(f) -> object:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f, hint in leaf_fields():
         default = _default_of(f)
-        by_preset = {p: v[f.name] for p, v in PRESETS.items() if f.name in v and v[f.name] != default}
-        shown = ", ".join(f"{p}: {v}" for p, v in by_preset.items())
-        help_text = f"{f.metadata.get('help', '')} (default: {default}" + (f"; preset {shown})" if shown else ")")
+        by_preset = {p: v.get(f.name, default) for p, v in PRESETS.items()}
+        if len({repr(v) for v in by_preset.values()}) == 1:
+            shown = f"default: {default}"
+        else:  # the default preset's value first, then the others'
+            shown = f"default: {by_preset[DEFAULT_PRESET]} (preset {DEFAULT_PRESET}); " + ", ".join(
+                f"{p}: {v}" for p, v in by_preset.items() if p != DEFAULT_PRESET)
+        help_text = f"{f.metadata.get('help', '')} ({shown})"
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if hint is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
@@ -66,7 +78,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``refinery`` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="refinery",
         description="Label Refinery: train generations of classifiers, each on its predecessor's soft labels.",
     )
@@ -78,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generation's refined labels) for seeds 0..N-1, then print test top-1 accuracy per generation as "
         "mean ± std over seeds. Rerunning on an existing run directory continues where it stopped.",
     )
-    run.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+    run.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                      help="defaults to start from: quick (CPU, convnet, ~6 min on 2 cores), blog (the write-up's protocol, "
                      "ResNet-50), paper (per-crop labels, random crops, SGD); default quick")
     run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
@@ -129,7 +141,12 @@ def _report(args: argparse.Namespace) -> int:
     results = [summarize_run(d) for d in args.run_dirs]
     out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
     text = format_table(results)
-    if out is not None:
+    if out is not None and args.out is None:  # into the run directory itself: hold it while writing
+        from .rundir import RunDir
+
+        with RunDir(out).lock():
+            write_results_files(out, results[0], text)
+    elif out is not None:
         write_results_files(out, results[0] if len(results) == 1 else results, text)
     print(text)
     return 0
@@ -137,7 +154,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a one-line usage error (2): returned like every other outcome
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     try:
         if args.command == "models":
             from .models import available_models
@@ -156,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refinery: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("refinery: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
+        print("refinery: interrupted; finished epochs and generations are kept: rerun the same command to "
+              "continue", file=sys.stderr)
         return 130
 
 

@@ -49,6 +49,22 @@ def _need(ok: bool, name: str, value: Any, rule: str) -> None:
         raise ConfigError(f"{_flag(name)} must be {rule}, got {value!r}")
 
 
+# Upper bounds of numeric settings: far beyond any sensible run, low enough to catch a typo.
+MAX_CHAIN = 1000  # generations, seeds
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1_000_000  # images per step (also at most the training images, checked with the data)
+MAX_IMAGE_PX = 4096
+MAX_STATIC_COPIES = 100
+MAX_LR = 10.0
+MAX_TEMPERATURE = 100.0
+MAX_THREADS = 1024
+
+
+def _only_with(given: bool, name: str, applies: bool, needs: str) -> None:
+    if given and not applies:
+        raise ConfigError(f"{_flag(name)} applies only with {needs}; leave it out or add {needs}")
+
+
 def _check_finite_floats(obj: Any) -> None:
     for f in fields(obj):
         v = getattr(obj, f.name)
@@ -104,12 +120,12 @@ class DataConfig:
     dataset: str = _f("fashion-mnist", "dataset name: fashion-mnist, mnist, digits, synthetic, cifar10, cifar100, "
                       "svhn, folder:PATH")
     data_dir: str | None = _f(None, "directory holding (or receiving) the dataset files; converted datasets are "
-                              "cached in its labelrefinery-cache/ (default for folder: ~/.cache/labelrefinery)")
+                              "cached in its labelrefinery-cache/ (none given: in ~/.cache/labelrefinery)")
     val_fraction: float = _f(0.15, "share of the training set held out for validation, stratified by class")
     train_size: int | None = _f(None, "use only this many training images (stratified, before the validation split)")
     test_size: int | None = _f(None, "evaluate on only this many test images (the first ones)")
     image_size: int | None = _f(None, "folder: datasets: resize (shorter side) and centre-crop every image to this "
-                                "many pixels per side (default 256)")
+                                "many pixels per side (none given: 256)")
     svhn_extra: bool = _f(False, "svhn: add the 531,131-image extra split to training")
     augment: str = _f("none", "training augmentation: none | static (2 stored copies, the write-up) | "
                       "online (fresh every epoch) | crop (random resized crop + flip)", choices=AUGMENTS)
@@ -122,9 +138,15 @@ class DataConfig:
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
             _need(v is None or v >= 20, name, v, ">= 20 images")
-        _need(self.image_size is None or self.image_size >= 4, "image_size", self.image_size, ">= 4 pixels")
+        _need(self.image_size is None or 4 <= self.image_size <= MAX_IMAGE_PX, "image_size", self.image_size,
+              f"in [4, {MAX_IMAGE_PX}] pixels")
         _need(self.augment in AUGMENTS, "augment", self.augment, f"one of {', '.join(AUGMENTS)}")
-        _need(self.static_copies >= 1, "static_copies", self.static_copies, ">= 1")
+        _need(1 <= self.static_copies <= MAX_STATIC_COPIES, "static_copies", self.static_copies,
+              f"in [1, {MAX_STATIC_COPIES}]")
+        _only_with(self.svhn_extra, "svhn_extra", self.dataset == "svhn", "--dataset svhn")
+        _only_with(self.image_size is not None, "image_size", self.dataset.startswith("folder:"),
+                   "--dataset folder:PATH")
+        _only_with(self.static_copies != 2, "static_copies", self.augment == "static", "--augment static")
 
 
 @dataclass
@@ -156,16 +178,24 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         _check_finite_floats(self)
         self.lr_steps = parse_int_list(self.lr_steps, "lr_steps")
-        for name in ("epochs", "batch_size"):
-            _need(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        _need(1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"in [1, {MAX_EPOCHS}]")
+        _need(2 <= self.batch_size <= MAX_BATCH, "batch_size", self.batch_size,
+              f"in [2, {MAX_BATCH}] (BatchNorm cannot train on one image)")
+        _need(self.lr <= MAX_LR, "lr", self.lr, f"a finite number in (0, {MAX_LR}]")
+        _need(self.weight_decay <= 1, "weight_decay", self.weight_decay, "a finite number in [0, 1]")
         _need(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
-        _need(self.early_stop_min_delta >= 0, "early_stop_min_delta", self.early_stop_min_delta, ">= 0 points")
+        _need(0 <= self.early_stop_min_delta <= 100, "early_stop_min_delta", self.early_stop_min_delta,
+              "in [0, 100] percentage points")
         _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", self.plateau_factor, "in (0, 1)")
         for name in ("plateau_patience_epochs", "early_stop_patience_epochs"):
             _need(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
-        _need(self.min_lr >= 0, "min_lr", self.min_lr, ">= 0")
-        _need(all(e >= 0 for e in self.lr_steps), "lr_steps", self.lr_steps, "epochs >= 0")
+        _need(self.min_lr >= 0 and (self.lr_schedule != "plateau" or self.min_lr < self.lr), "min_lr", self.min_lr,
+              f"in [0, --lr {self.lr})")
+        _only_with(self.min_lr != 1e-5, "min_lr", self.lr_schedule == "plateau", "--lr-schedule plateau")
+        _only_with(bool(self.lr_steps), "lr_steps", self.lr_schedule == "steps", "--lr-schedule steps")
+        _need(all(0 <= e < self.epochs for e in self.lr_steps), "lr_steps", ",".join(map(str, self.lr_steps)),
+              f"epochs in [0, --epochs {self.epochs})")
 
 
 @dataclass
@@ -193,12 +223,19 @@ class RefineConfig:
         self.ensemble = parse_int_list(self.ensemble, "ensemble")
         _need(self.labels in LABEL_MODES, "labels", self.labels, f"one of {', '.join(LABEL_MODES)}")
         parse_label_form(self.label_form)
+        _need(self.temperature <= MAX_TEMPERATURE, "temperature", self.temperature,
+              f"a finite number in (0, {MAX_TEMPERATURE}]")
         _need(0.0 <= self.gt_weight <= 1.0, "gt_weight", self.gt_weight, "in [0, 1]")
         _need(0.0 <= self.adversarial_jitter <= 1.0, "adversarial_jitter", self.adversarial_jitter,
               "a probability in [0, 1]")
         if self.adversarial_jitter > 0 and self.labels != "online":
             raise ConfigError("--adversarial-jitter needs --labels online (the refinery labels each jittered crop)")
-        _need(self.jitter_eps > 0, "jitter_eps", self.jitter_eps, "> 0 (in [0, 1] pixel units)")
+        _need(0 < self.jitter_eps <= 1, "jitter_eps", self.jitter_eps, "in (0, 1] (pixel units)")
+        _only_with(self.jitter_eps != 1 / 255, "jitter_eps", self.adversarial_jitter > 0, "--adversarial-jitter P > 0")
+        _only_with(self.refinery_model is not None, "refinery_model", self.refinery_checkpoint is not None,
+                   "--refinery-checkpoint")
+        _need(len(set(self.ensemble)) == len(self.ensemble), "ensemble", ",".join(map(str, self.ensemble)),
+              "distinct generations")
 
 
 @dataclass
@@ -215,8 +252,8 @@ class ExecConfig:
     def __post_init__(self) -> None:
         _need(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         check_device_name(self.device)
-        if self.threads < 0:
-            raise ConfigError(f"--threads must be >= 0, got {self.threads}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"--threads must be in [0, {MAX_THREADS}] (0 = all cores), got {self.threads}")
 
 
 SECTIONS = {"data": DataConfig, "training": TrainConfig, "refinement": RefineConfig, "execution": ExecConfig}
@@ -238,6 +275,7 @@ class RunConfig:
         _need(isinstance(self.model, str) and bool(self.model), "model", self.model, "a model name")
         for name in ("generations", "seeds"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+            _need(getattr(self, name) <= MAX_CHAIN, name, getattr(self, name), f"<= {MAX_CHAIN}")
         gens = self.refinement.ensemble
         if gens and (len(gens) < 2 or any(not 1 <= g <= self.generations for g in gens)):
             raise ConfigError(f"--ensemble needs two or more generations in 1..{self.generations}, got "

@@ -227,14 +227,14 @@ def train_one_epoch(
         with pipeline.autocast():
             logits = model(pipeline.normalize(batch.images))
         logits = logits.float()
-        loss = distillation_loss(logits, batch.targets, batch.temperature)
+        loss = distillation_loss(logits, batch.targets, batch.temperature, check=False)  # sources are checked
         _optimizer_step(loss, optimizer, grad_scaler)
         if schedule is not None:
             schedule.after_batch()
         with torch.no_grad():
             t = batch.targets
             hard = t.argmax(1) if t.is_floating_point() else t
-            kl = distillation_kl(logits, t, batch.temperature)
+            kl = distillation_kl(logits, t, batch.temperature, check=False)
             totals += torch.stack([loss.detach().double() * len(idx), kl.double() * len(idx),
                                    (logits.argmax(1) == hard).sum().double(),
                                    torch.tensor(float(len(idx)), device=totals.device, dtype=torch.float64)])

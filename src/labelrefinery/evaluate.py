@@ -63,12 +63,16 @@ def evaluate_run(run_dir: Path, ensemble: list[int] | None = None, device: str =
     """Recompute test top-1 of every saved generation (and of an ensemble) of a run; returns a Markdown table.
 
     Raises:
-        RunDirError: not a run directory.
+        RunDirError: not a run directory, a damaged file, or a directory in use by another process.
         ConfigError: an ensemble that is not two or more generations of the run.
     """
     rd = RunDir(run_dir)
     cfg = rd.read_config()
-    gens_wanted = list(ensemble or [])
+    with rd.lock():
+        return _evaluate_locked(rd, cfg, list(ensemble or []), device)
+
+
+def _evaluate_locked(rd: RunDir, cfg, gens_wanted: list[int], device: str) -> str:
     if gens_wanted and (len(gens_wanted) < 2 or any(not 1 <= g <= cfg.generations for g in gens_wanted)):
         raise ConfigError(f"--ensemble needs two or more generations in 1..{cfg.generations}, got "
                           f"{','.join(map(str, gens_wanted))!r}")

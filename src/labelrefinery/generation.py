@@ -126,10 +126,12 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
             else data.images
         recalibrate_batchnorm(model, originals, pipeline)
     train_time = time.perf_counter() - started
-    rd.save_model(seed, generation, model, exp.dataset.classes, exp.spec,
-                  {"seed": seed, "generation": generation, "val_top1": result.best_val_top1})
+    files = {"model.safetensors": rd.save_model(seed, generation, model, exp.dataset.classes, exp.spec,
+                                                {"seed": seed, "generation": generation,
+                                                 "val_top1": result.best_val_top1})}
     refined = exp.recipe(predict(model, data.images, pipeline), data.views.labels)
-    rd.save_labels(seed, generation, refined, data.views.indices, data.views.views, exp.dataset.classes)
+    files["labels.npz"] = rd.save_labels(seed, generation, refined, data.views.indices, data.views.views,
+                                         exp.dataset.classes)
     val = evaluate(model, data.val_images, data.val_labels, pipeline)
     test_top1 = top1_accuracy(predict(model, data.test_images, pipeline), data.test_labels)
     summary = {
@@ -140,6 +142,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
         "refined_label_agreement": top1_accuracy(refined, data.views.labels),
         "collapsed": is_collapsed(val["top1"], exp.dataset.train.num_classes,
                                   previous["val_top1"] if previous else None),
+        "files": files,  # SHA-256 of what this generation wrote, checked whenever they are read back
     }
     rd.finish_generation(seed, generation, summary)
     _log_summary(tag, summary, exp.dataset.train.num_classes, previous)
@@ -163,7 +166,7 @@ def reload_generation(exp: Experiment, data: SeedData, generation: int) -> tuple
     """
     rd, seed = exp.run_dir, data.seed
     summary = rd.read_summary(seed, generation)
-    saved = rd.load_labels(seed, generation)
+    saved = rd.load_labels(seed, generation, len(data.views.indices), exp.dataset.train.num_classes)
     if not np.array_equal(saved["indices"], data.views.indices.numpy()):
         raise RunDirError(f"{rd.labels_path(seed, generation)} belongs to other training images; start a new --name")
     log(f"[seed {seed} R{generation}] finished earlier: val {summary['val_top1']:.2f}%  "

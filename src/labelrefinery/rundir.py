@@ -13,19 +13,30 @@ Layout (``runs/<name>/``)::
     seed-<s>/gen-<g>/summary.json       written last: marks the generation finished
     seed-<s>/gen-<g>/train-state.pt     only while training: the epoch-level resume point
 
+    .lock            held (``flock``) by the one process using the directory; it holds that process's PID
+
 Every file is written atomically (:mod:`labelrefinery.fileio`) except
 ``metrics.jsonl``, which is appended one whole line per write; a reader skips
-a partial last line left by a killed process.
+a partial last line left by a killed process. Everything read back is verified
+before it is used: ``summary.json`` records the SHA-256 of the generation's
+``model.safetensors`` and ``labels.npz``, ``config.yaml`` and ``train-state.pt``
+carry their own, refined labels must be probability rows of the run's shape,
+and a damaged file is reported in one line naming it and what to delete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import math
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,11 +44,12 @@ import yaml
 
 from .checkpoint import load_model, save_checkpoint
 from .config import RunConfig, config_difference
-from .errors import ConfigError, RunDirError
-from .fileio import atomic_write_bytes, atomic_write_text, write_json
+from .errors import CheckpointError, ConfigError, RunDirError
+from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, write_json
 from .models import ModelSpec
 
 _SEED_DIR = re.compile(r"^seed-(\d+)$")
+_CONFIG_CHECKSUM = "# sha256 of the lines below: "
 
 
 def write_results_files(out_dir: Path, results: Any, markdown: str) -> None:
@@ -46,20 +58,51 @@ def write_results_files(out_dir: Path, results: Any, markdown: str) -> None:
     atomic_write_text(Path(out_dir) / "results.md", "# Label Refinery results\n\n" + markdown)
 
 
-class TrainStateFile:
-    """A generation's epoch-level resume point (``train-state.pt``, loaded with ``weights_only=True``)."""
+_STATE_TRAILER = b"LRSHA256"  # train-state.pt ends with this tag and the SHA-256 of what precedes it
 
-    def __init__(self, path: Path):
+
+class TrainStateFile:
+    """A generation's epoch-level resume point (``train-state.pt``, loaded with ``weights_only=True``).
+
+    The file is ``torch.save`` output followed by ``LRSHA256`` and the SHA-256 of
+    that output, so a truncated or garbled file is refused instead of resumed.
+    """
+
+    def __init__(self, path: Path, generation_dir: str = ""):
         self.path = Path(path)
+        self._where = generation_dir or str(self.path.parent)
 
     def exists(self) -> bool:
         return self.path.exists()
 
+    def _damaged(self, what: str) -> RunDirError:
+        return RunDirError(f"{self.path} is damaged ({what}); delete it to restart {self._where} from its first "
+                           "epoch")
+
     def load(self, device: torch.device | str = "cpu") -> dict | None:
-        """The saved training state (tensors and numbers only), or None when there is none."""
+        """The saved training state (tensors and numbers only), or None when there is none.
+
+        Raises:
+            RunDirError: a damaged file (the message says to delete it).
+        """
         if not self.path.exists():
             return None
-        return torch.load(self.path, map_location=device, weights_only=True)
+        raw = self.path.read_bytes()
+        tail = len(_STATE_TRAILER) + 32
+        if len(raw) > tail and raw[-tail:-32] == _STATE_TRAILER:
+            body = raw[:-tail]
+            if sha256_bytes(body) != raw[-32:].hex():
+                raise self._damaged("its checksum does not match")
+        else:
+            body = raw  # written before checksums were added
+        try:
+            state = torch.load(io.BytesIO(body), map_location=device, weights_only=True)
+        except Exception as e:  # any way a damaged zip or pickle stream fails
+            raise self._damaged(f"{type(e).__name__}") from None
+        need = {"model", "optimizer", "scheduler", "best_model", "best_top1", "best_epoch", "since_best", "epoch"}
+        if not isinstance(state, dict) or not need <= set(state):
+            raise self._damaged("keys missing")
+        return state
 
     def last_epoch(self) -> int | None:
         """The 0-based epoch the state was saved after, or None."""
@@ -67,10 +110,11 @@ class TrainStateFile:
         return None if state is None else int(state["epoch"])
 
     def save(self, state: dict) -> None:
-        """Write ``state`` (a dict of tensors, state dicts and numbers) atomically."""
+        """Write ``state`` (a dict of tensors, state dicts and numbers) atomically, with its checksum."""
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.path, buf.getvalue())
+        body = buf.getvalue()
+        atomic_write_bytes(self.path, body + _STATE_TRAILER + bytes.fromhex(sha256_bytes(body)))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -111,7 +155,10 @@ class RunDir:
         return self.gen_dir(seed, generation) / "summary.json"
 
     def train_state(self, seed: int, generation: int) -> TrainStateFile:
-        return TrainStateFile(self.gen_dir(seed, generation) / "train-state.pt")
+        return TrainStateFile(self.gen_dir(seed, generation) / "train-state.pt", f"seed-{seed}/gen-{generation}")
+
+    def _where(self, seed: int, generation: int) -> str:
+        return f"delete {self.gen_dir(seed, generation)} to retrain that generation"
 
     # ------------------------------------------------------------------ what is there
     def is_run(self) -> bool:
@@ -138,21 +185,67 @@ class RunDir:
         """True when any generation finished or any epoch was saved (such a directory is never removed)."""
         return any(self.root.glob("seed-*/gen-*/summary.json")) or any(self.root.glob("seed-*/gen-*/train-state.pt"))
 
-    # ------------------------------------------------------------------ configuration
-    def read_config(self) -> RunConfig:
-        """The run's saved configuration.
+    # ------------------------------------------------------------------ one process at a time
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory for this process (an OS lock on ``.lock``, released even if the process dies).
 
         Raises:
-            RunDirError: not a run directory, or a ``config.yaml`` that cannot be read.
+            RunDirError: another process holds it (the message names its PID).
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.root / ".lock", "a+")
+        except OSError as e:
+            raise RunDirError(f"cannot make run directory {self.root}: {e.strerror}; choose another --runs-dir") from None
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise RunDirError(f"{self.root} is in use by another refinery process (PID {holder}); wait for it "
+                                  "to finish or stop it, then rerun") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            yield
+        finally:
+            f.close()
+
+    def remove_leftovers(self) -> None:
+        """Remove temporary files of killed writes and resume points of generations that finished."""
+        for tmp in self.root.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for state in self.root.glob("seed-*/gen-*/train-state.pt"):
+            if (state.parent / "summary.json").is_file():
+                state.unlink(missing_ok=True)
+
+    def is_empty_or_leftovers(self) -> bool:
+        """True when the directory holds nothing but a lock file and temporary files of killed writes."""
+        return all(p.name == ".lock" or (p.name.startswith(".") and p.name.endswith(".tmp"))
+                   for p in self.root.iterdir())
+
+    # ------------------------------------------------------------------ configuration
+    def read_config(self) -> RunConfig:
+        """The run's saved configuration, verified against the checksum in its first line.
+
+        Raises:
+            RunDirError: not a run directory, or a ``config.yaml`` that is damaged or cannot be read.
         """
         if not self.is_run():
             raise RunDirError(f"{self.root} is not a run directory (no config.yaml); give the directory "
                               "`refinery run` made")
+        text = self.config_path.read_text(errors="replace")
+        first, _, rest = text.partition("\n")
+        fix = "restore it, or start a new run directory (another --name)"
+        if first.startswith(_CONFIG_CHECKSUM) and first[len(_CONFIG_CHECKSUM):].strip() != sha256_bytes(rest.encode()):
+            raise RunDirError(f"{self.config_path} is damaged (its checksum does not match); {fix}")
         try:
-            return RunConfig.from_dict(yaml.safe_load(self.config_path.read_text()) or {})
-        except (yaml.YAMLError, ConfigError, TypeError, AttributeError) as e:
-            raise RunDirError(f"{self.config_path} cannot be read ({str(e).splitlines()[0]}); restore it or start "
-                              "a new run directory") from None
+            return RunConfig.from_dict(yaml.safe_load(text) or {})
+        except (yaml.YAMLError, ConfigError, TypeError, AttributeError, ValueError) as e:
+            raise RunDirError(f"{self.config_path} cannot be read ({str(e).splitlines()[0]}); {fix}") from None
 
     def check_resumable(self, cfg: RunConfig) -> bool:
         """Check the directory against ``cfg``; True when it holds a run being resumed.
@@ -161,7 +254,7 @@ class RunDir:
             RunDirError: it holds something else, or a run with a different configuration.
         """
         if not self.is_run():
-            if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            if self.root.exists() and (not self.root.is_dir() or not self.is_empty_or_leftovers()):
                 raise RunDirError(f"{self.root} exists and is not a refinery run (no config.yaml); choose another "
                                   "--name or --runs-dir")
             return False
@@ -178,7 +271,8 @@ class RunDir:
             saved = self.read_config()
             stored["generations"] = max(saved.generations, cfg.generations)
             stored["seeds"] = max(saved.seeds, cfg.seeds)
-        atomic_write_text(self.config_path, yaml.safe_dump(stored, sort_keys=False))
+        body = yaml.safe_dump(stored, sort_keys=False)
+        atomic_write_text(self.config_path, f"{_CONFIG_CHECKSUM}{sha256_bytes(body.encode())}\n{body}")
 
     def write_run_info(self, info: dict) -> None:
         write_json(self.root / "run.json", info)
@@ -221,28 +315,57 @@ class RunDir:
     # ------------------------------------------------------------------ one seed
     def write_split(self, seed: int, train_idx: torch.Tensor, val_idx: torch.Tensor, val_labels: torch.Tensor,
                     test_labels: torch.Tensor) -> None:
-        """Save the seed's split once (``(N,) int64`` indices and labels)."""
+        """Save the seed's split (``(N,) int64`` indices and labels); a damaged or different one is rewritten."""
         path = self.seed_dir(seed) / "split.npz"
+        arrays = {"train_indices": train_idx.numpy(), "val_indices": val_idx.numpy(),
+                  "val_labels": val_labels.numpy(), "test_labels": test_labels.numpy()}
         if path.exists():
-            return
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if all(np.array_equal(z[k], v) for k, v in arrays.items()):
+                        return
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+                pass  # damaged: made again from the seed below
         buf = io.BytesIO()
-        np.savez(buf, train_indices=train_idx.numpy(), val_indices=val_idx.numpy(),
-                 val_labels=val_labels.numpy(), test_labels=test_labels.numpy())
+        np.savez(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
 
     # ------------------------------------------------------------------ one generation
     def save_model(self, seed: int, generation: int, model: torch.nn.Module, classes: list[str], spec: ModelSpec,
-                   extra: dict) -> None:
-        save_checkpoint(self.model_path(seed, generation), model, classes, spec.to_dict(), extra)
+                   extra: dict) -> str:
+        """Write the generation's ``model.safetensors``; returns its SHA-256."""
+        return save_checkpoint(self.model_path(seed, generation), model, classes, spec.to_dict(), extra)
+
+    def _verify(self, seed: int, generation: int, path: Path) -> None:
+        """Check ``path`` against the SHA-256 the generation's summary records (older summaries record none)."""
+        if not self.is_finished(seed, generation):
+            return
+        want = self.read_summary(seed, generation).get("files", {}).get(path.name)
+        if want is None:
+            return
+        if not path.is_file():
+            raise RunDirError(f"{path} is missing; {self._where(seed, generation)}")
+        if sha256_file(path) != want:
+            raise RunDirError(f"{path} is damaged (its checksum does not match summary.json); "
+                              f"{self._where(seed, generation)}")
 
     def load_model(self, seed: int, generation: int, device: torch.device,
                    spec: ModelSpec | None = None) -> tuple[torch.nn.Module, list[str] | None]:
-        """A saved generation's model (see :func:`labelrefinery.checkpoint.load_model`)."""
-        return load_model(self.model_path(seed, generation), device, spec)
+        """A saved generation's model in eval mode, verified (see :func:`labelrefinery.checkpoint.load_model`).
+
+        Raises:
+            RunDirError: the file is missing, damaged, or does not fit the model.
+        """
+        path = self.model_path(seed, generation)
+        self._verify(seed, generation, path)
+        try:
+            return load_model(path, device, spec)
+        except CheckpointError as e:
+            raise RunDirError(f"{e}; {self._where(seed, generation)}") from None
 
     def save_labels(self, seed: int, generation: int, labels: torch.Tensor, indices: torch.Tensor,
-                    views: torch.Tensor, classes: list[str]) -> None:
-        """Save refined labels as ``labels.npz``.
+                    views: torch.Tensor, classes: list[str]) -> str:
+        """Save refined labels as ``labels.npz``; returns its SHA-256.
 
         Args:
             labels: ``(M, K) float32`` probability rows.
@@ -254,25 +377,80 @@ class RunDir:
         np.savez(buf, labels=labels.float().numpy(), indices=indices.numpy().astype(np.int64),
                  views=views.numpy().astype(np.int64), classes=np.array(classes))
         atomic_write_bytes(self.labels_path(seed, generation), buf.getvalue())
+        return sha256_bytes(buf.getvalue())
 
-    def load_labels(self, seed: int, generation: int) -> dict[str, np.ndarray]:
-        """A generation's refined labels: keys ``labels``, ``indices``, ``views``, ``classes``."""
-        with np.load(self.labels_path(seed, generation), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+    def load_labels(self, seed: int, generation: int, rows: int | None = None,
+                    num_classes: int | None = None) -> dict[str, np.ndarray]:
+        """A generation's refined labels, verified: keys ``labels`` ``(M, K) float32``, ``indices``, ``views``,
+        ``classes``.
+
+        Args:
+            rows, num_classes: the M and K the run expects (checked when given).
+
+        Raises:
+            RunDirError: a missing or damaged file, or labels that are not M probability rows over K classes.
+        """
+        path = self.labels_path(seed, generation)
+        fix = self._where(seed, generation)
+        self._verify(seed, generation, path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                out = {k: z[k] for k in ("labels", "indices", "views", "classes")}
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing; {fix}") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise RunDirError(f"{path} is damaged ({type(e).__name__}); {fix}") from None
+        problem = _label_problem(out, rows, num_classes)
+        if problem:
+            raise RunDirError(f"{path} holds unusable refined labels ({problem}); {fix}")
+        return out
 
     def finish_generation(self, seed: int, generation: int, summary: dict) -> None:
-        """Record the generation's metrics line and summary (written last), then drop its resume point."""
-        self.append_metrics({"kind": "generation", **summary})
+        """Record the generation's metrics line and summary (written last), then drop its resume point.
+
+        ``summary["files"]`` should map ``model.safetensors`` and ``labels.npz`` to their SHA-256.
+        """
+        self.append_metrics({"kind": "generation", **{k: v for k, v in summary.items() if k != "files"}})
         write_json(self.summary_path(seed, generation), summary)
         self.train_state(seed, generation).remove()
 
     def read_summary(self, seed: int, generation: int) -> dict:
-        return json.loads(self.summary_path(seed, generation).read_text())
+        """A finished generation's summary, checked for its keys and value types.
+
+        Raises:
+            RunDirError: a damaged or edited ``summary.json`` (the message says which generation to delete).
+        """
+        path = self.summary_path(seed, generation)
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunDirError(f"{path} is damaged ({type(e).__name__}); {self._where(seed, generation)}") from None
+        problem = _summary_problem(summary, seed, generation)
+        if problem:
+            raise RunDirError(f"{path} is damaged ({problem}); {self._where(seed, generation)}")
+        return summary
 
     # ------------------------------------------------------------------ results
     def read_ensembles(self) -> list[dict]:
+        """The entries of ``ensemble.json`` ([] when there is none).
+
+        Raises:
+            RunDirError: a damaged file.
+        """
         path = self.root / "ensemble.json"
-        return json.loads(path.read_text()) if path.exists() else []
+        if not path.exists():
+            return []
+        fix = "delete it; `refinery evaluate RUN_DIR --ensemble G,G` makes it again"
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunDirError(f"{path} is damaged ({type(e).__name__}); {fix}") from None
+        ok = isinstance(entries, list) and all(
+            isinstance(e, dict) and isinstance(e.get("generations"), list) and isinstance(e.get("per_seed"), dict)
+            and _is_number(e.get("test_top1_mean"), allow_nan=True) for e in entries)
+        if not ok:
+            raise RunDirError(f"{path} is damaged (unexpected content); {fix}")
+        return entries
 
     def write_ensemble(self, entry: dict) -> None:
         """Add ``entry`` to ``ensemble.json``, replacing one for the same generations."""
@@ -281,3 +459,46 @@ class RunDir:
 
     def write_results(self, results: dict, markdown: str) -> None:
         write_results_files(self.root, results, markdown)
+
+
+def _is_number(x: Any, allow_nan: bool = False) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and (allow_nan or math.isfinite(x))
+
+
+def _summary_problem(s: Any, seed: int, generation: int) -> str | None:
+    """What is wrong with a generation's summary, or None."""
+    if not isinstance(s, dict):
+        return "not a JSON object"
+    if s.get("seed") != seed or s.get("generation") != generation:
+        return f"it names seed {s.get('seed')!r}, generation {s.get('generation')!r}"
+    for key in ("val_top1", "test_top1", "train_time_s", "refined_label_entropy", "refined_label_agreement"):
+        if not _is_number(s.get(key)):
+            return f"{key} is {s.get(key)!r}, not a number"
+    for key in ("best_epoch", "epochs_run"):
+        if not isinstance(s.get(key), int) or isinstance(s.get(key), bool):
+            return f"{key} is {s.get(key)!r}, not an integer"
+    if not isinstance(s.get("collapsed"), bool):
+        return f"collapsed is {s.get('collapsed')!r}, not true or false"
+    files = s.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return "files is not a map of names to checksums"
+    return None
+
+
+def _label_problem(z: dict[str, np.ndarray], rows: int | None, num_classes: int | None) -> str | None:
+    """What is wrong with refined labels read from ``labels.npz``, or None."""
+    labels, indices = z["labels"], z["indices"]
+    if labels.ndim != 2 or labels.dtype != np.float32:
+        return f"labels are {labels.dtype} {labels.shape}, not float32 (M, K)"
+    if (rows is not None and labels.shape[0] != rows) or (num_classes is not None and labels.shape[1] != num_classes):
+        return f"shape {labels.shape}, the run needs ({rows}, {num_classes})"
+    if indices.shape != (labels.shape[0],) or z["views"].shape != (labels.shape[0],):
+        return f"{indices.shape[0]} indices for {labels.shape[0]} rows"
+    if not np.isfinite(labels).all():
+        return "NaN or infinite values"
+    if (labels < 0).any():
+        return "negative probabilities"
+    worst = float(np.abs(labels.sum(1, dtype=np.float64) - 1).max()) if len(labels) else 0.0
+    if worst > 1e-3:
+        return f"rows sum to 1 only within {worst:.3g}"
+    return None

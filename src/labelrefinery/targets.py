@@ -32,7 +32,7 @@ from torch import nn
 
 from .batch import Pipeline
 from .config import parse_label_form
-from .losses import soft_target_cross_entropy
+from .losses import check_targets, soft_target_cross_entropy
 
 
 def refined_labels(
@@ -133,7 +133,9 @@ def adversarial_jitter(
 
     x' = clip(x + eps * sign(grad_x CE(student(x), softmax(refinery(x)))), 0, 1): our reading of the
     Label Refinery paper's "adversarial jittering" (Bagherinezhad et al. 2018, arXiv 1805.02641),
-    in the fast-gradient-sign form of Goodfellow et al. 2015.
+    in the fast-gradient-sign form of Goodfellow et al. 2015. The student is evaluated in eval mode
+    (BatchNorm on its running statistics), so a jittered subset of any size, one image included, neither
+    fails in BatchNorm nor moves its statistics; its train/eval mode is restored afterwards.
 
     Args:
         x: ``(B, C, H, W) float32`` in [0, 1] pixel units.
@@ -145,10 +147,15 @@ def adversarial_jitter(
     x = x.detach().requires_grad_(True)
     with torch.no_grad():
         target = torch.softmax(refinery(pipeline.normalize(x.detach())).float(), 1)
-    with pipeline.autocast():
-        logits = model(pipeline.normalize(x))
-    loss = soft_target_cross_entropy(logits, target)
-    (grad,) = torch.autograd.grad(loss, x)
+    was_training = model.training
+    model.eval()  # BatchNorm on running statistics: the subset (maybe one image) must not move them
+    try:
+        with pipeline.autocast():
+            logits = model(pipeline.normalize(x))
+        loss = soft_target_cross_entropy(logits, target, check=False)
+        (grad,) = torch.autograd.grad(loss, x)
+    finally:
+        model.train(was_training)
     return (x + eps * grad.sign()).clamp_(0, 1).detach()
 
 
@@ -182,9 +189,15 @@ class StoredTargets:
     Args:
         rows: ``(N,) int64`` class indices or ``(N, K) float32`` probability rows, on the training device.
         temperature: T of soft rows (class indices are always used at T = 1).
+        num_classes: K, needed to check class indices (soft rows give it themselves).
+
+    Raises:
+        ValueError: rows that are not class indices in [0, K) or probability rows.
     """
 
-    def __init__(self, rows: torch.Tensor, temperature: float = 1.0):
+    def __init__(self, rows: torch.Tensor, temperature: float = 1.0, num_classes: int | None = None):
+        k = rows.shape[1] if rows.ndim == 2 else (num_classes or int(rows.max()) + 1 if len(rows) else 1)
+        check_targets(torch.empty(len(rows), k), rows)
         self.rows = rows
         self.temperature = float(temperature) if rows.is_floating_point() else 1.0
 

@@ -22,15 +22,40 @@ from .core import Dataset, ImageData
 
 DEFAULT_FOLDER_IMAGE_SIZE = 256
 
+def _to_rgb(im) -> torch.Tensor:
+    """A PIL image of any mode as ``(3, H, W) uint8``, values kept: 16- and 32-bit images scaled to 8 bits.
+
+    Grayscale, palette, RGBA and CMYK convert through PIL. ``I;16*`` (16-bit) is divided
+    by 257 (65535 -> 255); ``I`` (32-bit integer, how PIL opens most 16-bit PNGs) the same
+    when its values fit 16 bits, else by (2^32 - 1) / 255; ``F`` (float) is taken as [0, 1]
+    when its maximum is at most 1, else as [0, 255]. PIL's own conversion would clip all of
+    these at 255 (a white image).
+    """
+    import numpy as np
+    from torchvision.transforms.v2 import functional as F
+
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        if im.mode == "F":
+            scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+        elif im.mode.startswith("I;16") or (a.size and a.max() <= 65535 and a.min() >= 0):
+            scale = 1 / 257
+        else:
+            scale = 255.0 / (2**32 - 1)
+            a = a - a.min() if a.size and a.min() < 0 else a
+        gray = torch.from_numpy(np.clip(np.round(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8))
+        return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
+    return F.pil_to_tensor(im.convert("RGB"))  # grayscale, palette, RGBA, CMYK -> RGB
+
+
 def _read_image(path: str, size: int) -> torch.Tensor:
-    """Decode one file to ``(3, size, size) uint8``: RGB, shorter side resized to ``size``, centre crop."""
+    """Decode one file to ``(3, size, size) uint8``: RGB (see :func:`_to_rgb`), shorter side resized, centre crop."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")  # grayscale, palette, RGBA, CMYK -> RGB
-            img = F.pil_to_tensor(im)
+            img = _to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}; delete or replace the file") from None
     img = F.resize(img, [size], antialias=True)
