@@ -68,12 +68,26 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
     build_model(spec)
     ref = cfg.refinement
+    _warn_unused(cfg)
     external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device) \
         if ref.refinery_checkpoint else None
     pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype, eval_view(d.augment))
     return Experiment(cfg, dataset, run_dir, pipeline, spec,
                       make_augment(d.augment, dataset.hflip_keeps_class, dataset.image_shape[1]),
                       LabelRecipe(ref.temperature, ref.label_form, ref.gt_weight), external)
+
+
+def _warn_unused(cfg: RunConfig) -> None:
+    """Warn about settings that have no effect in this run (values that differ from the defaults)."""
+    ref, default = cfg.refinement, type(cfg.refinement)()
+    if cfg.generations == 1 and ref.refinery_checkpoint is None:
+        unused = [f"--{n.replace('_', '-')}" for n in ("labels", "temperature", "label_form", "gt_weight")
+                  if getattr(ref, n) != getattr(default, n)]
+        if unused:
+            log(f"warning: {', '.join(unused)} change(s) nothing: with --generations 1 and no --refinery-checkpoint "
+                "no refined labels are trained on")
+    if cfg.data.data_dir is not None and cfg.data.dataset in ("digits", "synthetic"):
+        log(f"warning: --data-dir changes nothing for {cfg.data.dataset}, which needs no files")
 
 
 def run_seed(exp: Experiment, seed: int) -> list[dict]:
