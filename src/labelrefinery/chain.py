@@ -21,7 +21,7 @@ from .checkpoint import load_refinery
 from .config import RunConfig, parse_label_form
 from .console import log
 from .data import check_dataset_name, load_dataset
-from .device import precision_name, resolve_device, resolve_precision, set_threads
+from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
 from .evaluate import ensemble_results
 from .generation import Experiment, reload_generation, target_source, train_generation
@@ -114,13 +114,15 @@ def _write_run_facts(exp: Experiment, resumed: bool) -> None:
     rd.write_run_info({
         "code_version": code_version(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": platform.processor() or platform.machine(), "cpu_features": cpu_features(),
+        "precision_reason": precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype),
         "dataset": {"name": ds.name, "source": ds.source, "train": len(ds.train), "test": len(ds.test),
                     "classes": ds.classes, "image_shape": list(ds.image_shape)},
     })
     log(f"{'resuming' if resumed else 'starting'} {rd.root}: {cfg.data.dataset} ({len(ds.train)} train, "
         f"{len(ds.test)} test), {cfg.model}, {cfg.generations} generations x {cfg.seeds} seeds, "
-        f"augment={cfg.data.augment}, labels={cfg.refinement.labels}, {device}, {precision}")
+        f"augment={cfg.data.augment}, labels={cfg.refinement.labels}, {device}, "
+        f"{precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype)}")
 
 
 def run(cfg: RunConfig, run_dir: Path | str) -> dict:

@@ -26,13 +26,35 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+SIMD_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")  # what decides the kernels
+
+
+def cpu_features() -> list[str]:
+    """The CPU's SIMD features among :data:`SIMD_FEATURES` (from ``/proc/cpuinfo``; [] where it cannot be read)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in SIMD_FEATURES if f in flags]
+
+
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
+def precision_reason(name: str, device: torch.device, amp_dtype: torch.dtype | None) -> str:
+    """One line saying which precision a run uses and why, e.g. ``fp32: this CPU has no AVX512-BF16/AMX``."""
+    chosen = precision_name(amp_dtype)
+    if name != "auto":
+        return f"{chosen}: --precision {name}"
+    if device.type == "cuda":
+        return f"{chosen}: CUDA device {'with' if amp_dtype is not None else 'without'} bf16"
+    feats = cpu_features()
+    have = " ".join(feats) if feats else "unknown"
+    if amp_dtype is None:
+        return f"{chosen}: this CPU has no AVX512-BF16/AMX (features: {have})"
+    return f"{chosen}: this CPU has native bf16 matrix instructions (features: {have})"
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -76,7 +76,7 @@ def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn
     """
     ref, pipeline = exp.cfg.refinement, exp.pipeline
     if generation == 1 and exp.external is None:
-        return StoredTargets(data.ground_truth)
+        return StoredTargets(data.ground_truth, num_classes=exp.dataset.train.num_classes)
     if ref.labels == "online":
         if refinery is None:
             refinery = exp.external if generation == 1 else \

@@ -196,8 +196,11 @@ class StoredTargets:
     """
 
     def __init__(self, rows: torch.Tensor, temperature: float = 1.0, num_classes: int | None = None):
-        k = rows.shape[1] if rows.ndim == 2 else (num_classes or int(rows.max()) + 1 if len(rows) else 1)
-        check_targets(torch.empty(len(rows), k), rows)
+        if rows.ndim == 2:
+            num_classes = rows.shape[1]
+        elif num_classes is None:
+            num_classes = int(rows.max()) + 1 if len(rows) else 1
+        check_targets(torch.empty(len(rows), num_classes), rows)
         self.rows = rows
         self.temperature = float(temperature) if rows.is_floating_point() else 1.0
 
