@@ -461,3 +461,33 @@ def test_a_batch_of_one_never_reaches_batchnorm_in_train_mode(tmp_path, model):
     assert main(["run", "--dataset", "digits", "--model", model, "--epochs", "1", "--generations", "2",
                  "--labels", "online", "--adversarial-jitter", "0.002", "--batch-size", "1220", "--no-progress",
                  "--threads", "1", "--runs-dir", str(tmp_path)]) == 0
+
+
+def test_class_with_a_single_image_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    for split, counts in (("train", {"a": 24, "b": 1}), ("val", {"a": 2, "b": 2})):
+        for cls, n in counts.items():
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / "imgs" / split / cls / f"{i}.png")
+    code = main(["run", "--dataset", f"folder:{tmp_path / 'imgs'}", "--image-size", "8", "--data-dir",
+                 str(tmp_path / "cache"), "--no-progress", "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2
+    one_line_error(capsys, "single image")
+
+
+def test_train_size_too_small_names_the_flag(tmp_path, capsys):
+    assert main(["run", "--dataset", "digits", "--train-size", "20", "--no-progress", "--runs-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, "--train-size 20")
+
+
+def test_checkpoint_spec_with_unknown_keys_is_one_line(tmp_path, capsys):
+    from labelrefinery.checkpoint import save_checkpoint
+    from labelrefinery.models import ModelSpec, build_model
+
+    path = tmp_path / "odd.safetensors"
+    spec = {**ModelSpec("convnet", 10, 1, 8).to_dict(), "depth_multiplier": 2}
+    save_checkpoint(path, build_model(ModelSpec("convnet", 10, 1, 8)), [str(i) for i in range(10)], spec)
+    assert main(["run", *ARGS, "--runs-dir", str(tmp_path / "runs"), "--refinery-checkpoint", str(path)]) == 2
+    one_line_error(capsys, "model spec")

@@ -14,7 +14,7 @@ from .chain import run
 from .checkpoint import load_checkpoint, load_model
 from .config import DataConfig, ExecConfig, RefineConfig, RunConfig, TrainConfig, resolve_config
 from .data import Dataset, ImageData, load_dataset
-from .engine import evaluate, fit, predict, train_one_epoch
+from .engine import fit, predict, train_one_epoch
 from .errors import CheckpointError, ConfigError, DataError, RunDirError, UserError
 from .losses import distillation_loss, kl_divergence, soft_target_cross_entropy
 from .models import ModelSpec, build_model
@@ -26,6 +26,6 @@ __all__ = [
     "CheckpointError", "ConfigError", "DataConfig", "DataError", "Dataset", "ExecConfig", "FrozenRefinery",
     "ImageData", "LabelRecipe", "ModelSpec", "RefineConfig", "RefineryTargets", "RunConfig", "RunDir",
     "RunDirError", "StoredTargets", "TrainConfig", "UserError", "__version__", "build_model",
-    "distillation_loss", "evaluate", "fit", "kl_divergence", "load_checkpoint", "load_dataset", "load_model",
+    "distillation_loss", "fit", "kl_divergence", "load_checkpoint", "load_dataset", "load_model",
     "predict", "refined_labels", "resolve_config", "run", "soft_target_cross_entropy", "train_one_epoch",
 ]

@@ -153,6 +153,19 @@ def model_from_state(state: dict[str, torch.Tensor], spec: ModelSpec, device: to
     return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
+def spec_from_dict(spec: dict, source: str) -> ModelSpec:
+    """The :class:`ModelSpec` a checkpoint's metadata stores.
+
+    Raises:
+        CheckpointError: keys missing or unknown.
+    """
+    try:
+        return ModelSpec(**spec)
+    except TypeError:
+        raise CheckpointError(f"{source} stores a model spec this labelrefinery cannot read ({sorted(spec)}); "
+                              "use the version that wrote it") from None
+
+
 def load_model(path: Path, device: torch.device, spec: ModelSpec | None = None) -> tuple[torch.nn.Module, list[str] | None]:
     """Rebuild a saved generation: ``(model in eval mode on device in channels_last, stored class names or None)``.
 
@@ -168,7 +181,7 @@ def load_model(path: Path, device: torch.device, spec: ModelSpec | None = None) 
     if spec is None:
         if stored is None:
             raise CheckpointError(f"{path} does not store its model spec; it was not written by labelrefinery")
-        spec = ModelSpec(**stored)
+        spec = spec_from_dict(stored, str(path))
     return model_from_state(state, spec, device, str(path)), classes
 
 
@@ -212,7 +225,7 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
             raise CheckpointError(f"{path} does not say which model it holds; add --refinery-model NAME")
         spec_obj = ModelSpec(model_name, dataset.train.num_classes, c, image_size)
     else:
-        spec_obj = ModelSpec(**spec)
+        spec_obj = spec_from_dict(spec, f"refinery {path}")
     if spec_obj.num_classes != dataset.train.num_classes or spec_obj.in_channels != c:
         raise CheckpointError(f"refinery {path} has {spec_obj.num_classes} classes and {spec_obj.in_channels} input "
                               f"channels; {dataset.name} needs {dataset.train.num_classes} and {c}")

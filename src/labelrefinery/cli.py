@@ -15,7 +15,7 @@ import typing
 from dataclasses import MISSING
 from pathlib import Path
 
-from .config import PRESETS, RunConfig, leaf_fields, parse_int_list, resolve_config
+from .config import PRESETS, RunConfig, flag_name, leaf_fields, parse_int_list, resolve_config
 from .errors import ConfigError, UserError
 
 EXIT_BAD_INPUT = 2
@@ -27,10 +27,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         self.exit(EXIT_BAD_INPUT, f"refinery: error: {message}; see {self.prog} --help\n")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _int_list(name: str):
@@ -62,10 +58,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{f.metadata.get('help', '')} ({shown})"
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if hint is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if typing.get_origin(hint) is list:
-            parser.add_argument(_flag(f.name), type=_int_list(f.name), metavar="N,N", **kwargs)
+            parser.add_argument(flag_name(f.name), type=_int_list(f.name), metavar="N,N", **kwargs)
             continue
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         kwargs["type"] = base
@@ -73,7 +69,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
             kwargs.pop("metavar")
-        parser.add_argument(_flag(f.name), **kwargs)
+        parser.add_argument(flag_name(f.name), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,13 +40,14 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
 
 
 def _need(ok: bool, name: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"{_flag(name)} must be {rule}, got {value!r}")
+        raise ConfigError(f"{flag_name(name)} must be {rule}, got {value!r}")
 
 
 # Upper bounds of numeric settings: far beyond any sensible run, low enough to catch a typo.
@@ -62,14 +63,14 @@ MAX_THREADS = 1024
 
 def _only_with(given: bool, name: str, applies: bool, needs: str) -> None:
     if given and not applies:
-        raise ConfigError(f"{_flag(name)} applies only with {needs}; leave it out or add {needs}")
+        raise ConfigError(f"{flag_name(name)} applies only with {needs}; leave it out or add {needs}")
 
 
 def _check_finite_floats(obj: Any) -> None:
     for f in fields(obj):
         v = getattr(obj, f.name)
         if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{_flag(f.name)} must be a finite number, got {v}")
+            raise ConfigError(f"{flag_name(f.name)} must be a finite number, got {v}")
 
 
 def parse_int_list(text: str | list | tuple, name: str) -> list[int]:
@@ -85,7 +86,7 @@ def parse_int_list(text: str | list | tuple, name: str) -> list[int]:
     try:
         return [int(t) for t in items]
     except (TypeError, ValueError):
-        raise ConfigError(f"{_flag(name)} must be comma-separated integers like 2,3, got {text!r}") from None
+        raise ConfigError(f"{flag_name(name)} must be comma-separated integers like 2,3, got {text!r}") from None
 
 
 def parse_label_form(form: str) -> tuple[str, int]:

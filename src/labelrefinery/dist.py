@@ -1,8 +1,9 @@
 """Process facts, read once from the environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
-A plain ``refinery run`` is world size 1, rank 0, and takes the same code path
-a multi-process run takes: only the main process (rank 0) writes files and
-prints progress.
+A plain ``refinery run`` is world size 1, rank 0. Only the main process (rank 0)
+prints (:mod:`labelrefinery.console`); training across several processes is not
+implemented yet, so ``world_size`` and ``local_rank`` are read here for the code
+that will use them.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from .losses import distillation_kl, distillation_loss, soft_target_cross_entrop
 from .seeding import epoch_generator
 from .targets import TargetSource
 
-RECALIBRATION_IMAGES = 4096  # training images (evenly strided) behind each epoch's BatchNorm statistics
+RECALIBRATION_IMAGES = 4096  # each epoch's BatchNorm statistics use every (N // 4096)-th training image
 
 
 # --------------------------------------------------------------------------- inference
@@ -90,7 +90,8 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pipeline: Pipeline,
              batch_size: int = 1024) -> dict[str, float]:
-    """``{"top1": %, "loss": mean cross-entropy in nats}`` of ``model`` on ``(N, C, H, W) uint8`` images."""
+    """``{"top1": %, "loss": mean cross-entropy in nats}`` of ``model`` on ``(N, C, H, W) uint8`` images
+    against ``labels: (N,) int64``."""
     logits = predict(model, images, pipeline, batch_size)
     return {
         "top1": top1_accuracy(logits, labels),
@@ -148,6 +149,7 @@ class LRSchedule:
             self.scheduler.step()
 
     def after_epoch(self, val_top1: float) -> None:
+        """Step the epoch-wise schedules; ``val_top1`` (validation top-1 in %) drives ``plateau``."""
         if self.kind == "plateau":
             self.scheduler.step(val_top1)
         elif not self.per_batch:
@@ -324,8 +326,9 @@ def fit(
     validation top-1 has not improved by more than ``cfg.early_stop_min_delta``
     points for ``cfg.early_stop_patience_epochs`` epochs (0 = never); at the end
     the best-validation weights are restored when ``cfg.restore_best``. With
-    ``cfg.recalibrate_bn`` the BatchNorm statistics are recomputed over up to
-    ``RECALIBRATION_IMAGES`` evenly strided training images before each
+    ``cfg.recalibrate_bn`` the BatchNorm statistics are recomputed over every
+    ``N // RECALIBRATION_IMAGES``-th training image (all N below 8,192; otherwise
+    between 4,096 and 8,191 images) before each
     validation (see :func:`recalibrate_batchnorm`), so the best epoch, the plateau
     schedule and early stopping judge a calibrated model.
 

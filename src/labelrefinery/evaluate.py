@@ -28,7 +28,8 @@ def generation_probabilities(run_dir: RunDir, seed: int, generation: int, datase
     """Softmax ``(N, K) float32`` of one saved generation on the test split (first ``test_size`` images).
 
     Raises:
-        CheckpointError: the generation's checkpoint is missing or was trained on other classes.
+        RunDirError: the generation's checkpoint is missing or damaged.
+        CheckpointError: it was trained on other classes.
     """
     model, classes = run_dir.load_model(seed, generation, pipeline.device)
     if classes is not None:
@@ -42,6 +43,13 @@ def ensemble_results(run_dir: RunDir, dataset: Dataset, pipeline: Pipeline, gene
     """Test top-1 (%) of the averaged softmax of ``generations`` for every seed that finished them all.
 
     The entry is also written to ``ensemble.json`` (replacing one for the same generations).
+
+    Returns:
+        ``{"generations": [g, ...], "per_seed": {seed: top-1 %}, "test_top1_mean": %, "test_top1_std": % or None}``
+        (the sample std over seeds, None with one seed).
+
+    Raises:
+        RunDirError: a damaged or missing file of a generation.
     """
     labels = dataset.test.labels if test_size is None else dataset.test.labels[:test_size]
     per_seed = {}
@@ -84,11 +92,9 @@ def _evaluate_locked(rd: RunDir, cfg, gens_wanted: list[int], device: str) -> st
     labels = dataset.test.labels if d.test_size is None else dataset.test.labels[: d.test_size]
     lines = ["| seed | generation | test top-1 (%) |", "|---|---|---|"]
     for seed in rd.seeds():
-        g = 1
-        while rd.model_path(seed, g).exists():
+        for g in rd.finished_generations(seed):
             probs = generation_probabilities(rd, seed, g, dataset, pipeline, d.test_size)
             lines.append(f"| {seed} | R{g} | {top1_accuracy(probs, labels):.2f} |")
-            g += 1
     if gens_wanted:
         entry = ensemble_results(rd, dataset, pipeline, gens_wanted, d.test_size)
         for seed, acc in entry["per_seed"].items():

@@ -138,5 +138,14 @@ def distillation_kl(student_logits: torch.Tensor, targets: torch.Tensor, tempera
         student_logits: ``(N, K)`` float.
         targets: ``(N,) int64`` or ``(N, K) float32`` probability rows.
         temperature: T > 0, the same as the loss's.
+        check: validate ``targets`` (see :func:`soft_target_cross_entropy`).
+
+    Returns:
+        Scalar float32 tensor, in nats, never negative.
+
+    Raises:
+        ValueError: T <= 0, or targets that are not class indices or probability rows.
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     return kl_divergence(student_logits.float() / float(temperature), targets, check)

@@ -15,6 +15,7 @@ import torch
 from .augment import RandomAffine, augment_uint8
 from .config import RunConfig
 from .data import Dataset, stratified_split
+from .errors import ConfigError
 from .seeding import static_copy_generator
 
 
@@ -27,6 +28,10 @@ def seed_split(dataset: Dataset, cfg: RunConfig, seed: int) -> tuple[torch.Tenso
     labels = dataset.train.labels
     pool = torch.arange(len(labels))
     if cfg.data.train_size is not None and cfg.data.train_size < len(labels):
+        k = int(labels.max()) + 1
+        if cfg.data.train_size < 4 * k:
+            raise ConfigError(f"--train-size {cfg.data.train_size} is too small for {k} classes: use at least {4 * k} "
+                              "(two training and two validation images per class)")
         _, pool = stratified_split(labels, cfg.data.train_size / len(labels), seed=0)
     train_pos, val_pos = stratified_split(labels[pool], cfg.data.val_fraction, seed)
     return pool[train_pos], pool[val_pos]
@@ -73,7 +78,7 @@ class SeedData:
         images: ``views.images`` on the training device.
         ground_truth: ``views.labels`` on the training device.
         train_idx, val_idx: the split (see :func:`seed_split`).
-        val_images, val_labels: validation ``(V, C, H, W) uint8`` and ``(V,) int64``.
+        val_images, val_labels: validation ``(V, C, H, W) uint8`` (on the training device) and ``(V,) int64``.
         test_images, test_labels: the (first ``test_size``) test images and labels.
     """
 
@@ -102,4 +107,4 @@ def seed_data(dataset: Dataset, cfg: RunConfig, seed: int, device: torch.device)
     views = training_views(dataset, train_idx, cfg, seed)
     test_images, test_labels = reported_test_set(dataset, cfg)
     return SeedData(seed, views, views.images.to(device), views.labels.to(device), train_idx, val_idx,
-                    dataset.train.images[val_idx], dataset.train.labels[val_idx], test_images, test_labels)
+                    dataset.train.images[val_idx].to(device), dataset.train.labels[val_idx], test_images, test_labels)

@@ -46,6 +46,7 @@ from .checkpoint import load_model, save_checkpoint
 from .config import RunConfig, config_difference
 from .errors import CheckpointError, ConfigError, RunDirError
 from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, write_json
+from .losses import ROW_SUM_TOLERANCE
 from .models import ModelSpec
 
 _SEED_DIR = re.compile(r"^seed-(\d+)$")
@@ -193,10 +194,14 @@ class RunDir:
         Raises:
             RunDirError: another process holds it (the message names its PID).
         """
+        existed = self.root.is_dir()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             f = open(self.root / ".lock", "a+")
         except OSError as e:
+            if existed:
+                raise RunDirError(f"cannot write into run directory {self.root}: {e.strerror}; make it writable") \
+                    from None
             raise RunDirError(f"cannot make run directory {self.root}: {e.strerror}; choose another --runs-dir") from None
         try:
             try:
@@ -206,6 +211,9 @@ class RunDir:
                 holder = f.read().strip() or "unknown"
                 raise RunDirError(f"{self.root} is in use by another refinery process (PID {holder}); wait for it "
                                   "to finish or stop it, then rerun") from None
+            except OSError as e:
+                raise RunDirError(f"cannot lock run directory {self.root}: {e.strerror}; use a local file system "
+                                  "that supports flock") from None
             f.seek(0)
             f.truncate()
             f.write(f"{os.getpid()}\n")
@@ -281,16 +289,19 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line (one write call, flushed to disk)."""
         line = (json.dumps(record) + "\n").encode("utf-8")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "ab") as f:
-            if f.tell() > 0:
-                with open(self.metrics_path, "rb") as r:
-                    r.seek(-1, os.SEEK_END)
-                    if r.read(1) != b"\n":  # a partial line from a killed process: start a new one
-                        line = b"\n" + line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics_path, "ab") as f:
+                if f.tell() > 0:
+                    with open(self.metrics_path, "rb") as r:
+                        r.seek(-1, os.SEEK_END)
+                        if r.read(1) != b"\n":  # a partial line from a killed process: start a new one
+                            line = b"\n" + line
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunDirError(f"cannot write {self.metrics_path}: {e.strerror or e}; free space or make it "
+                              "writable") from None
 
     def read_metrics(self) -> list[dict]:
         """Every complete record of ``metrics.jsonl`` ([] when there is none)."""
@@ -493,12 +504,12 @@ def _label_problem(z: dict[str, np.ndarray], rows: int | None, num_classes: int 
     if (rows is not None and labels.shape[0] != rows) or (num_classes is not None and labels.shape[1] != num_classes):
         return f"shape {labels.shape}, the run needs ({rows}, {num_classes})"
     if indices.shape != (labels.shape[0],) or z["views"].shape != (labels.shape[0],):
-        return f"{indices.shape[0]} indices for {labels.shape[0]} rows"
+        return f"indices of shape {indices.shape} for {labels.shape[0]} rows"
     if not np.isfinite(labels).all():
         return "NaN or infinite values"
     if (labels < 0).any():
         return "negative probabilities"
     worst = float(np.abs(labels.sum(1, dtype=np.float64) - 1).max()) if len(labels) else 0.0
-    if worst > 1e-3:
+    if worst > ROW_SUM_TOLERANCE:
         return f"rows sum to 1 only within {worst:.3g}"
     return None

@@ -117,6 +117,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
     Raises:
         ConfigError: fraction outside (0, 1), or a split too small to hold every class.
+        DataError: a class with a single image.
     """
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
@@ -126,6 +127,11 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         raise ConfigError(f"a {fraction} split of {len(labels)} images leaves {held} and {len(labels) - held}, "
                           f"fewer than the {k} classes; use --val-fraction between {k / len(labels):.3f} and "
                           f"{1 - k / len(labels):.3f}")
+    counts = np.bincount(labels.numpy(), minlength=k)
+    if (counts[counts > 0] < 2).any():
+        lone = int(np.flatnonzero(counts == 1)[0])
+        raise DataError(f"class {lone} has a single image; a stratified split needs at least 2 images of every "
+                        "class: add images of it or remove the class")
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))

@@ -1,0 +1,134 @@
+"""Accuracy per second of candidate quick-preset models on full Fashion-MNIST (issue: fast on ordinary CPUs).
+
+Each candidate is a :class:`labelrefinery.models.ConvNet` variant (width, convs per stage)
+trained as generation R1 of the quick preset (Adam, one-cycle lr 3e-3, batch 256,
+weight decay 5e-4, no augmentation, 15% validation) for a number of epochs, through the
+library's own ``engine.fit``. Reported per candidate: multiply-adds per image, training
+images/s, wall time of the generation (fit + BatchNorm recalibration + test prediction)
+and test top-1. In the same run, one epoch of the conventional pipeline (torchvision
+``Dataset`` + per-sample ``RandomAffine`` + ``DataLoader(num_workers=2)``) training the
+default model, the reference of the quick preset's time target.
+
+    .venv/bin/python benchmarks/quick_frontier.py --precision fp32 --out benchmarks/frontier-fp32.json
+
+Set ``ONEDNN_MAX_CPU_ISA=AVX2`` to restrict oneDNN's convolution kernels to AVX2 on a
+CPU that has more (an approximation of an AVX2-only machine: its clock and memory stay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from throughput import TorchvisionFashion, conventional_epoch, conventional_transform  # noqa: E402
+
+from labelrefinery.batch import Pipeline  # noqa: E402
+from labelrefinery.config import resolve_config  # noqa: E402
+from labelrefinery.data import load_dataset  # noqa: E402
+from labelrefinery.device import cpu_features, resolve_precision, set_threads  # noqa: E402
+from labelrefinery.engine import fit, predict, recalibrate_batchnorm, top1_accuracy  # noqa: E402
+from labelrefinery.models import ConvNet  # noqa: E402
+from labelrefinery.protocol import seed_split  # noqa: E402
+from labelrefinery.targets import StoredTargets  # noqa: E402
+
+CANDIDATES = {  # name: (width, convs per stage)
+    "convnet": (32, (1, 2, 2)),
+    "w24": (24, (1, 2, 2)),
+    "slim": (32, (1, 1, 1)),
+    "slim-w48": (48, (1, 1, 1)),
+    "mid": (32, (1, 2, 1)),
+}
+
+
+def macs_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-adds of convolutions and linear layers for one image of ``shape`` (C, H, W)."""
+    total = 0
+
+    def hook(mod, _inp, out):
+        nonlocal total
+        if isinstance(mod, torch.nn.Conv2d):
+            total += out[0].numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, torch.nn.Linear):
+            total += mod.in_features * mod.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def train_candidate(name: str, epochs: int, ds, pipe, train_idx, val_idx) -> dict:
+    width, stages = CANDIDATES[name]
+    cfg = resolve_config("quick", {"epochs": epochs}).training
+    torch.manual_seed(0)
+    model = ConvNet(10, 1, width, stages).to(memory_format=torch.channels_last)
+    macs = macs_per_image(model, ds.image_shape)
+    images, labels = ds.train.images[train_idx], ds.train.labels[train_idx]
+    epoch_times: list[float] = []
+    start = time.perf_counter()
+    fit(model, images, StoredTargets(labels, num_classes=10), ds.train.images[val_idx], ds.train.labels[val_idx],
+        cfg, pipe, seed_keys=(0, 1), log=lambda r: epoch_times.append(r["epoch_time_s"]))
+    recalibrate_batchnorm(model, images, pipe)
+    test_top1 = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
+    wall = time.perf_counter() - start
+    return {"candidate": name, "width": width, "stages": list(stages), "epochs": epochs, "macs_per_image": macs,
+            "train_images_per_s": len(images) * len(epoch_times) / sum(epoch_times), "wall_s": wall,
+            "test_top1": test_top1}
+
+
+def conventional_epoch_time(ds, pipe, workers: int) -> float:
+    torch.manual_seed(0)
+    model = ConvNet(10, 1).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    loader = torch.utils.data.DataLoader(
+        TorchvisionFashion(ds.train.images, ds.train.labels, conventional_transform(ds.mean, ds.std, True)),
+        batch_size=256, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    start = time.perf_counter()
+    conventional_epoch(model, opt, loader, pipe)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", default="convnet:4,slim:4,slim-w48:4,mid:4,w24:4",
+                        help="comma-separated NAME:EPOCHS (names: " + ", ".join(CANDIDATES) + ")")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    set_threads(0)
+    ds = load_dataset("fashion-mnist")
+    cpu = torch.device("cpu")
+    pipe = Pipeline.create(cpu, ds.mean, ds.std, resolve_precision(args.precision, cpu))
+    train_idx, val_idx = seed_split(ds, resolve_config("quick", {}), 0)
+    facts = {"cpu_features": cpu_features(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+             "precision": args.precision, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(json.dumps(facts), flush=True)
+    conv = conventional_epoch_time(ds, pipe, args.workers)
+    print(f"conventional pipeline, one epoch of 60,000 images (convnet): {conv:.1f} s", flush=True)
+    rows = []
+    for item in args.candidates.split(","):
+        name, epochs = item.split(":")
+        row = train_candidate(name, int(epochs), ds, pipe, train_idx, val_idx)
+        row["wall_over_conventional_epoch"] = row["wall_s"] / conv
+        rows.append(row)
+        print(f"{name:9s} {row['macs_per_image'] / 1e6:5.1f} M MAC  {epochs} epochs  "
+              f"{row['train_images_per_s']:6.0f} img/s  {row['wall_s']:6.1f} s "
+              f"({row['wall_over_conventional_epoch']:.2f} conventional epochs)  test {row['test_top1']:.2f}%",
+              flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({**facts, "conventional_epoch_s": conv, "candidates": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
