@@ -20,6 +20,29 @@ def _no_home_cache(tmp_path_factory):
     mp.undo()
 
 
+class interrupt_after_first_epoch:
+    """Within ``with``: a KeyboardInterrupt right after ``gen_dir``'s first ``train-state.pt`` is written."""
+
+    def __init__(self, monkeypatch, gen_dir: str = "gen-2"):
+        import labelrefinery.rundir as rundir_module
+
+        self.mp, self.module, self.gen_dir = monkeypatch, rundir_module, gen_dir
+        self.real = rundir_module.atomic_write_bytes
+
+    def __enter__(self):
+        def stop(path, data):
+            self.real(path, data)
+            if path.name == "train-state.pt" and path.parent.name == self.gen_dir:
+                raise KeyboardInterrupt
+
+        self.mp.setattr(self.module, "atomic_write_bytes", stop)
+        return self
+
+    def __exit__(self, *exc):
+        self.mp.setattr(self.module, "atomic_write_bytes", self.real)
+        return False
+
+
 HAVE_FASHION_MNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
 needs_fashion_mnist = pytest.mark.skipif(
     not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist (the README's setup does)"

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import yaml
 
-import labelrefinery.rundir as rundir_module
 from labelrefinery.checkpoint import load_checkpoint
 from labelrefinery.cli import main
 from labelrefinery.data import load_dataset
 from labelrefinery.rundir import RunDir
 
-from .conftest import needs_fashion_mnist
+from .conftest import interrupt_after_first_epoch, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 
@@ -91,18 +90,10 @@ def test_resume_after_generation_1_gives_same_labels(full_run, tmp_path):
 
 
 def test_resume_mid_generation_gives_same_labels(full_run, tmp_path, monkeypatch):
-    real = rundir_module.atomic_write_bytes  # the run directory's writer of train-state.pt
-
-    def interrupt_after_first_epoch_of_gen2(path, data):
-        real(path, data)
-        if path.name == "train-state.pt" and path.parent.name == "gen-2":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rundir_module, "atomic_write_bytes", interrupt_after_first_epoch_of_gen2)
-    assert refinery(tmp_path, "mid", "--generations", "2") == 130
+    with interrupt_after_first_epoch(monkeypatch, "gen-2"):
+        assert refinery(tmp_path, "mid", "--generations", "2") == 130
     assert (tmp_path / "mid/seed-0/gen-2/train-state.pt").exists()
     assert not (tmp_path / "mid/seed-0/gen-2/summary.json").exists()
-    monkeypatch.setattr(rundir_module, "atomic_write_bytes", real)
     assert refinery(tmp_path, "mid", "--generations", "2") == 0
     a = RunDir(full_run).load_labels(0, 2)["labels"]
     b = RunDir(tmp_path / "mid").load_labels(0, 2)["labels"]

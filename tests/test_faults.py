@@ -26,6 +26,8 @@ from labelrefinery.errors import ConfigError
 from labelrefinery.losses import distillation_loss, kl_divergence, soft_target_cross_entropy
 from labelrefinery.rundir import RunDir
 
+from .conftest import interrupt_after_first_epoch
+
 ARGS = ["--dataset", "digits", "--epochs", "1", "--generations", "2", "--no-progress", "--threads", "1"]
 
 
@@ -214,18 +216,8 @@ def test_kill_during_first_write_resumes(tmp_path):
 @pytest.fixture
 def interrupted(tmp_path, monkeypatch):
     """A run killed after the first epoch of generation 2 (its train-state.pt is there)."""
-    import labelrefinery.rundir as rundir_module
-
-    real = rundir_module.atomic_write_bytes
-
-    def stop(path, data):
-        real(path, data)
-        if path.name == "train-state.pt" and path.parent.name == "gen-2":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rundir_module, "atomic_write_bytes", stop)
-    assert run(tmp_path, "mid", "--epochs", "2") == 130
-    monkeypatch.setattr(rundir_module, "atomic_write_bytes", real)
+    with interrupt_after_first_epoch(monkeypatch, "gen-2"):
+        assert run(tmp_path, "mid", "--epochs", "2") == 130
     return tmp_path / "mid"
 
 
