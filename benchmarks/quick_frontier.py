@@ -67,9 +67,9 @@ def macs_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return total
 
 
-def train_candidate(name: str, epochs: int, ds, pipe, train_idx, val_idx) -> dict:
+def train_candidate(name: str, epochs: int, ds, pipe, train_idx, val_idx, batch_size: int = 256) -> dict:
     width, stages = CANDIDATES[name]
-    cfg = resolve_config("quick", {"epochs": epochs}).training
+    cfg = resolve_config("quick", {"epochs": epochs, "batch_size": batch_size}).training
     torch.manual_seed(0)
     model = ConvNet(10, 1, width, stages).to(memory_format=torch.channels_last)
     macs = macs_per_image(model, ds.image_shape)
@@ -81,7 +81,8 @@ def train_candidate(name: str, epochs: int, ds, pipe, train_idx, val_idx) -> dic
     recalibrate_batchnorm(model, images, pipe)
     test_top1 = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
     wall = time.perf_counter() - start
-    return {"candidate": name, "width": width, "stages": list(stages), "epochs": epochs, "macs_per_image": macs,
+    return {"candidate": name, "width": width, "stages": list(stages), "epochs": epochs, "batch_size": batch_size,
+            "macs_per_image": macs,
             "train_images_per_s": len(images) * len(epoch_times) / sum(epoch_times), "wall_s": wall,
             "test_top1": test_top1}
 
@@ -101,7 +102,8 @@ def conventional_epoch_time(ds, pipe, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", default="convnet:4,slim:4,slim-w48:4,mid:4,w24:4",
-                        help="comma-separated NAME:EPOCHS (names: " + ", ".join(CANDIDATES) + ")")
+                        help="comma-separated NAME:EPOCHS[:BATCH] (batch default 256; names: "
+                        + ", ".join(CANDIDATES) + ")")
     parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -118,11 +120,11 @@ def main() -> None:
     print(f"conventional pipeline, one epoch of 60,000 images (convnet): {conv:.1f} s", flush=True)
     rows = []
     for item in args.candidates.split(","):
-        name, epochs = item.split(":")
-        row = train_candidate(name, int(epochs), ds, pipe, train_idx, val_idx)
+        name, epochs, *batch = item.split(":")
+        row = train_candidate(name, int(epochs), ds, pipe, train_idx, val_idx, int(batch[0]) if batch else 256)
         row["wall_over_conventional_epoch"] = row["wall_s"] / conv
         rows.append(row)
-        print(f"{name:9s} {row['macs_per_image'] / 1e6:5.1f} M MAC  {epochs} epochs  "
+        print(f"{name:9s} {row['macs_per_image'] / 1e6:5.1f} M MAC  {epochs} epochs  batch {row['batch_size']}  "
               f"{row['train_images_per_s']:6.0f} img/s  {row['wall_s']:6.1f} s "
               f"({row['wall_over_conventional_epoch']:.2f} conventional epochs)  test {row['test_top1']:.2f}%",
               flush=True)
