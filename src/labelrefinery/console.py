@@ -15,7 +15,7 @@ def log(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
-def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img") -> tqdm:
-    """A tqdm bar over ``total`` items on stderr; disabled unless ``enabled`` and on rank 0."""
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not (enabled and is_main_process()),
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    """A tqdm bar over ``total`` images on stderr; disabled unless ``enabled`` and on rank 0."""
+    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not (enabled and is_main_process()),
                 dynamic_ncols=True)

@@ -217,7 +217,8 @@ def train_one_epoch(
     n = len(images)
     perm = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
     steps = num_batches(n, batch_size)
-    totals = torch.zeros(4, dtype=torch.float64, device=pipeline.device)  # loss, kl, correct, seen
+    totals = torch.zeros(3, dtype=torch.float64, device=pipeline.device)  # loss, kl, correct (summed on the device)
+    seen = 0
     start = time.perf_counter()
     bar = progress_bar(n, desc, progress)
     for b in range(steps):
@@ -238,15 +239,15 @@ def train_one_epoch(
             hard = t.argmax(1) if t.is_floating_point() else t
             kl = distillation_kl(logits, t, batch.temperature, check=False)
             totals += torch.stack([loss.detach().double() * len(idx), kl.double() * len(idx),
-                                   (logits.argmax(1) == hard).sum().double(),
-                                   torch.tensor(float(len(idx)), device=totals.device, dtype=torch.float64)])
+                                   (logits.argmax(1) == hard).sum().double()])
+        seen += len(idx)
         bar.update(len(idx))
         if not bar.disable and (b % 10 == 0 or b == steps - 1):
-            t_loss, _, correct, seen = totals.tolist()
+            t_loss, _, correct = totals.tolist()
             bar.set_postfix(loss=f"{t_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
     bar.close()
-    t_loss, t_kl, correct, seen = totals.tolist()
+    t_loss, t_kl, correct = totals.tolist()
     elapsed = time.perf_counter() - start
     return {"train_loss": t_loss / seen, "train_kl": t_kl / seen, "train_top1": 100.0 * correct / seen,
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}

@@ -73,9 +73,6 @@ class TrainStateFile:
         self.path = Path(path)
         self._where = generation_dir or str(self.path.parent)
 
-    def exists(self) -> bool:
-        return self.path.exists()
-
     def _damaged(self, what: str) -> RunDirError:
         return RunDirError(f"{self.path} is damaged ({what}); delete it to restart {self._where} from its first "
                            "epoch")
