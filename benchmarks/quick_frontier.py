@@ -38,12 +38,14 @@ from labelrefinery.models import ConvNet  # noqa: E402
 from labelrefinery.protocol import seed_split  # noqa: E402
 from labelrefinery.targets import StoredTargets  # noqa: E402
 
-CANDIDATES = {  # name: (width, convs per stage)
-    "convnet": (32, (1, 2, 2)),
-    "w24": (24, (1, 2, 2)),
-    "slim": (32, (1, 1, 1)),
-    "slim-w48": (48, (1, 1, 1)),
-    "mid": (32, (1, 2, 1)),
+CANDIDATES = {  # name: (width, convs per stage, stride of the first convolution)
+    "convnet": (32, (1, 2, 2), 1),
+    "w24": (24, (1, 2, 2), 1),
+    "slim": (32, (1, 1, 1), 1),
+    "slim-w48": (48, (1, 1, 1), 1),
+    "mid": (32, (1, 2, 1), 1),
+    "s2": (32, (1, 2, 2), 2),  # stride-2 stem in place of the first max-pool
+    "s2-w40": (40, (1, 2, 2), 2),
 }
 
 
@@ -67,21 +69,23 @@ def macs_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return total
 
 
-def train_candidate(name: str, epochs: int, ds, pipe, train_idx, val_idx, batch_size: int = 256) -> dict:
-    width, stages = CANDIDATES[name]
-    cfg = resolve_config("quick", {"epochs": epochs, "batch_size": batch_size}).training
-    torch.manual_seed(0)
-    model = ConvNet(10, 1, width, stages).to(memory_format=torch.channels_last)
+def train_candidate(name: str, epochs: int, ds, pipe, seed: int, batch_size: int = 256) -> dict:
+    width, stages, stem_stride = CANDIDATES[name]
+    run_cfg = resolve_config("quick", {"epochs": epochs, "batch_size": batch_size})
+    train_idx, val_idx = seed_split(ds, run_cfg, seed)
+    torch.manual_seed(seed)
+    model = ConvNet(10, 1, width, stages, stem_stride).to(memory_format=torch.channels_last)
     macs = macs_per_image(model, ds.image_shape)
     images, labels = ds.train.images[train_idx], ds.train.labels[train_idx]
     epoch_times: list[float] = []
     start = time.perf_counter()
     fit(model, images, StoredTargets(labels, num_classes=10), ds.train.images[val_idx], ds.train.labels[val_idx],
-        cfg, pipe, seed_keys=(0, 1), log=lambda r: epoch_times.append(r["epoch_time_s"]))
+        run_cfg.training, pipe, seed_keys=(seed, 1), log=lambda r: epoch_times.append(r["epoch_time_s"]))
     recalibrate_batchnorm(model, images, pipe)
     test_top1 = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
     wall = time.perf_counter() - start
-    return {"candidate": name, "width": width, "stages": list(stages), "epochs": epochs, "batch_size": batch_size,
+    return {"candidate": name, "width": width, "stages": list(stages), "stem_stride": stem_stride, "seed": seed,
+            "epochs": epochs, "batch_size": batch_size,
             "macs_per_image": macs,
             "train_images_per_s": len(images) * len(epoch_times) / sum(epoch_times), "wall_s": wall,
             "test_top1": test_top1}
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--candidates", default="convnet:4,slim:4,slim-w48:4,mid:4,w24:4",
                         help="comma-separated NAME:EPOCHS[:BATCH] (batch default 256; names: "
                         + ", ".join(CANDIDATES) + ")")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds: each candidate is trained once per seed")
     parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -112,20 +117,20 @@ def main() -> None:
     ds = load_dataset("fashion-mnist")
     cpu = torch.device("cpu")
     pipe = Pipeline.create(cpu, ds.mean, ds.std, resolve_precision(args.precision, cpu))
-    train_idx, val_idx = seed_split(ds, resolve_config("quick", {}), 0)
     facts = {"cpu_features": cpu_features(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
              "precision": args.precision, "threads": torch.get_num_threads(), "torch": torch.__version__}
     print(json.dumps(facts), flush=True)
     conv = conventional_epoch_time(ds, pipe, args.workers)
     print(f"conventional pipeline, one epoch of 60,000 images (convnet): {conv:.1f} s", flush=True)
     rows = []
-    for item in args.candidates.split(","):
+    jobs = [(int(seed), item) for seed in args.seeds.split(",") for item in args.candidates.split(",")]
+    for seed, item in jobs:
         name, epochs, *batch = item.split(":")
-        row = train_candidate(name, int(epochs), ds, pipe, train_idx, val_idx, int(batch[0]) if batch else 256)
+        row = train_candidate(name, int(epochs), ds, pipe, seed, int(batch[0]) if batch else 256)
         row["wall_over_conventional_epoch"] = row["wall_s"] / conv
         rows.append(row)
-        print(f"{name:9s} {row['macs_per_image'] / 1e6:5.1f} M MAC  {epochs} epochs  batch {row['batch_size']}  "
-              f"{row['train_images_per_s']:6.0f} img/s  {row['wall_s']:6.1f} s "
+        print(f"seed {seed} {name:9s} {row['macs_per_image'] / 1e6:5.1f} M MAC  {epochs} epochs  "
+              f"batch {row['batch_size']}  {row['train_images_per_s']:6.0f} img/s  {row['wall_s']:6.1f} s "
               f"({row['wall_over_conventional_epoch']:.2f} conventional epochs)  test {row['test_top1']:.2f}%",
               flush=True)
     if args.out:

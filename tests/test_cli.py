@@ -121,3 +121,15 @@ def test_report_columns_are_distinct(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs/a"), str(tmp_path / "runs/b")]) == 0
     header = capsys.readouterr().out.splitlines()[2]
     assert "recalibrate_bn=True" in header and "recalibrate_bn=False" in header
+
+
+def test_log_file_gets_one_plain_line_per_epoch(tmp_path):
+    """Redirected stderr (not a terminal): no redrawn bars, one line per epoch with loss, KL, accuracy, lr, speed."""
+    out = subprocess.run([sys.executable, "-m", "labelrefinery", "run", "--dataset", "digits", "--epochs", "2",
+                          "--generations", "1", "--batch-size", "64", "--runs-dir", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    assert "\r" not in out.stderr
+    lines = [x for x in out.stderr.splitlines() if " epoch " in x]
+    assert len(lines) == 2 and "[seed 0 R1] epoch 2/2: loss" in lines[1]
+    for part in ("KL", "train", "val", "lr", "images/s", "left in this fit"):
+        assert part in lines[0]

@@ -332,7 +332,7 @@ def test_kill_at_every_write_resumes_to_the_same_numbers(tmp_path):
 NUMERIC = [(f.name, hint) for f, hint in leaf_fields()
            if hint in (int, float) or str(hint) in ("int | None", "float | None")]
 ZERO_OK = {"weight_decay", "plateau_patience_epochs", "min_lr", "early_stop_patience_epochs",
-           "early_stop_min_delta", "gt_weight", "adversarial_jitter", "threads"}
+           "early_stop_min_delta", "gt_weight", "adversarial_jitter", "threads", "label_smoothing", "cross_fit"}
 HUGE_OK = {"plateau_patience_epochs", "early_stop_patience_epochs"}
 VALUES = {"nan": math.nan, "inf": math.inf, "negative": -1, "zero": 0, "huge": 10**12}
 

@@ -166,7 +166,7 @@ def test_cross_architecture_run_and_ensemble(digits, tmp_path, capsys):
     results = json.loads((tmp_path / "small/results.json").read_text())
     assert [g["generation"] for g in results["generations"]] == [1, 2]
     assert results["ensemble"][0]["generations"] == [1, 2]
-    assert "ensemble [1, 2]" in (tmp_path / "small/results.md").read_text()
+    assert "ensemble R1+R2" in (tmp_path / "small/results.md").read_text()
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "small"), "--ensemble", "1,2"]) == 0
     out = capsys.readouterr().out

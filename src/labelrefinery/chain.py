@@ -24,12 +24,12 @@ from .data import check_dataset_name, load_dataset
 from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
 from .evaluate import ensemble_results
-from .generation import Experiment, reload_generation, target_source, train_generation
+from .generation import CONTROLS, Experiment, reload_generation, target_source, train_generation
 from .models import ModelSpec, build_model, check_model_name
-from .protocol import seed_data, seed_split
+from .protocol import seed_data, seed_split, with_label_noise
 from .report import format_table, summarize_run
 from .rundir import RunDir
-from .targets import LabelRecipe
+from .targets import LabelRecipe, StoredTargets
 from .version import code_version
 
 
@@ -49,6 +49,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     amp_dtype = resolve_precision(cfg.execution.precision, device)
     d = cfg.data
     dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+    dataset, noise = with_label_noise(dataset, d.label_noise)
     for name, size, have in (("train", d.train_size, len(dataset.train)), ("test", d.test_size, len(dataset.test))):
         if size is not None and size > have:
             raise DataError(f"--{name}-size {size} exceeds the {have} {name} images of {dataset.name}; "
@@ -56,6 +57,12 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     if len(dataset.train) < 20:
         raise DataError(f"{d.dataset} has only {len(dataset.train)} training images; at least 20 are needed")
     train_idx, _ = seed_split(dataset, cfg, 0)  # raises if the validation split cannot hold every class
+    if cfg.refinement.cross_fit:
+        counts = torch.bincount(dataset.train.labels[train_idx])
+        smallest = int(counts[counts > 0].min())
+        if cfg.refinement.cross_fit > smallest:
+            raise ConfigError(f"--cross-fit {cfg.refinement.cross_fit} exceeds the {smallest} training images of "
+                              f"the smallest class; use K <= {smallest}")
     views = len(train_idx) * (1 + (d.static_copies if d.augment == "static" else 0))
     if cfg.training.batch_size > views:
         raise ConfigError(f"--batch-size {cfg.training.batch_size} exceeds the {views} training images of a seed; "
@@ -74,7 +81,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype, eval_view(d.augment))
     return Experiment(cfg, dataset, run_dir, pipeline, spec,
                       make_augment(d.augment, dataset.hflip_keeps_class, dataset.image_shape[1]),
-                      LabelRecipe(ref.temperature, ref.label_form, ref.gt_weight), external)
+                      LabelRecipe(ref.temperature, ref.label_form, ref.gt_weight), external, noise)
 
 
 def _warn_unused(cfg: RunConfig) -> None:
@@ -92,8 +99,9 @@ def _warn_unused(cfg: RunConfig) -> None:
 
 def run_seed(exp: Experiment, seed: int) -> list[dict]:
     """Train the chain R1..Rn of one seed, skipping finished generations; returns one summary per generation."""
-    data = seed_data(exp.dataset, exp.cfg, seed, exp.pipeline.device)
-    exp.run_dir.write_split(seed, data.train_idx, data.val_idx, data.val_labels, data.test_labels)
+    data = seed_data(exp.dataset, exp.cfg, seed, exp.pipeline.device, exp.noise)
+    exp.run_dir.write_split(seed, data.train_idx, data.val_idx, data.val_labels, data.test_labels,
+                            exp.dataset.train.labels, exp.noise.clean if exp.noise is not None else None)
     summaries: list[dict] = []
     refinery, stored = exp.external, None  # what made the next generation's labels (model, offline rows)
     for g in range(1, exp.cfg.generations + 1):
@@ -104,6 +112,11 @@ def run_seed(exp: Experiment, seed: int) -> list[dict]:
             targets = target_source(exp, data, g, refinery, stored)
             refinery, summary, stored = train_generation(exp, data, g, targets, summaries[-1] if summaries else None)
         summaries.append(summary)
+    if exp.cfg.refinement.controls:
+        for control in CONTROLS:
+            if not exp.run_dir.is_finished(seed, control):
+                targets = StoredTargets(data.ground_truth, num_classes=exp.dataset.train.num_classes)
+                train_generation(exp, data, 1, targets, None, control=control)
     return summaries
 
 
@@ -125,8 +138,18 @@ def _write_run_facts(exp: Experiment, resumed: bool) -> None:
         f"{precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype)}")
 
 
+def reported_ensembles(cfg: RunConfig) -> list[list[int]]:
+    """The ensembles every run reports: all its generations (with two or more), then any ``--ensemble``."""
+    every = list(range(1, cfg.generations + 1))
+    out = [every] if cfg.generations > 1 else []
+    if cfg.refinement.ensemble and cfg.refinement.ensemble != every:
+        out.append(list(cfg.refinement.ensemble))
+    return out
+
+
 def run(cfg: RunConfig, run_dir: Path | str) -> dict:
-    """Run (or continue) a whole experiment: every seed's chain, ensembles, then the results table.
+    """Run (or continue) a whole experiment: every seed's chain, ensembles (:func:`reported_ensembles`), then the
+    results table.
 
     Args:
         cfg: the configuration (checked on construction).
@@ -149,8 +172,8 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             _write_run_facts(exp, resumed)
             for seed in range(cfg.seeds):
                 run_seed(exp, seed)
-            if cfg.refinement.ensemble:
-                ensemble_results(rd, exp.dataset, exp.pipeline, cfg.refinement.ensemble, cfg.data.test_size)
+            for gens in reported_ensembles(cfg):
+                ensemble_results(rd, exp.dataset, exp.pipeline, gens, cfg.data.test_size)
             results = summarize_run(rd.root)
             rd.write_results(results, format_table([results]))
             return results

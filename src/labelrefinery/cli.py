@@ -1,4 +1,4 @@
-"""Command line: ``refinery run | report | evaluate | models``.
+"""Command line: ``refinery run | report | evaluate | label-issues | models``.
 
 Flags of ``refinery run`` are built from the fields of
 :class:`labelrefinery.config.RunConfig` and its sections; a preset supplies
@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "mean ± std over seeds. Rerunning on an existing run directory continues where it stopped.",
     )
     run.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                     help="defaults to start from: quick (CPU, convnet; 6 min on 2 cores with AVX512-BF16, several times longer in fp32), blog (the write-up's protocol, "
-                     "ResNet-50), paper (per-crop labels, random crops, SGD); default quick")
+                     help="defaults to start from: quick (CPU, convnet; 3.5 min on 2 cores with AVX512-BF16, about "
+                     "10 min in fp32 with AVX2 kernels on the same cores, longer on slower AVX2-only CPUs), blog (the "
+                     "write-up's protocol, ResNet-50), paper (per-crop labels, random crops, SGD); default quick")
     run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
     run.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
     _add_config_flags(run)
@@ -103,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ensemble", type=_int_list("ensemble"), default=[], metavar="N,N",
                     help="comma-separated generations whose averaged softmax is evaluated")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+
+    li = sub.add_parser(
+        "label-issues", help="rank the training images whose given label the refined labels dispute (CSV)",
+        description="Write RUN_DIR/label_issues.csv: the training images whose refined argmax differs from the "
+        "given label, most disputed first (lowest refined probability of the given label), with the suggested "
+        "label, margin and refined top-3; and the refined labels of every training image as .npy files in "
+        "dataset order (cleanlab's pred_probs and labels).")
+    li.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    li.add_argument("--generation", type=int, default=None,
+                    help="whose refined labels (default: the seed's best generation by validation top-1)")
+    li.add_argument("--seed", type=int, default=0, help="which seed's chain (default: 0)")
+    li.add_argument("--out", type=Path, default=None,
+                    help="CSV path; the .npy files go beside it (default: RUN_DIR/label_issues.csv)")
+    li.add_argument("--all", action="store_true", dest="include_all",
+                    help="a row for every training image, not only the disputed ones")
 
     sub.add_parser("models", help="list the model names --model accepts")
     return parser
@@ -162,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             return _report(args)
+        if args.command == "label-issues":
+            from .labelissues import write_label_issues
+
+            path, rows, total = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
+                                                   args.include_all)
+            print(f"{path}: {rows} of {total} training images" + ("" if args.include_all else " disputed"))
+            return 0
         if args.command == "evaluate":
             from .evaluate import evaluate_run
 

@@ -107,6 +107,26 @@ def parse_label_form(form: str) -> tuple[str, int]:
     raise ConfigError(f"--label-form must be soft, hard or topk:K with K >= 1, got {form!r}")
 
 
+NOISE_KINDS = ("symmetric", "pairflip")
+
+
+def parse_label_noise(spec: str) -> tuple[str, float]:
+    """Parse ``symmetric:P`` or ``pairflip:P`` into (kind, P) with P in [0, 1) (the bound 1 - 1/K needs K:
+    see :func:`labelrefinery.noise.inject_label_noise`).
+
+    Raises:
+        ConfigError: any other string.
+    """
+    kind, _, rate = str(spec).partition(":")
+    try:
+        p = float(rate)
+    except ValueError:
+        p = -1.0
+    if kind not in NOISE_KINDS or not 0.0 <= p < 1.0:
+        raise ConfigError(f"--label-noise must be symmetric:P or pairflip:P with 0 <= P < 1 - 1/K, got {spec!r}")
+    return kind, p
+
+
 def check_device_name(name: str) -> None:
     """Raise :class:`ConfigError` unless ``name`` is auto, cpu, cuda or cuda:N (availability is checked later)."""
     ok = name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
@@ -131,6 +151,10 @@ class DataConfig:
     augment: str = _f("none", "training augmentation: none | static (2 stored copies, the write-up) | "
                       "online (fresh every epoch) | crop (random resized crop + flip)", choices=AUGMENTS)
     static_copies: int = _f(2, "augment=static: augmented copies of every training image stored next to it")
+    label_noise: str | None = _f(None, "inject label noise into the training split before validation is drawn: "
+                                 "symmetric:P (each label, with probability P, becomes a uniformly drawn other "
+                                 "class) | pairflip:P (class k becomes k+1 mod K); the same for every seed; "
+                                 "test labels are never touched")
 
     def __post_init__(self) -> None:
         _check_finite_floats(self)
@@ -148,6 +172,8 @@ class DataConfig:
         _only_with(self.image_size is not None, "image_size", self.dataset.startswith("folder:"),
                    "--dataset folder:PATH")
         _only_with(self.static_copies != 2, "static_copies", self.augment == "static", "--augment static")
+        if self.label_noise is not None:
+            parse_label_noise(self.label_noise)
 
 
 @dataclass
@@ -169,8 +195,11 @@ class TrainConfig:
     early_stop_min_delta: float = _f(0.0, "validation accuracy gain, in percentage points, that counts as improvement "
                                      "(the write-up's Keras setting was 10)")
     restore_best: bool = _f(True, "end each generation with its best-validation weights")
-    recalibrate_bn: bool = _f(True, "recompute BatchNorm statistics over the training images after each generation "
-                              "(keeps short runs calibrated, so refined labels do not collapse)")
+    label_smoothing: float = _f(0.0, "epsilon: every generation's targets become (1 - epsilon) * targets + "
+                                "epsilon / K (Szegedy et al. 2016, section 7)")
+    recalibrate_bn: bool = _f(True, "recompute BatchNorm statistics after every epoch and generation, over every "
+                              "(N // 4096)-th training image (keeps short runs calibrated, so refined labels do "
+                              "not collapse)")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -188,6 +217,7 @@ class TrainConfig:
         _need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
         _need(0 <= self.early_stop_min_delta <= 100, "early_stop_min_delta", self.early_stop_min_delta,
               "in [0, 100] percentage points")
+        _need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "in [0, 1)")
         _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", self.plateau_factor, "in (0, 1)")
         for name in ("plateau_patience_epochs", "early_stop_patience_epochs"):
             _need(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
@@ -215,7 +245,15 @@ class RefineConfig:
     adversarial_jitter: float = _f(0.0, "P: probability per training image of replacing it by its adversarial "
                                    "jitter (needs --labels online)")
     jitter_eps: float = _f(1 / 255, "E: adversarial jitter step, in [0, 1] pixel units")
-    ensemble: list[int] = _f([], "comma-separated generations whose averaged softmax is also evaluated, e.g. 2,3")
+    ensemble: list[int] = _f([], "comma-separated generations whose averaged softmax is also evaluated (the "
+                             "ensemble of all generations always is), e.g. 2,3")
+    controls: bool = _f(False, "also train, per seed, two controls from R1's initialisation: label-smoothing "
+                        "(R1's recipe with --label-smoothing 0.1) and equal-compute (R1's recipe for generations x "
+                        "epochs); the table reports them beside the generations")
+    cross_fit: int = _f(0, "K >= 2: out-of-sample refined labels: the training split is cut into K stratified "
+                        "folds and each fold's labels come from a model trained on the other K-1 folds (K more "
+                        "models per generation, about K-1 times its training cost); 0 = in-sample labels from "
+                        "the generation's own model")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -235,6 +273,11 @@ class RefineConfig:
         _only_with(self.jitter_eps != 1 / 255, "jitter_eps", self.adversarial_jitter > 0, "--adversarial-jitter P > 0")
         _only_with(self.refinery_model is not None, "refinery_model", self.refinery_checkpoint is not None,
                    "--refinery-checkpoint")
+        _need(self.cross_fit == 0 or 2 <= self.cross_fit <= MAX_CHAIN, "cross_fit", self.cross_fit,
+              f"0 or in [2, {MAX_CHAIN}] folds")
+        if self.cross_fit and self.labels != "offline":
+            raise ConfigError("--cross-fit needs --labels offline: with online labels the next generation is "
+                              "labelled per batch by the generation's own model, not by its fold models")
         _need(len(set(self.ensemble)) == len(self.ensemble), "ensemble", ",".join(map(str, self.ensemble)),
               "distinct generations")
 
@@ -346,7 +389,7 @@ def leaf_names() -> list[str]:
 
 # Fields that may differ when a run directory is continued: they extend the
 # run or change only how it executes, not what any finished generation means.
-RESUMABLE_CHANGES = {"generations", "seeds", "ensemble", *(f.name for f in fields(ExecConfig))}
+RESUMABLE_CHANGES = {"generations", "seeds", "ensemble", "controls", *(f.name for f in fields(ExecConfig))}
 
 
 def config_difference(saved: RunConfig, new: RunConfig) -> str | None:
@@ -359,9 +402,10 @@ def config_difference(saved: RunConfig, new: RunConfig) -> str | None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU default: full Fashion-MNIST, small fast convnet, 3 generations, 1 seed, short schedule.
+    # CPU default: full Fashion-MNIST, small fast convnet, 3 generations, 1 seed, short schedule. Model, epochs
+    # and batch chosen by accuracy per second on an fp32 AVX2 path (BENCHMARKS.md, benchmarks/quick_frontier.py).
     "quick": dict(
-        model="convnet", generations=3, seeds=1, augment="none", epochs=4, batch_size=256,
+        model="convnet", generations=3, seeds=1, augment="none", epochs=4, batch_size=128,
         optimizer="adam", lr=3e-3, weight_decay=5e-4, lr_schedule="onecycle", early_stop_patience_epochs=0,
     ),
     # The write-up (shared/seed): Keras ResNet50, Adam 1e-3, batch 250, plateau, early stop, 5 seeds, static aug.

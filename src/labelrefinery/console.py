@@ -15,7 +15,13 @@ def log(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
+def interactive() -> bool:
+    """True when stderr is a terminal: bars are redrawn there; a log file gets plain lines instead."""
+    return sys.stderr.isatty()
+
+
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
-    """A tqdm bar over ``total`` images on stderr; disabled unless ``enabled`` and on rank 0."""
-    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not (enabled and is_main_process()),
-                dynamic_ncols=True)
+    """A tqdm bar over ``total`` images on stderr; disabled unless ``enabled``, on rank 0 and on a terminal
+    (a redirected log would fill with redrawn bars)."""
+    return tqdm(total=total, desc=desc, unit="img", leave=False,
+                disable=not (enabled and is_main_process() and interactive()), dynamic_ncols=True)

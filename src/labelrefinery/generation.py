@@ -15,6 +15,7 @@ generation g fits the refined labels of generation g - 1, in two forms:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -23,15 +24,16 @@ import torch
 from torch import nn
 
 from .batch import Pipeline
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .console import log
-from .data import Dataset
+from .data import Dataset, stratified_folds
 from .errors import RunDirError
-from .engine import evaluate, fit, predict, recalibrate_batchnorm, top1_accuracy
+from .engine import evaluate, fit, predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
 from .models import ModelSpec, build_model
+from .noise import LabelNoise, label_quality
 from .protocol import SeedData
 from .rundir import RunDir
-from .seeding import seed_model_init
+from .seeding import CROSS_FIT, derive_seed, seed_model_init
 from .targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource
 
 COLLAPSE_MARGIN_POINTS = 5.0  # validation top-1 within this many points of chance counts as collapsed
@@ -51,6 +53,7 @@ class Experiment:
         augment: the batched training augmentation, or None.
         recipe: how refinery logits become targets.
         external: a ``--refinery-checkpoint`` model that labels generation 1's targets, or None.
+        noise: the ``--label-noise`` injected into ``dataset``'s training labels, or None.
     """
 
     cfg: RunConfig
@@ -61,6 +64,7 @@ class Experiment:
     augment: object | None
     recipe: LabelRecipe
     external: nn.Module | None = None
+    noise: LabelNoise | None = None
 
 
 def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn.Module | None,
@@ -72,7 +76,8 @@ def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn
 
     Args:
         refinery: the previous generation's model when it is in memory; else None (loaded when needed).
-        stored: ``(M, K) float32`` offline refined labels of the previous generation, or None.
+        stored: ``(M, K) float32`` offline refined labels of the previous generation (the refinery's own,
+            before the ground-truth mix, which is applied here), or None.
     """
     ref, pipeline = exp.cfg.refinement, exp.pipeline
     if generation == 1 and exp.external is None:
@@ -84,8 +89,70 @@ def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn
         return RefineryTargets(FrozenRefinery(refinery), exp.recipe, data.ground_truth,
                                jitter_prob=ref.adversarial_jitter, jitter_eps=ref.jitter_eps)
     if stored is None:  # the external refinery's offline labels, made once on the stored views
-        stored = exp.recipe(predict(exp.external, data.images, pipeline), data.views.labels)
-    return StoredTargets(stored.to(pipeline.device), exp.recipe.temperature)
+        stored = exp.recipe.refine(predict(exp.external, data.images, pipeline))
+    mixed = exp.recipe.mix(stored.to(pipeline.device), data.ground_truth)
+    return StoredTargets(mixed, exp.recipe.temperature)
+
+
+def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: TargetSource) -> torch.Tensor:
+    """Out-of-sample refined labels of generation ``generation``: ``(M, K) float32``, one row per training view.
+
+    The seed's training images are cut into ``cross_fit`` folds, stratified by their given labels and drawn
+    from the seed and generation (every view of an image in its image's fold); for each fold a fresh model
+    is trained with the generation's recipe on ``targets`` of the other folds, recalibrated, and labels the
+    held-out fold. No image is labelled by a model that trained on it (the out-of-sample ``pred_probs``
+    that confident learning needs: Northcutt et al. 2021, section 2). The fold models are not kept.
+    """
+    cfg, seed, pipeline = exp.cfg, data.seed, exp.pipeline
+    k = cfg.refinement.cross_fit
+    originals = data.views.views == 0
+    image_fold = stratified_folds(data.views.labels[originals], k, derive_seed(seed, generation, CROSS_FIT))
+    fold_of_index = dict(zip(data.views.indices[originals].tolist(), image_fold.tolist()))
+    fold = torch.tensor([fold_of_index[i] for i in data.views.indices.tolist()])
+    refined = torch.empty(len(fold), exp.dataset.train.num_classes)
+    for f in range(k):
+        inside, held = (fold != f).nonzero().squeeze(1), (fold == f).nonzero().squeeze(1)
+        log(f"[seed {seed} R{generation}] cross-fit fold {f + 1}/{k}: training on {len(inside)} images, "
+            f"labelling {len(held)}")
+        seed_model_init(seed, generation, CROSS_FIT, f)
+        model = build_model(exp.spec).to(pipeline.device).to(memory_format=torch.channels_last)
+        images = data.images[inside.to(pipeline.device)]
+        fit(model, images, targets.subset(inside), data.val_images, data.val_labels, cfg.training, pipeline,
+            seed_keys=(seed, generation, CROSS_FIT, f), augment=exp.augment, progress=cfg.execution.progress,
+            desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]")
+        if cfg.training.recalibrate_bn:
+            recalibrate_batchnorm(model, recalibration_subset(images), pipeline)
+        refined[held] = exp.recipe.refine(predict(model, data.images[held.to(pipeline.device)], pipeline))
+    return refined
+
+
+class _PhaseClock:
+    """Wall seconds of consecutive phases: ``lap(name)`` closes the phase that began at the last lap."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = now - self._last
+        self._last = now
+
+
+CONTROLS = ("label-smoothing", "equal-compute")  # --controls, in the order they are trained and reported
+CONTROL_LABEL_SMOOTHING = 0.1
+
+
+def control_training(cfg: RunConfig, control: str) -> TrainConfig:
+    """The recipe of a control: R1's with label smoothing 0.1, or R1's for ``generations x epochs`` epochs
+    (``lr_steps`` stretched by the same factor), the compute of the whole chain in one model."""
+    t = cfg.training
+    if control == "label-smoothing":
+        return dataclasses.replace(t, label_smoothing=CONTROL_LABEL_SMOOTHING)
+    if control == "equal-compute":
+        g = cfg.generations
+        return dataclasses.replace(t, epochs=t.epochs * g, lr_steps=[e * g for e in t.lr_steps])
+    raise ValueError(f"unknown control {control!r}; known: {', '.join(CONTROLS)}")
 
 
 def is_collapsed(val_top1: float, num_classes: int, previous_val_top1: float | None) -> bool:
@@ -96,63 +163,82 @@ def is_collapsed(val_top1: float, num_classes: int, previous_val_top1: float | N
 
 
 def train_generation(exp: Experiment, data: SeedData, generation: int, targets: TargetSource,
-                     previous: dict | None) -> tuple[nn.Module, dict, torch.Tensor]:
+                     previous: dict | None, control: str | None = None) -> tuple[nn.Module, dict, torch.Tensor]:
     """Train, save and evaluate generation ``generation`` of ``data.seed``; resumes from its epoch-level state.
 
     Args:
         targets: what it fits (see :func:`target_source`).
         previous: the summary of the generation before, or None.
+        control: a name of :data:`CONTROLS`: train that control instead (generation 1's initialisation, batch
+            order and targets, the control's recipe), saved in its own directory.
 
     Returns:
         ``(model in eval mode, summary dict, (M, K) float32 refined labels it made on the training views)``.
     """
     cfg, seed, rd, pipeline = exp.cfg, data.seed, exp.run_dir, exp.pipeline
-    tag = f"seed {seed} R{generation}"
+    slot = generation if control is None else control  # where it is saved: gen-<g> or control-<name>
+    tag = f"seed {seed} R{generation}" if control is None else f"seed {seed} {control} control"
+    training = cfg.training if control is None else control_training(cfg, control)
     seed_model_init(seed, generation)
     model = build_model(exp.spec).to(pipeline.device).to(memory_format=torch.channels_last)
-    state_file = rd.train_state(seed, generation)
+    state_file = rd.train_state(seed, slot)
     last = state_file.last_epoch()
     resume_epoch = 0 if last is None else last + 1
     if resume_epoch:
         log(f"[{tag}] resuming after epoch {resume_epoch}")
-    rd.drop_metrics(seed, generation, resume_epoch)  # a restarted generation forgets epochs it will redo
-    started = time.perf_counter()
-    result = fit(model, data.images, targets, data.val_images, data.val_labels, cfg.training, pipeline,
+    rd.drop_metrics(seed, slot, resume_epoch)  # a restarted generation forgets epochs it will redo
+    clock = _PhaseClock()
+    result = fit(model, data.images, targets, data.val_images, data.val_labels, training, pipeline,
                  seed_keys=(seed, generation), augment=exp.augment, state_file=state_file,
-                 log=lambda r: rd.append_metrics({"kind": "epoch", "seed": seed, "generation": generation, **r}),
+                 log=lambda r: rd.append_metrics({"kind": "epoch", "seed": seed, "generation": slot, **r}),
                  progress=cfg.execution.progress, compile=cfg.execution.compile, desc=f"[{tag}]")
-    if cfg.training.recalibrate_bn:
+    clock.lap("fit")
+    if cfg.training.recalibrate_bn:  # on a subset of the images themselves (static copies left out)
         originals = data.images[(data.views.views == 0).to(pipeline.device)] if cfg.data.augment == "static" \
             else data.images
-        recalibrate_batchnorm(model, originals, pipeline)
-    train_time = time.perf_counter() - started
-    files = {"model.safetensors": rd.save_model(seed, generation, model, exp.dataset.classes, exp.spec,
-                                                {"seed": seed, "generation": generation,
+        recalibrate_batchnorm(model, recalibration_subset(originals), pipeline)
+    clock.lap("recalibrate")
+    files = {"model.safetensors": rd.save_model(seed, slot, model, exp.dataset.classes, exp.spec,
+                                                {"seed": seed, "generation": slot,
                                                  "val_top1": result.best_val_top1})}
-    refined = exp.recipe(predict(model, data.images, pipeline), data.views.labels)
-    files["labels.npz"] = rd.save_labels(seed, generation, refined, data.views.indices, data.views.views,
+    # What it said (no ground truth mixed in): in-sample from this model, or out-of-sample from fold models.
+    refined = cross_fit_labels(exp, data, generation, targets) if cfg.refinement.cross_fit and control is None \
+        else exp.recipe.refine(predict(model, data.images, pipeline))
+    files["labels.npz"] = rd.save_labels(seed, slot, refined, data.views.indices, data.views.views,
                                          exp.dataset.classes)
+    clock.lap("relabel")
     val = evaluate(model, data.val_images, data.val_labels, pipeline)
     test_top1 = top1_accuracy(predict(model, data.test_images, pipeline), data.test_labels)
+    clock.lap("evaluate")
+    originals_mask = (data.views.views == 0).cpu()  # label statistics count each training image once
     summary = {
-        "seed": seed, "generation": generation, "val_top1": val["top1"], "test_top1": test_top1,
+        "seed": seed, "generation": slot, "val_top1": val["top1"], "test_top1": test_top1,
         "best_epoch": result.best_epoch + 1, "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early, "train_time_s": train_time,
+        "stopped_early": result.stopped_early,
+        "train_time_s": clock.phases["fit"] + clock.phases["recalibrate"],
+        "phase_time_s": clock.phases,  # seconds of this session's fit, recalibration, relabelling, evaluation
         "refined_label_entropy": float(-(torch.xlogy(refined, refined)).sum(1).mean()),
         "refined_label_agreement": top1_accuracy(refined, data.views.labels),
+        "label_quality": label_quality(refined[originals_mask], data.views.labels[originals_mask],
+                                       None if data.clean_labels is None else data.clean_labels[originals_mask]),
         "collapsed": is_collapsed(val["top1"], exp.dataset.train.num_classes,
                                   previous["val_top1"] if previous else None),
         "files": files,  # SHA-256 of what this generation wrote, checked whenever they are read back
     }
-    rd.finish_generation(seed, generation, summary)
+    rd.finish_generation(seed, slot, summary)
     _log_summary(tag, summary, exp.dataset.train.num_classes, previous)
     return model, summary, refined
 
 
 def _log_summary(tag: str, s: dict, num_classes: int, previous: dict | None) -> None:
     log(f"[{tag}] val {s['val_top1']:.2f}%  test {s['test_top1']:.2f}%  ({s['epochs_run']} epochs, "
-        f"best {s['best_epoch']}, {s['train_time_s']:.0f} s; refined labels agree with ground truth on "
+        f"best {s['best_epoch']}, {s['train_time_s']:.0f} s; refined labels agree with the given labels on "
         f"{s['refined_label_agreement']:.1f}%, entropy {s['refined_label_entropy']:.3f} nats)")
+    q = s.get("label_quality") or {}
+    if q.get("corrected") is not None:
+        f1 = "n/a" if q["detection_f1"] is None else f"{q['detection_f1']:.3f}"
+        log(f"[{tag}] injected noise: refined labels correct {100 * q['corrected']:.1f}% of the flipped labels, "
+            f"dispute {100 * (q['harmed'] or 0):.1f}% of the clean ones; as a detector of flipped labels F1 {f1}")
     if s["collapsed"]:
         log(f"[{tag}] WARNING: generation collapsed (val {s['val_top1']:.2f}%, chance {100.0 / num_classes:.1f}%"
             + (f", previous {previous['val_top1']:.2f}%" if previous else "") + "); it is flagged in the results")
@@ -169,6 +255,9 @@ def reload_generation(exp: Experiment, data: SeedData, generation: int) -> tuple
     saved = rd.load_labels(seed, generation, len(data.views.indices), exp.dataset.train.num_classes)
     if not np.array_equal(saved["indices"], data.views.indices.numpy()):
         raise RunDirError(f"{rd.labels_path(seed, generation)} belongs to other training images; start a new --name")
+    if not saved["refinery_only"] and exp.recipe.gt_weight > 0:
+        raise RunDirError(f"{rd.labels_path(seed, generation)} was written by an older version that stored the "
+                          "--gt-weight mix; continue it with that version or start a new --name")
     log(f"[seed {seed} R{generation}] finished earlier: val {summary['val_top1']:.2f}%  "
         f"test {summary['test_top1']:.2f}%")
     return summary, torch.from_numpy(saved["labels"])

@@ -39,6 +39,29 @@ def check_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
         raise ValueError(f"target rows must sum to 1 (within {ROW_SUM_TOLERANCE}), one is off by {worst:.3g}")
 
 
+def smooth_targets(targets: torch.Tensor, num_classes: int, epsilon: float) -> torch.Tensor:
+    """Label smoothing: ``(1 - epsilon) * p + epsilon / K`` (Szegedy et al. 2016, "Rethinking the Inception
+    Architecture", section 7), p the one-hot rows of class indices or the given probability rows.
+
+    Args:
+        targets: ``(N,) int64`` class indices or ``(N, K) float`` probability rows.
+        num_classes: K.
+        epsilon: in [0, 1); 0 returns ``targets`` itself.
+
+    Returns:
+        ``targets`` when epsilon is 0, else ``(N, K) float32`` probability rows.
+
+    Raises:
+        ValueError: epsilon outside [0, 1).
+    """
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"label smoothing epsilon must be in [0, 1), got {epsilon}")
+    if epsilon == 0.0:
+        return targets
+    p = F.one_hot(targets, num_classes).float() if targets.dtype == torch.int64 else targets.float()
+    return p * (1.0 - epsilon) + epsilon / num_classes
+
+
 def _weighted_log_q(p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """``p * log softmax(logits)``, 0 wherever p is 0 (even where the student gives that class probability 0)."""
     log_q = F.log_softmax(logits, dim=1)

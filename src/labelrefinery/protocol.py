@@ -2,21 +2,25 @@
 
 Validation (a stratified ``val_fraction`` of the training split, drawn by the
 seed, after an optional stratified ``train_size`` subset drawn once) and test
-images keep their ground-truth labels in every generation: they are never
-augmented, refined, or used to make refined labels.
+images keep their given labels in every generation: they are never augmented,
+refined, or used to make refined labels. Injected label noise
+(:func:`with_label_noise`) changes the training split's labels before any of
+this, so validation is as noisy as training; test labels stay clean.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from .augment import RandomAffine, augment_uint8
 from .config import RunConfig
-from .data import Dataset, stratified_split
+from .data import Dataset, ImageData, stratified_split
 from .errors import ConfigError
-from .seeding import static_copy_generator
+from .noise import LabelNoise, inject_label_noise
+from .seeding import label_noise_generator, static_copy_generator
 
 
 def seed_split(dataset: Dataset, cfg: RunConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +84,8 @@ class SeedData:
         train_idx, val_idx: the split (see :func:`seed_split`).
         val_images, val_labels: validation ``(V, C, H, W) uint8`` (on the training device) and ``(V,) int64``.
         test_images, test_labels: the (first ``test_size``) test images and labels.
+        clean_labels: ``(M,) int64`` the true label of each training view when label noise was injected
+            (``views.labels`` then holds the given, noisy ones), else None.
     """
 
     seed: int
@@ -92,6 +98,7 @@ class SeedData:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    clean_labels: torch.Tensor | None = None
 
 
 def reported_test_set(dataset: Dataset, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,10 +108,36 @@ def reported_test_set(dataset: Dataset, cfg: RunConfig) -> tuple[torch.Tensor, t
     return (images, labels) if n is None else (images[:n], labels[:n])
 
 
-def seed_data(dataset: Dataset, cfg: RunConfig, seed: int, device: torch.device) -> SeedData:
-    """Split, views and test images of ``seed``; the training views are moved to ``device``."""
+def with_label_noise(dataset: Dataset, spec: str | None) -> tuple[Dataset, LabelNoise | None]:
+    """``dataset`` with ``--label-noise`` injected into its training labels (see :mod:`labelrefinery.noise`).
+
+    The noise is drawn once, from its own stream, before any split: every seed, the validation split
+    included, sees the same given labels. The test split is untouched.
+
+    Returns:
+        ``(dataset, None)`` without a spec, else ``(a copy with noisy training labels, the noise)``.
+
+    Raises:
+        ConfigError: a spec whose P is not below 1 - 1/K.
+    """
+    if spec is None:
+        return dataset, None
+    noise = inject_label_noise(dataset.train.labels, spec, dataset.train.num_classes, label_noise_generator())
+    train = ImageData(dataset.train.images, noise.noisy, dataset.train.classes)
+    return dataclasses.replace(dataset, train=train), noise
+
+
+def seed_data(dataset: Dataset, cfg: RunConfig, seed: int, device: torch.device,
+              noise: LabelNoise | None = None) -> SeedData:
+    """Split, views and test images of ``seed``; the training views are moved to ``device``.
+
+    Args:
+        noise: the label noise ``dataset`` carries (see :func:`with_label_noise`), for the clean labels.
+    """
     train_idx, val_idx = seed_split(dataset, cfg, seed)
     views = training_views(dataset, train_idx, cfg, seed)
     test_images, test_labels = reported_test_set(dataset, cfg)
+    clean = noise.clean[views.indices] if noise is not None else None
     return SeedData(seed, views, views.images.to(device), views.labels.to(device), train_idx, val_idx,
-                    dataset.train.images[val_idx].to(device), dataset.train.labels[val_idx], test_images, test_labels)
+                    dataset.train.images[val_idx].to(device), dataset.train.labels[val_idx], test_images, test_labels,
+                    clean)

@@ -4,6 +4,16 @@ The standard deviation is the sample standard deviation over seeds (ddof = 1);
 with one seed only the mean is shown. A generation that collapsed in any seed
 (validation accuracy near chance, or more than 10 points below the previous
 generation's) is marked with ``!`` and listed under the table.
+
+Besides R1..Rn the table has the ensembles of generations (``ensemble.json``) and
+the **best generation by validation**: per seed, the generation with the highest
+validation top-1 (the earliest on a tie), reported on test, so a chain can be
+judged by what a user who selects on validation would get. Gains over R1 are
+paired per seed (the mean and std of each seed's difference). A second table
+describes the refined labels each generation made: the share of training images
+whose refined argmax disputes the given label and, with ``--label-noise``, the
+shares of flipped labels corrected and clean labels harmed and the F1 of
+"disputed" as a detector of flipped labels (see :func:`labelrefinery.noise.label_quality`).
 """
 
 from __future__ import annotations
@@ -17,12 +27,13 @@ from .rundir import RunDir
 
 
 def summarize_run(run_dir: Path) -> dict:
-    """Collect every finished generation of a run directory.
+    """Collect every finished generation (and control) of a run directory.
 
     Returns:
         ``{"run_dir", "config" (flat, by field name), "per_seed": {seed: [summary per generation]},
         "generations": [{"generation", "test_top1_mean", "test_top1_std", "val_top1_mean", "n_seeds",
-        "collapsed_seeds"}], "ensemble": [...]}``.
+        "collapsed_seeds", "gain_over_r1", "label_quality"}], "best_by_validation": {...},
+        "ensemble": [...], "controls": {name: {...}}}``; gains are ``{"mean", "std", "n_seeds"}`` in points.
 
     Raises:
         RunDirError: ``run_dir`` is not a run directory, or its configuration cannot be read.
@@ -46,13 +57,92 @@ def summarize_run(run_dir: Path) -> dict:
             "val_top1_mean": float(np.mean([r["val_top1"] for r in rows])),
             "n_seeds": len(rows),
             "collapsed_seeds": [r["seed"] for r in rows if r.get("collapsed")],
+            "gain_over_r1": _paired_gain(per_seed, lambda gens, g=g: gens[g - 1]["test_top1"] if len(gens) >= g
+                                         else None),
+            "label_quality": _mean_quality([r.get("label_quality") or {} for r in rows]),
         })
+    best = {seed: best_of(gens) for seed, gens in per_seed.items()}
+    best_test = np.array([b["test_top1"] for b in best.values()])
+    best_row = {
+        "per_seed": {seed: {"generation": b["generation"], "val_top1": b["val_top1"], "test_top1": b["test_top1"]}
+                     for seed, b in best.items()},
+        "test_top1_mean": float(best_test.mean()) if len(best_test) else None,
+        "test_top1_std": float(best_test.std(ddof=1)) if len(best_test) > 1 else None,
+        "gain_over_r1": _paired_gain(per_seed, lambda gens: best_of(gens)["test_top1"]),
+    }
+    controls = {}
+    for seed in per_seed:
+        for name in rd.finished_controls(int(seed)):
+            controls.setdefault(name, {})[seed] = rd.read_summary(int(seed), name)
+    control_rows = {}
+    for name, by_seed in sorted(controls.items()):
+        test = np.array([c["test_top1"] for c in by_seed.values()])
+        control_rows[name] = {
+            "per_seed": {seed: {"test_top1": c["test_top1"], "val_top1": c["val_top1"],
+                                "epochs_run": c["epochs_run"]} for seed, c in by_seed.items()},
+            "test_top1_mean": float(test.mean()), "test_top1_std": float(test.std(ddof=1)) if len(test) > 1 else None,
+            "gain_over_r1": _paired_gain(per_seed, lambda gens, b=by_seed: b[str(gens[0]["seed"])]["test_top1"]
+                                         if str(gens[0]["seed"]) in b else None),
+        }
+    ensembles = rd.read_ensembles()
+    for e in ensembles:
+        e["gain_over_r1"] = _paired_gain(per_seed, lambda gens, e=e: e["per_seed"].get(str(gens[0]["seed"])))
     return {"run_dir": str(run_dir), "config": cfg, "per_seed": per_seed, "generations": generations,
-            "ensemble": rd.read_ensembles()}
+            "best_by_validation": best_row, "ensemble": ensembles, "controls": control_rows}
+
+
+def best_of(gens: list[dict]) -> dict:
+    """The summary with the highest validation top-1 among one seed's generations (the earliest on a tie)."""
+    return max(gens, key=lambda r: (r["val_top1"], -r["generation"]))
+
+
+def _paired_gain(per_seed: dict[str, list[dict]], value) -> dict | None:
+    """Mean and sample std over seeds of ``value(generations of a seed) - that seed's R1 test top-1`` (points)."""
+    diffs = []
+    for gens in per_seed.values():
+        v = value(gens) if gens and gens[0]["generation"] == 1 else None
+        if v is not None:
+            diffs.append(v - gens[0]["test_top1"])
+    if not diffs:
+        return None
+    d = np.array(diffs)
+    return {"mean": float(d.mean()), "std": float(d.std(ddof=1)) if len(d) > 1 else None, "n_seeds": len(d)}
+
+
+def _mean_quality(rows: list[dict]) -> dict[str, float]:
+    """Per key, the mean over seeds of the label-quality shares that are defined."""
+    keys = {k for r in rows for k in r}
+    out = {}
+    for k in sorted(keys):
+        values = [r[k] for r in rows if r.get(k) is not None]
+        if values:
+            out[k] = float(np.mean(values))
+    return out
 
 
 def _fmt(mean: float, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+QUALITY_COLUMNS = (("disputed", "disputed"), ("corrected", "flipped corrected"), ("harmed", "clean harmed"),
+                   ("detection_precision", "detection precision"), ("detection_recall", "detection recall"),
+                   ("detection_f1", "detection F1"))
+
+
+def _label_table(r: dict, name: str) -> list[str]:
+    """The refined-label table of one run: per generation, mean over seeds of each label-quality share (%)."""
+    gens = [g for g in r["generations"] if g.get("label_quality")]
+    if not gens:
+        return []
+    cols = [(k, title) for k, title in QUALITY_COLUMNS if any(k in g["label_quality"] for g in gens)]
+    lines = [f"Refined labels made by each generation, {name} (% of training images, mean over seeds; disputed: "
+             "refined argmax differs from the given label):", "",
+             "| generation | " + " | ".join(t for _, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for g in gens:
+        q = g["label_quality"]
+        lines.append(f"| R{g['generation']} | " + " | ".join(
+            "" if q.get(k) is None else f"{100 * q[k]:.1f}" for k, _ in cols) + " |")
+    return [*lines, ""]
 
 
 def column_names(results: list[dict]) -> list[str]:
@@ -75,8 +165,16 @@ def column_names(results: list[dict]) -> list[str]:
     return names
 
 
+def _gain(g: dict | None) -> str:
+    if not g:
+        return ""
+    sd = "" if g.get("std") is None else f" ± {g['std']:.2f}"
+    return f" ({g['mean']:+.2f}{sd})"
+
+
 def format_table(results: list[dict]) -> str:
-    """Markdown: the mean ± std table, then per-seed tables, then collapse warnings."""
+    """Markdown: the mean ± std table (with paired gains over R1), per-seed tables, refined-label tables,
+    then collapse warnings."""
     names = column_names(results)
     n_gen = max((len(r["generations"]) for r in results), default=0)
     lines = ["| generation | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -85,16 +183,34 @@ def format_table(results: list[dict]) -> str:
         for r in results:
             if g < len(r["generations"]):
                 s = r["generations"][g]
-                cells.append(_fmt(s["test_top1_mean"], s["test_top1_std"]) + (" !" if s["collapsed_seeds"] else ""))
+                cells.append(_fmt(s["test_top1_mean"], s["test_top1_std"]) + (_gain(s.get("gain_over_r1")) if g else "")
+                             + (" !" if s["collapsed_seeds"] else ""))
             else:
                 cells.append("")
         lines.append(f"| R{g + 1} | " + " | ".join(cells) + " |")
+    if n_gen > 1:
+        cells = []
+        for r in results:
+            b = r.get("best_by_validation") or {}
+            cells.append("" if b.get("test_top1_mean") is None else
+                         _fmt(b["test_top1_mean"], b["test_top1_std"]) + _gain(b.get("gain_over_r1")))
+        lines.append("| best by validation | " + " | ".join(cells) + " |")
+    for control in sorted({c for r in results for c in r.get("controls", {})}):
+        cells = []
+        for r in results:
+            c = r.get("controls", {}).get(control)
+            cells.append("" if c is None else _fmt(c["test_top1_mean"], c["test_top1_std"]) + _gain(c.get("gain_over_r1")))
+        lines.append(f"| {control} control | " + " | ".join(cells) + " |")
     for r, name in zip(results, names):
         for e in r.get("ensemble", []):
-            lines.append(f"| ensemble {e['generations']} ({name}) | " + " | ".join(
-                _fmt(e["test_top1_mean"], e.get("test_top1_std")) if rr is r else "" for rr in results) + " |")
+            label = "+".join(f"R{g}" for g in e["generations"])
+            lines.append(f"| ensemble {label} ({name}) | " + " | ".join(
+                _fmt(e["test_top1_mean"], e.get("test_top1_std")) + _gain(e.get("gain_over_r1")) if rr is r else ""
+                for rr in results) + " |")
     seeds_text = ", ".join(f"{len(r['per_seed'])} seed(s)" for r in results)
-    out = ["Test top-1 accuracy (%), mean ± sample std over seeds (" + seeds_text + ").", "", *lines, ""]
+    out = ["Test top-1 accuracy (%), mean ± sample std over seeds (" + seeds_text + "); in brackets the gain over "
+           "R1 in points, paired per seed. Best by validation: each seed's generation with the highest validation "
+           "top-1, scored on test.", "", *lines, ""]
     for r, name in zip(results, names):
         if not r["per_seed"]:
             continue
@@ -110,6 +226,8 @@ def format_table(results: list[dict]) -> str:
                            if g < len(gens) else "")
             out.append(f"| R{g + 1} | " + " | ".join(row) + " |")
         out.append("")
+    for r, name in zip(results, names):
+        out += _label_table(r, name)
     collapsed = [(name, s["generation"], s["collapsed_seeds"]) for r, name in zip(results, names)
                  for s in r["generations"] if s["collapsed_seeds"]]
     if collapsed:

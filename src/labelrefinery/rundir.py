@@ -7,11 +7,12 @@ Layout (``runs/<name>/``)::
     metrics.jsonl    one JSON line per epoch and per generation, appended
     results.json     the table's numbers; results.md the table
     ensemble.json    test top-1 of ensembles of generations
-    seed-<s>/split.npz                  train/val indices and the ground-truth labels used
+    seed-<s>/split.npz                  train/val indices and labels; with --label-noise also clean labels, flip masks
     seed-<s>/gen-<g>/model.safetensors  weights + class names + model spec
-    seed-<s>/gen-<g>/labels.npz         refined labels made by this generation
+    seed-<s>/gen-<g>/labels.npz         refined labels made by this generation (its own, before any --gt-weight mix)
     seed-<s>/gen-<g>/summary.json       written last: marks the generation finished
     seed-<s>/gen-<g>/train-state.pt     only while training: the epoch-level resume point
+    seed-<s>/control-<name>/            with --controls: the same files for a control model
 
     .lock            held (``flock``) by the one process using the directory; it holds that process's PID
 
@@ -140,23 +141,27 @@ class RunDir:
     def seed_dir(self, seed: int) -> Path:
         return self.root / f"seed-{seed}"
 
-    def gen_dir(self, seed: int, generation: int) -> Path:
-        return self.seed_dir(seed) / f"gen-{generation}"
+    def gen_dir(self, seed: int, generation: int | str) -> Path:
+        """``seed-<s>/gen-<g>`` of generation g, or ``seed-<s>/control-<name>`` of a control (``--controls``),
+        which holds the same files as a generation."""
+        return self.seed_dir(seed) / (f"control-{generation}" if isinstance(generation, str) else f"gen-{generation}")
 
-    def model_path(self, seed: int, generation: int) -> Path:
+    def model_path(self, seed: int, generation: int | str) -> Path:
         return self.gen_dir(seed, generation) / "model.safetensors"
 
-    def labels_path(self, seed: int, generation: int) -> Path:
+    def labels_path(self, seed: int, generation: int | str) -> Path:
         return self.gen_dir(seed, generation) / "labels.npz"
 
-    def summary_path(self, seed: int, generation: int) -> Path:
+    def summary_path(self, seed: int, generation: int | str) -> Path:
         return self.gen_dir(seed, generation) / "summary.json"
 
-    def train_state(self, seed: int, generation: int) -> TrainStateFile:
-        return TrainStateFile(self.gen_dir(seed, generation) / "train-state.pt", f"seed-{seed}/gen-{generation}")
+    def train_state(self, seed: int, generation: int | str) -> TrainStateFile:
+        where = self.gen_dir(seed, generation)
+        return TrainStateFile(where / "train-state.pt", f"{where.parent.name}/{where.name}")
 
-    def _where(self, seed: int, generation: int) -> str:
-        return f"delete {self.gen_dir(seed, generation)} to retrain that generation"
+    def _where(self, seed: int, generation: int | str) -> str:
+        return f"delete {self.gen_dir(seed, generation)} to retrain that " + (
+            "control" if isinstance(generation, str) else "generation")
 
     # ------------------------------------------------------------------ what is there
     def is_run(self) -> bool:
@@ -169,8 +174,12 @@ class RunDir:
             return []
         return sorted(int(m.group(1)) for p in self.root.iterdir() if p.is_dir() and (m := _SEED_DIR.match(p.name)))
 
-    def is_finished(self, seed: int, generation: int) -> bool:
+    def is_finished(self, seed: int, generation: int | str) -> bool:
         return self.summary_path(seed, generation).is_file()
+
+    def finished_controls(self, seed: int) -> list[str]:
+        """Names of the controls of ``seed`` that finished (``seed-<s>/control-<name>/summary.json``), sorted."""
+        return sorted(p.parent.name[len("control-"):] for p in self.seed_dir(seed).glob("control-*/summary.json"))
 
     def finished_generations(self, seed: int) -> list[int]:
         """1, 2, ... up to the first generation of ``seed`` that is not finished."""
@@ -181,7 +190,7 @@ class RunDir:
 
     def has_finished_work(self) -> bool:
         """True when any generation finished or any epoch was saved (such a directory is never removed)."""
-        return any(self.root.glob("seed-*/gen-*/summary.json")) or any(self.root.glob("seed-*/gen-*/train-state.pt"))
+        return any(self.root.glob("seed-*/*-*/summary.json")) or any(self.root.glob("seed-*/*-*/train-state.pt"))
 
     # ------------------------------------------------------------------ one process at a time
     @contextlib.contextmanager
@@ -223,7 +232,7 @@ class RunDir:
         """Remove temporary files of killed writes and resume points of generations that finished."""
         for tmp in self.root.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        for state in self.root.glob("seed-*/gen-*/train-state.pt"):
+        for state in self.root.glob("seed-*/*-*/train-state.pt"):
             if (state.parent / "summary.json").is_file():
                 state.unlink(missing_ok=True)
 
@@ -312,7 +321,7 @@ class RunDir:
                 continue  # a partial line left by a killed append
         return records
 
-    def drop_metrics(self, seed: int, generation: int, after_epoch: int) -> None:
+    def drop_metrics(self, seed: int, generation: int | str, after_epoch: int) -> None:
         """Remove a restarted generation's records of epochs after ``after_epoch`` (1-based) and its summary."""
         records = self.read_metrics()
         kept = [r for r in records if not (r.get("seed") == seed and r.get("generation") == generation
@@ -322,11 +331,27 @@ class RunDir:
 
     # ------------------------------------------------------------------ one seed
     def write_split(self, seed: int, train_idx: torch.Tensor, val_idx: torch.Tensor, val_labels: torch.Tensor,
-                    test_labels: torch.Tensor) -> None:
-        """Save the seed's split (``(N,) int64`` indices and labels); a damaged or different one is rewritten."""
+                    test_labels: torch.Tensor, given_labels: torch.Tensor | None = None,
+                    clean_labels: torch.Tensor | None = None) -> None:
+        """Save the seed's split; a damaged or different one is rewritten.
+
+        Args:
+            train_idx, val_idx: ``(N,) int64`` indices into the dataset's training split.
+            val_labels, test_labels: ``(N,) int64`` the labels validation and test are scored against.
+            given_labels: ``(N_train,) int64`` every training-split label as the run was given it (noisy
+                with ``--label-noise``), stored as ``train_labels`` (of ``train_idx``).
+            clean_labels: with ``--label-noise``, the labels before injection: stored as ``clean_train_labels``,
+                ``clean_val_labels`` and the flip masks ``train_flipped``, ``val_flipped``.
+        """
         path = self.seed_dir(seed) / "split.npz"
         arrays = {"train_indices": train_idx.numpy(), "val_indices": val_idx.numpy(),
                   "val_labels": val_labels.numpy(), "test_labels": test_labels.numpy()}
+        if given_labels is not None:
+            arrays["train_labels"] = given_labels[train_idx].numpy()
+        if given_labels is not None and clean_labels is not None:
+            for part, idx in (("train", train_idx), ("val", val_idx)):
+                arrays[f"clean_{part}_labels"] = clean_labels[idx].numpy()
+                arrays[f"{part}_flipped"] = (clean_labels[idx] != given_labels[idx]).numpy()
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -338,13 +363,40 @@ class RunDir:
         np.savez(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
 
+    def read_split(self, seed: int) -> dict[str, np.ndarray]:
+        """The seed's ``split.npz`` as arrays by name (see :meth:`write_split`), checked for consistent lengths.
+
+        Raises:
+            RunDirError: missing, damaged, or arrays whose lengths disagree.
+        """
+        path = self.seed_dir(seed) / "split.npz"
+        fix = f"delete it and rerun `refinery run` on {self.root} with the same settings to make it again"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing; {fix}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise RunDirError(f"{path} is damaged ({type(e).__name__}); {fix}") from None
+        lengths = {"train": len(arrays.get("train_indices", [])), "val": len(arrays.get("val_indices", []))}
+        for name, a in arrays.items():
+            part = name.replace("clean_", "").split("_")[0]
+            if part in lengths and a.shape != (lengths[part],):
+                raise RunDirError(f"{path} is damaged ({name} has shape {a.shape}, expected ({lengths[part]},)); {fix}")
+        return arrays
+
+    @property
+    def label_issues_path(self) -> Path:
+        """Where ``refinery label-issues`` writes its CSV by default."""
+        return self.root / "label_issues.csv"
+
     # ------------------------------------------------------------------ one generation
-    def save_model(self, seed: int, generation: int, model: torch.nn.Module, classes: list[str], spec: ModelSpec,
-                   extra: dict) -> str:
+    def save_model(self, seed: int, generation: int | str, model: torch.nn.Module, classes: list[str],
+                   spec: ModelSpec, extra: dict) -> str:
         """Write the generation's ``model.safetensors``; returns its SHA-256."""
         return save_checkpoint(self.model_path(seed, generation), model, classes, spec.to_dict(), extra)
 
-    def _verify(self, seed: int, generation: int, path: Path) -> None:
+    def _verify(self, seed: int, generation: int | str, path: Path) -> None:
         """Check ``path`` against the SHA-256 the generation's summary records (older summaries record none)."""
         if not self.is_finished(seed, generation):
             return
@@ -357,7 +409,7 @@ class RunDir:
             raise RunDirError(f"{path} is damaged (its checksum does not match summary.json); "
                               f"{self._where(seed, generation)}")
 
-    def load_model(self, seed: int, generation: int, device: torch.device,
+    def load_model(self, seed: int, generation: int | str, device: torch.device,
                    spec: ModelSpec | None = None) -> tuple[torch.nn.Module, list[str] | None]:
         """A saved generation's model in eval mode, verified (see :func:`labelrefinery.checkpoint.load_model`).
 
@@ -371,7 +423,7 @@ class RunDir:
         except CheckpointError as e:
             raise RunDirError(f"{e}; {self._where(seed, generation)}") from None
 
-    def save_labels(self, seed: int, generation: int, labels: torch.Tensor, indices: torch.Tensor,
+    def save_labels(self, seed: int, generation: int | str, labels: torch.Tensor, indices: torch.Tensor,
                     views: torch.Tensor, classes: list[str]) -> str:
         """Save refined labels as ``labels.npz``; returns its SHA-256.
 
@@ -383,14 +435,15 @@ class RunDir:
         """
         buf = io.BytesIO()
         np.savez(buf, labels=labels.float().numpy(), indices=indices.numpy().astype(np.int64),
-                 views=views.numpy().astype(np.int64), classes=np.array(classes))
+                 views=views.numpy().astype(np.int64), classes=np.array(classes), refinery_only=np.array(True))
         atomic_write_bytes(self.labels_path(seed, generation), buf.getvalue())
         return sha256_bytes(buf.getvalue())
 
-    def load_labels(self, seed: int, generation: int, rows: int | None = None,
+    def load_labels(self, seed: int, generation: int | str, rows: int | None = None,
                     num_classes: int | None = None) -> dict[str, np.ndarray]:
         """A generation's refined labels, verified: keys ``labels`` ``(M, K) float32``, ``indices``, ``views``,
-        ``classes``.
+        ``classes`` and ``refinery_only`` (False in files of older versions, which stored the labels after the
+        ``--gt-weight`` mix).
 
         Args:
             rows, num_classes: the M and K the run expects (checked when given).
@@ -404,6 +457,7 @@ class RunDir:
         try:
             with np.load(path, allow_pickle=False) as z:
                 out = {k: z[k] for k in ("labels", "indices", "views", "classes")}
+                out["refinery_only"] = bool(z["refinery_only"]) if "refinery_only" in z.files else False
         except FileNotFoundError:
             raise RunDirError(f"{path} is missing; {fix}") from None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -413,7 +467,7 @@ class RunDir:
             raise RunDirError(f"{path} holds unusable refined labels ({problem}); {fix}")
         return out
 
-    def finish_generation(self, seed: int, generation: int, summary: dict) -> None:
+    def finish_generation(self, seed: int, generation: int | str, summary: dict) -> None:
         """Record the generation's metrics line and summary (written last), then drop its resume point.
 
         ``summary["files"]`` should map ``model.safetensors`` and ``labels.npz`` to their SHA-256.
@@ -422,7 +476,7 @@ class RunDir:
         write_json(self.summary_path(seed, generation), summary)
         self.train_state(seed, generation).remove()
 
-    def read_summary(self, seed: int, generation: int) -> dict:
+    def read_summary(self, seed: int, generation: int | str) -> dict:
         """A finished generation's summary, checked for its keys and value types.
 
         Raises:
@@ -473,7 +527,7 @@ def _is_number(x: Any, allow_nan: bool = False) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and (allow_nan or math.isfinite(x))
 
 
-def _summary_problem(s: Any, seed: int, generation: int) -> str | None:
+def _summary_problem(s: Any, seed: int, generation: int | str) -> str | None:
     """What is wrong with a generation's summary, or None."""
     if not isinstance(s, dict):
         return "not a JSON object"

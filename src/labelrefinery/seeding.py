@@ -15,6 +15,8 @@ import torch
 MODEL_INIT = 0x1417  # torch.manual_seed before a generation's model is built
 STATIC_COPIES = 0x57A71C  # augment=static: the stored augmented copies
 EPOCH_GLOBAL = 1  # per-epoch global torch RNG (dropout and any other global-RNG use)
+CROSS_FIT = 0xC805F  # --cross-fit: fold assignment and the fold models of a generation
+LABEL_NOISE = 0x401CE  # --label-noise: which labels flip and to what (the same for every run seed)
 
 
 def derive_seed(*keys: int) -> int:
@@ -22,9 +24,10 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
-def seed_model_init(seed: int, generation: int) -> None:
-    """Seed torch's global RNG so that generation ``generation`` of run seed ``seed`` starts from fixed weights."""
-    torch.manual_seed(derive_seed(seed, generation, MODEL_INIT))
+def seed_model_init(seed: int, generation: int, *more: int) -> None:
+    """Seed torch's global RNG so that generation ``generation`` of run seed ``seed`` starts from fixed weights
+    (``more`` keys name another model of that generation, e.g. a cross-fit fold's)."""
+    torch.manual_seed(derive_seed(seed, generation, MODEL_INIT, *more))
 
 
 def epoch_generator(fit_keys: tuple[int, ...], epoch: int) -> torch.Generator:
@@ -41,3 +44,8 @@ def epoch_generator(fit_keys: tuple[int, ...], epoch: int) -> torch.Generator:
 def static_copy_generator(seed: int, copy: int) -> torch.Generator:
     """The generator of the ``copy``-th (1-based) stored augmented copy of run seed ``seed``."""
     return torch.Generator().manual_seed(derive_seed(seed, STATIC_COPIES, copy))
+
+
+def label_noise_generator() -> torch.Generator:
+    """The generator of injected label noise: one stream for the whole run, whatever the run seed."""
+    return torch.Generator().manual_seed(derive_seed(LABEL_NOISE))

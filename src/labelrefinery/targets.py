@@ -87,13 +87,27 @@ def refined_labels(
 class LabelRecipe:
     """How refinery logits become targets: temperature T, label form and ground-truth weight alpha.
 
-    Calling it is :func:`refined_labels` with these settings: ``(logits (N, K), ground_truth (N,) int64)
-    -> (N, K) float32``.
+    Two steps, kept apart so that saved refined labels describe what the refinery said:
+    :meth:`refine` (softmax at T, then the form) makes the refined labels a generation stores;
+    :meth:`mix` blends them with the ground truth into what the next generation fits. Calling the
+    recipe does both: ``(logits (N, K), ground_truth (N,) int64) -> (N, K) float32``
+    (:func:`refined_labels` with these settings).
     """
 
     temperature: float = 1.0
     form: str = "soft"
     gt_weight: float = 0.0
+
+    def refine(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` logits -> ``(N, K) float32`` refined labels at T in this form, without ground truth."""
+        return refined_labels(logits, temperature=self.temperature, form=self.form)
+
+    def mix(self, refined: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
+        """alpha * one_hot(ground_truth) + (1 - alpha) * refined: ``(N, K)`` and ``(N,) int64`` -> ``(N, K) float32``."""
+        if self.gt_weight == 0:
+            return refined
+        one_hot = F.one_hot(ground_truth.to(refined.device), refined.shape[1]).float()
+        return self.gt_weight * one_hot + (1 - self.gt_weight) * refined
 
     def __call__(self, logits: torch.Tensor, ground_truth: torch.Tensor | None = None) -> torch.Tensor:
         return refined_labels(logits, temperature=self.temperature, form=self.form, ground_truth=ground_truth,
@@ -182,6 +196,10 @@ class TargetSource(Protocol):
         """Targets of the training images at ``index: (B,) int64``, whose augmented pixels are ``images``."""
         ...
 
+    def subset(self, positions: torch.Tensor) -> "TargetSource":
+        """The same source for the training images at ``positions: (S,) int64``, indexed 0..S-1."""
+        ...
+
 
 class StoredTargets:
     """Targets stored as data, indexed like the training images.
@@ -201,11 +219,15 @@ class StoredTargets:
         elif num_classes is None:
             num_classes = int(rows.max()) + 1 if len(rows) else 1
         check_targets(torch.empty(len(rows), num_classes), rows)
-        self.rows = rows
+        self.rows, self.num_classes = rows, num_classes
         self.temperature = float(temperature) if rows.is_floating_point() else 1.0
 
     def for_batch(self, index, images, student, pipeline, generator) -> BatchTargets:
         return BatchTargets(images, self.rows[index], self.temperature)
+
+    def subset(self, positions: torch.Tensor) -> "StoredTargets":
+        return StoredTargets(self.rows[positions.to(self.rows.device)], self.temperature,
+                             num_classes=None if self.rows.ndim == 2 else self.num_classes)
 
 
 class RefineryTargets:
@@ -238,3 +260,7 @@ class RefineryTargets:
         # Inference tensors cannot take part in autograd: the targets are cloned out of inference mode.
         targets = self.recipe(refinery_logits.float(), self.ground_truth[index]).clone()
         return BatchTargets(x, targets, self.temperature)
+
+    def subset(self, positions: torch.Tensor) -> "RefineryTargets":
+        return RefineryTargets(self.refinery, self.recipe, self.ground_truth[positions.to(self.ground_truth.device)],
+                               self.jitter_prob, self.jitter_eps)

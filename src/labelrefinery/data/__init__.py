@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, DataError
-from .core import Dataset, ImageData, stratified_split
+from .core import Dataset, ImageData, stratified_folds, stratified_split
 from .folder import load_folder
 from .idx import DEBIAN_FASHION_MNIST, load_fashion_mnist, load_mnist, read_idx
 from .small import load_digits, load_synthetic
@@ -69,4 +69,4 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
 
 __all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "DataError", "Dataset", "ImageData", "check_dataset_name",
            "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist", "load_synthetic", "read_idx",
-           "stratified_split"]
+           "stratified_folds", "stratified_split"]

@@ -137,3 +137,31 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     idx = np.arange(len(labels))
     keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels.numpy())
     return torch.from_numpy(np.sort(keep)), torch.from_numpy(np.sort(held))
+
+
+def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Assign each of N images to one of ``k`` folds, stratified by class (sklearn's ``StratifiedKFold``).
+
+    Args:
+        labels: ``(N,) int64`` class indices.
+        k: number of folds, at least 2 and at most the smallest class's count.
+        seed: draws the assignment (any integer; reduced modulo 2^32).
+
+    Returns:
+        ``(N,) int64`` fold index in [0, k) of every image.
+
+    Raises:
+        ConfigError: k < 2 or k larger than the smallest class.
+    """
+    counts = np.bincount(labels.numpy())
+    smallest = int(counts[counts > 0].min()) if len(labels) else 0
+    if not 2 <= k <= smallest:
+        raise ConfigError(f"--cross-fit {k} needs 2 <= K <= {smallest}, the smallest class's training images; "
+                          "use a K in that range")
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = np.empty(len(labels), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
+    for f, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels.numpy())):
+        folds[held] = f
+    return torch.from_numpy(folds)

@@ -1,0 +1,214 @@
+"""Does refinement pay off? The refinery against plain training, label smoothing and cleanlab, side by side.
+
+Every method trains the same model with the same recipe (preset quick's optimiser, ``--epochs`` per
+model) on the same training images (a stratified ``--train-size`` subset of Fashion-MNIST, 15% of it held
+out for validation) for the same seeds; all figures are clean-test top-1 (%), mean ± sample std over seeds.
+
+Noisy part, per ``--noise`` setting (injected into training and validation labels, test labels clean):
+
+- plain cross-entropy R1: its best-validation epoch (the default) and its last epoch;
+- label smoothing 0.1 (R1's recipe with ``--label-smoothing 0.1``);
+- cleanlab: ``cleanlab.filter.find_label_issues`` on out-of-sample ``pred_probs`` from ``--folds``-fold
+  cross-validation with the same model and epochs, then the model retrained on the images it keeps;
+- the refinery (``refinery run``, ``--generations`` generations), per label variant (``--variants``):
+  every generation, the best generation by validation, the ensemble of all generations;
+- detection precision / recall / F1 against the known flips: cleanlab's issues and each refinery
+  generation's "refined argmax differs from the given label"; corrected / harmed shares of the refinery.
+
+Clean part (``--clean-seeds`` seeds, no noise): R1, label smoothing, an equal-compute R1 (one model
+trained for the chain's total epochs), every generation, best by validation, the ensemble.
+
+    .venv/bin/pip install cleanlab   # or: pip install 'labelrefinery[bench]'
+    .venv/bin/python benchmarks/refinery_gain.py --out benchmarks/refinery-gain.json
+
+Wall time of each method is reported; run nothing else on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labelrefinery.batch import Pipeline
+from labelrefinery.chain import run as run_chain
+from labelrefinery.config import resolve_config
+from labelrefinery.console import log
+from labelrefinery.data import load_dataset, stratified_split
+from labelrefinery.device import cpu_features, resolve_precision, set_threads
+from labelrefinery.engine import fit, predict, recalibrate_batchnorm, top1_accuracy
+from labelrefinery.models import ModelSpec, build_model
+from labelrefinery.protocol import seed_split, with_label_noise
+from labelrefinery.report import summarize_run
+from labelrefinery.seeding import derive_seed
+from labelrefinery.targets import StoredTargets
+
+VARIANTS = {  # name: extra run settings of the refinery's label variant
+    "soft": {},
+    "hard": {"label_form": "hard"},
+    "soft-gt0.3": {"gt_weight": 0.3},
+    "soft-cf4": {"cross_fit": 4},  # out-of-sample labels, 4 folds
+    "hard-cf4": {"cross_fit": 4, "label_form": "hard"},
+}
+
+
+def mean_std(values) -> dict:
+    a = np.array([v for v in values if v is not None], dtype=float)
+    return {"mean": float(a.mean()) if len(a) else None, "std": float(a.std(ddof=1)) if len(a) > 1 else None,
+            "n": int(len(a)), "values": a.tolist()}
+
+
+def detection(flagged: np.ndarray, flipped: np.ndarray) -> dict:
+    tp = int((flagged & flipped).sum())
+    p = tp / flagged.sum() if flagged.sum() else float("nan")
+    r = tp / flipped.sum() if flipped.sum() else float("nan")
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r > 0 else float("nan")}
+
+
+def refinery_runs(base: dict, runs_dir: Path, name: str) -> tuple[dict, float]:
+    cfg = resolve_config("quick", base)
+    start = time.perf_counter()
+    run_chain(cfg, runs_dir / name)
+    return summarize_run(runs_dir / name), time.perf_counter() - start
+
+
+def fit_plain(ds, train_idx, val_idx, labels: torch.Tensor, cfg, pipe, seed: int, key: int) -> torch.nn.Module:
+    """One model of the common recipe on ``train_idx`` with ``labels`` (given labels of the whole split)."""
+    torch.manual_seed(derive_seed(seed, key))
+    model = build_model(ModelSpec(cfg.model, ds.train.num_classes, *ds.image_shape[:2])).to(
+        memory_format=torch.channels_last)
+    images = ds.train.images[train_idx]
+    fit(model, images, StoredTargets(labels[train_idx], num_classes=ds.train.num_classes),
+        ds.train.images[val_idx], labels[val_idx], cfg.training, pipe, seed_keys=(seed, key))
+    recalibrate_batchnorm(model, images, pipe)
+    return model
+
+
+def cleanlab_method(ds, cfg, pipe, seed: int, folds: int) -> dict:
+    """Out-of-sample pred_probs by K-fold cross-validation, cleanlab's issues, retrain on the kept images."""
+    from cleanlab.filter import find_label_issues
+
+    start = time.perf_counter()
+    train_idx, val_idx = seed_split(ds, cfg, seed)
+    given = ds.train.labels
+    pred_probs = np.zeros((len(train_idx), ds.train.num_classes), dtype=np.float32)
+    remaining = torch.arange(len(train_idx))
+    fold_of = torch.full((len(train_idx),), -1)
+    for f in range(folds):  # stratified folds on the given labels
+        if f == folds - 1:
+            held = remaining
+        else:
+            _, pos = stratified_split(given[train_idx[remaining]], 1.0 / (folds - f), derive_seed(seed, 77, f))
+            held = remaining[pos]
+        fold_of[held] = f
+        remaining = remaining[~torch.isin(remaining, held)]
+    for f in range(folds):
+        inside = (fold_of != f).nonzero().squeeze(1)
+        out = (fold_of == f).nonzero().squeeze(1)
+        model = fit_plain(ds, train_idx[inside], val_idx, given, cfg, pipe, seed, 100 + f)
+        pred_probs[out.numpy()] = predict(model, ds.train.images[train_idx[out]], pipe).softmax(1).numpy()
+    issues = find_label_issues(given[train_idx].numpy(), pred_probs)
+    keep = train_idx[torch.from_numpy(~issues)]
+    model = fit_plain(ds, keep, val_idx, given, cfg, pipe, seed, 200)
+    test = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
+    return {"test_top1": test, "issues": issues, "train_idx": train_idx.numpy(), "wall_s": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-size", type=int, default=12000, help="training images before validation split")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of every model")
+    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of each noisy setting")
+    parser.add_argument("--clean-seeds", type=int, default=5, help="seeds of the clean part (0: skip it)")
+    parser.add_argument("--noise", default="symmetric:0.4", help="comma-separated --label-noise settings")
+    parser.add_argument("--variants", default="soft,hard", help="refinery label variants of the noisy part: "
+                        + ", ".join(VARIANTS))
+    parser.add_argument("--clean-variants", default="soft,soft-gt0.3", help="refinery label variants of the clean part")
+    parser.add_argument("--folds", type=int, default=4, help="cleanlab's cross-validation folds")
+    parser.add_argument("--no-cleanlab", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    set_threads(0)
+    cpu = torch.device("cpu")
+    amp = resolve_precision("auto", cpu)
+    facts = {"cpu_features": cpu_features(), "precision": str(amp), "torch": torch.__version__,
+             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""), "command": " ".join(sys.argv),
+             "train_size": args.train_size, "epochs": args.epochs, "generations": args.generations}
+    log(json.dumps(facts))
+    common = {"dataset": "fashion-mnist", "train_size": args.train_size, "epochs": args.epochs,
+              "generations": 1, "progress": False}
+    results: dict = {"facts": facts, "noisy": {}, "clean": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp)
+        for noise in [n for n in args.noise.split(",") if n]:
+            seeds = {**common, "seeds": args.seeds, "label_noise": noise}
+            row: dict = {}
+            last, t = refinery_runs({**seeds, "restore_best": False}, runs, f"last-{noise}")
+            row["R1 (last epoch)"] = {**mean_std(g[0]["test_top1"] for g in last["per_seed"].values()), "wall_s": t}
+            ls, t = refinery_runs({**seeds, "label_smoothing": 0.1}, runs, f"ls-{noise}")
+            row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()), "wall_s": t}
+            if not args.no_cleanlab:
+                ds, noise_info = with_label_noise(load_dataset("fashion-mnist"), noise)
+                cfg = resolve_config("quick", seeds)
+                pipe = Pipeline.create(cpu, ds.mean, ds.std, amp)
+                found = [cleanlab_method(ds, cfg, pipe, s, args.folds) for s in range(args.seeds)]
+                dets = [detection(f["issues"], noise_info.flipped.numpy()[f["train_idx"]]) for f in found]
+                row["cleanlab (retrained on kept)"] = {
+                    **mean_std(f["test_top1"] for f in found), "wall_s": sum(f["wall_s"] for f in found),
+                    "detection": {k: mean_std(d[k] for d in dets) for k in ("precision", "recall", "f1")}}
+            for i, variant in enumerate(args.variants.split(",")):
+                res, t = refinery_runs({**seeds, **VARIANTS[variant], "generations": args.generations}, runs,
+                                       f"refinery-{variant}-{noise}")
+                if i == 0:  # every variant's R1 is the same model: plain cross-entropy, best-validation epoch
+                    row["R1 (best val epoch)"] = mean_std(g[0]["test_top1"] for g in res["per_seed"].values())
+                for g in res["generations"]:
+                    q = [s[g["generation"] - 1].get("label_quality", {}) for s in res["per_seed"].values()]
+                    row[f"refinery {variant} R{g['generation']}"] = {
+                        **mean_std(s[g["generation"] - 1]["test_top1"] for s in res["per_seed"].values()),
+                        "labels": {k: mean_std(x.get(k) for x in q) for k in ("corrected", "harmed",
+                                   "detection_precision", "detection_recall", "detection_f1")}}
+                row[f"refinery {variant} best by validation"] = mean_std(
+                    b["test_top1"] for b in res["best_by_validation"]["per_seed"].values())
+                ens = next(e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1)))
+                row[f"refinery {variant} ensemble"] = mean_std(ens["per_seed"].values())
+                row[f"refinery {variant} (whole chain)"] = {"wall_s": t}
+            results["noisy"][noise] = row
+            log(json.dumps({noise: {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
+        if args.clean_seeds:
+            clean = {**common, "seeds": args.clean_seeds}
+            row = {}
+            ls, t = refinery_runs({**clean, "label_smoothing": 0.1}, runs, "clean-ls")
+            row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()), "wall_s": t}
+            eq, t = refinery_runs({**clean, "epochs": args.epochs * args.generations}, runs, "clean-equal")
+            row["R1, equal compute"] = {**mean_std(g[0]["test_top1"] for g in eq["per_seed"].values()), "wall_s": t}
+            for i, variant in enumerate(args.clean_variants.split(",")):
+                res, t = refinery_runs({**clean, **VARIANTS[variant], "generations": args.generations}, runs,
+                                       f"clean-{variant}")
+                for g in res["generations"]:
+                    if i == 0 and g["generation"] == 1:
+                        row["R1"] = mean_std(s[0]["test_top1"] for s in res["per_seed"].values())
+                    row[f"refinery {variant} R{g['generation']}"] = mean_std(
+                        s[g["generation"] - 1]["test_top1"] for s in res["per_seed"].values())
+                row[f"refinery {variant} best by validation"] = {
+                    **mean_std(b["test_top1"] for b in res["best_by_validation"]["per_seed"].values()),
+                    "gain_over_r1": res["best_by_validation"]["gain_over_r1"]}
+                ens = next(e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1)))
+                row[f"refinery {variant} ensemble"] = {**mean_std(ens["per_seed"].values()),
+                                                       "gain_over_r1": ens["gain_over_r1"]}
+                row[f"refinery {variant} (whole chain)"] = {"wall_s": t}
+            results["clean"] = row
+            log(json.dumps({"clean": {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

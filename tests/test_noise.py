@@ -1,0 +1,271 @@
+"""Label noise, label quality, label smoothing, the results rows and `refinery label-issues`."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labelrefinery.cli import main
+from labelrefinery.config import parse_label_noise, resolve_config
+from labelrefinery.data import load_dataset
+from labelrefinery.errors import ConfigError
+from labelrefinery.labelissues import rank_label_issues
+from labelrefinery.losses import smooth_targets
+from labelrefinery.noise import inject_label_noise, label_quality
+from labelrefinery.protocol import seed_data, with_label_noise
+from labelrefinery.rundir import RunDir
+from labelrefinery.seeding import label_noise_generator
+from labelrefinery.targets import StoredTargets
+
+
+def test_symmetric_noise_rate_and_classes():
+    labels = torch.arange(60000) % 10
+    noise = inject_label_noise(labels, "symmetric:0.4", 10, label_noise_generator())
+    rate = noise.flipped.float().mean().item()
+    assert abs(rate - 0.4) < 4 * math.sqrt(0.4 * 0.6 / 60000)  # within binomial error
+    assert torch.equal(noise.clean, labels) and torch.equal(noise.flipped, noise.noisy != labels)
+    # every other class is reached about equally often from class 0
+    moved = noise.noisy[(labels == 0) & noise.flipped]
+    counts = torch.bincount(moved, minlength=10)
+    assert counts[0] == 0 and counts[1:].min() > 0.6 * counts[1:].float().mean()
+    again = inject_label_noise(labels, "symmetric:0.4", 10, label_noise_generator())
+    assert torch.equal(again.noisy, noise.noisy)  # one stream, the same corruption every time
+
+
+def test_pairflip_moves_to_next_class():
+    labels = torch.arange(1000) % 4
+    noise = inject_label_noise(labels, "pairflip:0.3", 4, label_noise_generator())
+    assert torch.equal(noise.noisy[noise.flipped], (labels[noise.flipped] + 1) % 4)
+    assert 0.25 < noise.flipped.float().mean() < 0.35
+
+
+@pytest.mark.parametrize("spec", ["uniform:0.2", "symmetric", "symmetric:-0.1", "symmetric:1", "pairflip:x"])
+def test_bad_noise_spec(spec):
+    with pytest.raises(ConfigError, match="--label-noise must be symmetric:P or pairflip:P"):
+        parse_label_noise(spec)
+
+
+def test_noise_rate_bound_needs_classes():
+    with pytest.raises(ConfigError, match=r"P must be in \[0, 0.750\) for 4 classes"):
+        inject_label_noise(torch.zeros(10, dtype=torch.int64), "symmetric:0.8", 4, label_noise_generator())
+
+
+def test_noise_touches_training_split_only_and_every_seed_sees_it():
+    ds = load_dataset("digits")
+    noisy, noise = with_label_noise(ds, "symmetric:0.3")
+    assert torch.equal(noisy.test.labels, ds.test.labels) and torch.equal(noisy.train.images, ds.train.images)
+    assert torch.equal(noise.clean, ds.train.labels) and torch.equal(noisy.train.labels, noise.noisy)
+    cfg = resolve_config("quick", {"dataset": "digits", "label_noise": "symmetric:0.3"})
+    for seed in (0, 1):
+        data = seed_data(noisy, cfg, seed, torch.device("cpu"), noise)
+        assert torch.equal(data.views.labels, noise.noisy[data.views.indices])
+        assert torch.equal(data.clean_labels, ds.train.labels[data.views.indices])
+        assert torch.equal(data.val_labels, noise.noisy[data.val_idx])  # validation is as noisy as training
+        assert torch.equal(data.test_labels, ds.test.labels)
+
+
+def test_label_quality_hand_made():
+    # 6 images, 3 classes. clean: 0 0 1 1 2 2; given: flips at 1 (0->1) and 4 (2->0).
+    clean = torch.tensor([0, 0, 1, 1, 2, 2])
+    given = torch.tensor([0, 1, 1, 1, 0, 2])
+    # refined argmax: 0 0 1 2 1 2 -> image 1 corrected; image 4 disputed but wrong; image 3 clean and harmed.
+    refined = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 2, 1, 2]), 3).float()
+    q = label_quality(refined, given, clean)
+    assert q["disputed"] == pytest.approx(3 / 6)
+    assert q["flipped"] == pytest.approx(2 / 6)
+    assert q["corrected"] == pytest.approx(1 / 2)
+    assert q["harmed"] == pytest.approx(1 / 4)
+    assert q["detection_precision"] == pytest.approx(2 / 3) and q["detection_recall"] == pytest.approx(1.0)
+    assert q["detection_f1"] == pytest.approx(0.8)
+    assert label_quality(refined, given) == {"disputed": pytest.approx(0.5)}
+    none_flipped = label_quality(refined, clean, clean)
+    assert none_flipped["corrected"] is None and none_flipped["detection_recall"] is None
+
+
+def test_smooth_targets():
+    t = smooth_targets(torch.tensor([2, 0]), 4, 0.2)
+    assert torch.allclose(t, torch.tensor([[0.05, 0.05, 0.85, 0.05], [0.85, 0.05, 0.05, 0.05]]))
+    soft = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    assert torch.allclose(smooth_targets(soft, 4, 0.2), torch.tensor([[0.45, 0.45, 0.05, 0.05]]))
+    idx = torch.tensor([1])
+    assert smooth_targets(idx, 4, 0.0) is idx
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        smooth_targets(idx, 4, 1.0)
+
+
+def test_rank_label_issues_order():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.2, 0.8]], dtype=np.float32)
+    given = np.array([0, 0, 0, 1])
+    assert rank_label_issues(probs, given).tolist() == [1, 2, 3, 0]
+
+
+COMMON = ["run", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("noisy")
+    assert main([*COMMON, "--runs-dir", str(d), "--name", "n", "--generations", "2",
+                 "--label-noise", "symmetric:0.3", "--label-smoothing", "0.1", "--gt-weight", "0.3"]) == 0
+    return d / "n"
+
+
+def test_noisy_run_split_summary_and_table(noisy_run):
+    ds = load_dataset("digits")
+    split = np.load(noisy_run / "seed-0/split.npz")
+    clean_all = ds.train.labels.numpy()
+    assert np.array_equal(split["clean_train_labels"], clean_all[split["train_indices"]])
+    assert np.array_equal(split["clean_val_labels"], clean_all[split["val_indices"]])
+    assert np.array_equal(split["train_flipped"], split["train_labels"] != split["clean_train_labels"])
+    assert np.array_equal(split["val_labels"][~split["val_flipped"]], split["clean_val_labels"][~split["val_flipped"]])
+    assert split["val_flipped"].any() and 0.2 < split["train_flipped"].mean() < 0.4
+    assert np.array_equal(split["test_labels"], ds.test.labels.numpy())
+    summary = json.loads((noisy_run / "seed-0/gen-1/summary.json").read_text())
+    q = summary["label_quality"]
+    assert set(q) == {"disputed", "flipped", "corrected", "harmed", "detection_precision", "detection_recall",
+                      "detection_f1"}
+    assert q["flipped"] == pytest.approx(split["train_flipped"].mean())
+    assert set(summary["phase_time_s"]) == {"fit", "recalibrate", "relabel", "evaluate"}
+    results = json.loads((noisy_run / "results.json").read_text())
+    assert results["ensemble"][0]["generations"] == [1, 2]  # every run reports the ensemble of all generations
+    best = results["best_by_validation"]["per_seed"]["0"]
+    gens = results["per_seed"]["0"]
+    assert best["val_top1"] == max(g["val_top1"] for g in gens)
+    assert results["generations"][1]["gain_over_r1"]["mean"] == pytest.approx(gens[1]["test_top1"] - gens[0]["test_top1"])
+    md = (noisy_run / "results.md").read_text()
+    assert "| best by validation |" in md and "ensemble R1+R2" in md and "flipped corrected" in md
+
+
+def test_stored_labels_are_the_refinerys_own(noisy_run):
+    """With --gt-weight, labels.npz holds what the refinery said, not the mix with the ground truth."""
+    from labelrefinery.batch import Pipeline
+    from labelrefinery.device import resolve_precision
+    from labelrefinery.engine import predict
+
+    rd = RunDir(noisy_run)
+    saved = rd.load_labels(0, 1)
+    ds = load_dataset("digits")
+    model, _ = rd.load_model(0, 1, torch.device("cpu"))
+    pipe = Pipeline.create(torch.device("cpu"), ds.mean, ds.std, resolve_precision("auto", torch.device("cpu")))
+    probs = predict(model, ds.train.images[torch.from_numpy(saved["indices"])], pipe).softmax(1).numpy()
+    assert saved["refinery_only"] and np.allclose(saved["labels"], probs, atol=2e-3)
+
+
+def test_label_issues_command(noisy_run, tmp_path, capsys):
+    assert main(["label-issues", str(noisy_run), "--generation", "1"]) == 0
+    assert "disputed" in capsys.readouterr().out
+    rows = list(csv.DictReader((noisy_run / "label_issues.csv").open()))
+    assert list(rows[0]) == ["rank", "index", "given_label", "suggested_label", "p_given", "p_suggested", "margin",
+                             "top3", "clean_label", "flipped"]
+    p_given = [float(r["p_given"]) for r in rows]
+    assert p_given == sorted(p_given) and all(r["given_label"] != r["suggested_label"] for r in rows)
+    assert all(float(r["margin"]) < 0 for r in rows)
+    probs = np.load(noisy_run / "label_issues_pred_probs.npy")
+    labels = np.load(noisy_run / "label_issues_labels.npy")
+    indices = np.load(noisy_run / "label_issues_indices.npy")
+    assert probs.shape == (len(labels), 10) and np.all(np.diff(indices) > 0)
+    split = np.load(noisy_run / "seed-0/split.npz")
+    disputed = (probs.argmax(1) != labels).sum()
+    assert len(rows) == disputed and set(indices) == set(split["train_indices"])
+    # every image with --all, to a path of one's own
+    assert main(["label-issues", str(noisy_run), "--all", "--out", str(tmp_path / "all.csv")]) == 0
+    assert len(list(csv.DictReader((tmp_path / "all.csv").open()))) == len(labels)
+    assert (tmp_path / "all_pred_probs.npy").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label-noise", "uniform:0.2"], "--label-noise must be"),
+    (["--label-noise", "symmetric:0.95"], "P must be in"),
+    (["--label-smoothing", "1.0"], "--label-smoothing must be in [0, 1)"),
+])
+def test_bad_noise_flags_exit_2_and_write_nothing(tmp_path, capsys, args, message):
+    assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "bad", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_changed_noise_refuses_to_continue(noisy_run, capsys):
+    assert main([*COMMON, "--runs-dir", str(noisy_run.parent), "--name", "n", "--generations", "2",
+                 "--label-noise", "symmetric:0.2", "--label-smoothing", "0.1", "--gt-weight", "0.3"]) == 2
+    assert "label_noise" in capsys.readouterr().err
+
+
+def test_label_issues_bad_input(tmp_path, noisy_run, capsys):
+    assert main(["label-issues", str(tmp_path)]) == 2
+    assert main(["label-issues", str(noisy_run), "--generation", "7"]) == 2
+    assert main(["label-issues", str(noisy_run), "--seed", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "not a run directory" in err[0] and "not finished" in err[1] and "seed 3" in err[2]
+
+
+def test_cross_fit_never_labels_an_image_with_a_model_that_trained_on_it(monkeypatch):
+    import labelrefinery.generation as generation
+    from labelrefinery.chain import prepare
+
+    cfg = resolve_config("quick", {"dataset": "digits", "epochs": 1, "batch_size": 64, "cross_fit": 3,
+                                   "augment": "static", "static_copies": 1, "progress": False})
+    exp = prepare(cfg, RunDir("/nonexistent/never-made"))
+    data = seed_data(exp.dataset, cfg, 0, torch.device("cpu"))
+    trained_on, labelled = [], []
+    real_predict = generation.predict
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def subset(self, positions):
+            trained_on.append(set(data.views.indices[positions].tolist()))
+            return self.inner.subset(positions)
+
+    def predict(model, images, pipeline, *a, **k):
+        labelled.append(len(images))
+        return real_predict(model, images, pipeline, *a, **k)
+
+    monkeypatch.setattr(generation, "predict", predict)
+    targets = Recording(StoredTargets(data.ground_truth, num_classes=10))
+    refined = generation.cross_fit_labels(exp, data, 1, targets)
+    assert refined.shape == (len(data.views.indices), 10) and torch.allclose(refined.sum(1), torch.ones(len(refined)))
+    assert len(trained_on) == 3 and sum(labelled) == len(data.views.indices)
+    everything = set(data.views.indices.tolist())
+    held = [everything - t for t in trained_on]
+    assert set().union(*held) == everything  # every image is labelled ...
+    assert sum(len(h) for h in held) == len(everything)  # ... by exactly one fold model, which never saw it
+    # stratified: every fold holds every class in about the same share
+    given = dict(zip(data.views.indices.tolist(), data.views.labels.tolist()))
+    for h in held:
+        counts = np.bincount([given[i] for i in h], minlength=10)
+        assert counts.min() > 0.25 * counts.mean()
+
+
+def test_cross_fit_run_and_bad_values(tmp_path, capsys):
+    assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "cf", "--generations", "2", "--cross-fit", "3",
+                 "--label-noise", "pairflip:0.2"]) == 0
+    summary = json.loads((tmp_path / "cf/seed-0/gen-2/summary.json").read_text())
+    assert summary["label_quality"]["corrected"] is not None
+    assert "cross-fit fold 3/3" in capsys.readouterr().err
+    for bad, message in (("1", "--cross-fit must be 0 or in [2"), ("500", "--cross-fit 500 exceeds")):
+        assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "bad", "--cross-fit", bad]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
+def test_controls_rows_and_resume(tmp_path):
+    args = [*COMMON, "--runs-dir", str(tmp_path), "--name", "c", "--generations", "2"]
+    assert main(args) == 0
+    assert main([*args, "--controls"]) == 0  # adding the controls continues the run
+    run = tmp_path / "c"
+    ls = json.loads((run / "seed-0/control-label-smoothing/summary.json").read_text())
+    eq = json.loads((run / "seed-0/control-equal-compute/summary.json").read_text())
+    assert ls["epochs_run"] == 2 and eq["epochs_run"] == 4  # R1's epochs; generations x epochs
+    results = json.loads((run / "results.json").read_text())
+    r1 = results["per_seed"]["0"][0]["test_top1"]
+    assert results["controls"]["equal-compute"]["gain_over_r1"]["mean"] == pytest.approx(eq["test_top1"] - r1)
+    assert [g["generation"] for g in results["generations"]] == [1, 2]  # controls are not generations
+    md = (run / "results.md").read_text()
+    assert "| label-smoothing control |" in md and "| equal-compute control |" in md
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["generation"] for r in epochs if r["kind"] == "epoch"} == {1, 2, "label-smoothing", "equal-compute"}
