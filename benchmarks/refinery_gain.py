@@ -41,7 +41,7 @@ from labelrefinery.batch import Pipeline
 from labelrefinery.chain import run as run_chain
 from labelrefinery.config import resolve_config
 from labelrefinery.console import log
-from labelrefinery.data import load_dataset, stratified_split
+from labelrefinery.data import load_dataset, stratified_folds
 from labelrefinery.device import cpu_features, resolve_precision, set_threads
 from labelrefinery.engine import fit, predict, recalibrate_batchnorm, top1_accuracy
 from labelrefinery.models import ModelSpec, build_model
@@ -72,6 +72,49 @@ def detection(flagged: np.ndarray, flipped: np.ndarray) -> dict:
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r > 0 else float("nan")}
 
 
+def _cell(v: dict | None, key: str = "") -> str:
+    v = (v or {}).get(key) if key else v
+    if not v or v.get("mean") is None:
+        return ""
+    scale = 100 if key else 1
+    sd = "" if v.get("std") is None else f" ± {scale * v['std']:.2f}"
+    return f"{scale * v['mean']:.2f}{sd}"
+
+
+def markdown(results: dict) -> str:
+    """The benchmark's tables: clean-test top-1 per method, detection and label figures, wall time."""
+    out = []
+    for noise, row in (results.get("noisy") or {}).items():
+        out += [f"Noisy labels ({noise}): clean-test top-1 %, mean ± std over seeds; detection of flipped labels "
+                "and label figures in % (mean over seeds)", "",
+                "| method | test top-1 | corrected | harmed | detection precision | recall | F1 | wall s |",
+                "|---|---|---|---|---|---|---|---|"]
+        for name, v in row.items():
+            labels, det = v.get("labels") or {}, v.get("detection") or {}
+            out.append(f"| {name} | {_cell(v)} | {_cell(labels, 'corrected')} | {_cell(labels, 'harmed')} | "
+                       f"{_cell(det, 'precision') or _cell(labels, 'detection_precision')} | "
+                       f"{_cell(det, 'recall') or _cell(labels, 'detection_recall')} | "
+                       f"{_cell(det, 'f1') or _cell(labels, 'detection_f1')} | "
+                       f"{'' if v.get('wall_s') is None else round(v['wall_s'])} |")
+        out.append("")
+    if results.get("clean"):
+        out += ["Clean labels: test top-1 %, mean ± std over seeds (gain over R1 paired per seed)", "",
+                "| method | test top-1 | gain over R1 | wall s |", "|---|---|---|---|"]
+        for name, v in results["clean"].items():
+            g = v.get("gain_over_r1") or {}
+            gain = "" if g.get("mean") is None else f"{g['mean']:+.2f}" + (
+                "" if g.get("std") is None else f" ± {g['std']:.2f}")
+            out.append(f"| {name} | {_cell(v)} | {gain} | {'' if v.get('wall_s') is None else round(v['wall_s'])} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def save(path: Path | None, results: dict) -> None:
+    """Write what is measured so far (after every part), so a late failure loses nothing."""
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
 def refinery_runs(base: dict, runs_dir: Path, name: str) -> tuple[dict, float]:
     cfg = resolve_config("quick", base)
     start = time.perf_counter()
@@ -99,16 +142,7 @@ def cleanlab_method(ds, cfg, pipe, seed: int, folds: int) -> dict:
     train_idx, val_idx = seed_split(ds, cfg, seed)
     given = ds.train.labels
     pred_probs = np.zeros((len(train_idx), ds.train.num_classes), dtype=np.float32)
-    remaining = torch.arange(len(train_idx))
-    fold_of = torch.full((len(train_idx),), -1)
-    for f in range(folds):  # stratified folds on the given labels
-        if f == folds - 1:
-            held = remaining
-        else:
-            _, pos = stratified_split(given[train_idx[remaining]], 1.0 / (folds - f), derive_seed(seed, 77, f))
-            held = remaining[pos]
-        fold_of[held] = f
-        remaining = remaining[~torch.isin(remaining, held)]
+    fold_of = stratified_folds(given[train_idx], folds, derive_seed(seed, 77))
     for f in range(folds):
         inside = (fold_of != f).nonzero().squeeze(1)
         out = (fold_of == f).nonzero().squeeze(1)
@@ -134,8 +168,12 @@ def main() -> None:
     parser.add_argument("--clean-variants", default="soft,soft-gt0.3", help="refinery label variants of the clean part")
     parser.add_argument("--folds", type=int, default=4, help="cleanlab's cross-validation folds")
     parser.add_argument("--no-cleanlab", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--table", type=Path, default=None, help="print the Markdown tables of a saved JSON and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return
     set_threads(0)
     cpu = torch.device("cpu")
     amp = resolve_precision("auto", cpu)
@@ -181,6 +219,7 @@ def main() -> None:
                 row[f"refinery {variant} ensemble"] = mean_std(ens["per_seed"].values())
                 row[f"refinery {variant} (whole chain)"] = {"wall_s": t}
             results["noisy"][noise] = row
+            save(args.out, results)
             log(json.dumps({noise: {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
         if args.clean_seeds:
             clean = {**common, "seeds": args.clean_seeds}
@@ -206,8 +245,8 @@ def main() -> None:
                 row[f"refinery {variant} (whole chain)"] = {"wall_s": t}
             results["clean"] = row
             log(json.dumps({"clean": {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    save(args.out, results)
+    print(markdown(results))
 
 
 if __name__ == "__main__":

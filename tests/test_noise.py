@@ -269,3 +269,30 @@ def test_controls_rows_and_resume(tmp_path):
     assert "| label-smoothing control |" in md and "| equal-compute control |" in md
     epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["generation"] for r in epochs if r["kind"] == "epoch"} == {1, 2, "label-smoothing", "equal-compute"}
+
+
+def test_label_issues_out_never_overwrites_run_files(noisy_run, tmp_path, capsys):
+    summary = noisy_run / "seed-0/gen-1/summary.json"
+    before = summary.read_bytes()
+    for out in (summary, noisy_run / "seed-0/gen-1/issues.csv", tmp_path, tmp_path / "x.txt"):
+        assert main(["label-issues", str(noisy_run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--out" in err
+    assert summary.read_bytes() == before
+    assert not list(tmp_path.glob("*.npy")) and not list((noisy_run / "seed-0/gen-1").glob("issues*"))
+
+
+def test_noise_spec_is_compared_by_value():
+    a = resolve_config("quick", {"label_noise": "symmetric:0.30"}).data.label_noise
+    b = resolve_config("quick", {"label_noise": "symmetric:.3"}).data.label_noise
+    assert a == b == "symmetric:0.3"
+
+
+def test_controls_cannot_be_dropped(tmp_path, capsys):
+    args = [*COMMON, "--runs-dir", str(tmp_path), "--name", "k", "--generations", "2"]
+    assert main([*args, "--controls"]) == 0
+    assert main([*args, "--seeds", "2"]) == 0  # without --controls: kept, and trained for the new seed
+    assert "keeping --controls" in capsys.readouterr().err
+    assert RunDir(tmp_path / "k").read_config().refinement.controls
+    assert RunDir(tmp_path / "k").finished_controls(1) == ["equal-compute", "label-smoothing"]
+    assert "of 2 seeds]" not in (tmp_path / "k/results.md").read_text()

@@ -9,6 +9,7 @@ last epoch. See :mod:`labelrefinery.generation` for one generation and
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ from .data import check_dataset_name, load_dataset
 from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
 from .evaluate import ensemble_results
-from .generation import CONTROLS, Experiment, reload_generation, target_source, train_generation
+from .generation import CONTROL_LABEL_SMOOTHING, CONTROLS, Experiment, reload_generation, target_source, train_generation
 from .models import ModelSpec, build_model, check_model_name
 from .protocol import seed_data, seed_split, with_label_noise
 from .report import format_table, summarize_run
@@ -93,6 +94,10 @@ def _warn_unused(cfg: RunConfig) -> None:
         if unused:
             log(f"warning: {', '.join(unused)} change(s) nothing: with --generations 1 and no --refinery-checkpoint "
                 "no refined labels are trained on")
+    if ref.controls and cfg.training.label_smoothing == CONTROL_LABEL_SMOOTHING:
+        log(f"warning: with --label-smoothing {CONTROL_LABEL_SMOOTHING} the label-smoothing control is R1 itself")
+    if ref.controls and cfg.generations == 1:
+        log("warning: with --generations 1 the equal-compute control is R1 itself")
     if cfg.data.data_dir is not None and cfg.data.dataset in ("digits", "synthetic"):
         log(f"warning: --data-dir changes nothing for {cfg.data.dataset}, which needs no files")
 
@@ -169,6 +174,10 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
         try:
             rd.remove_leftovers()
             resumed = rd.check_resumable(cfg)  # again: another process may have written it meanwhile
+            if resumed and rd.read_config().refinement.controls and not cfg.refinement.controls:
+                log("keeping --controls: this run trains them for every seed (they cannot be dropped)")
+                cfg = dataclasses.replace(cfg, refinement=dataclasses.replace(cfg.refinement, controls=True))
+                exp.cfg = cfg
             _write_run_facts(exp, resumed)
             for seed in range(cfg.seeds):
                 run_seed(exp, seed)

@@ -172,8 +172,9 @@ class DataConfig:
         _only_with(self.image_size is not None, "image_size", self.dataset.startswith("folder:"),
                    "--dataset folder:PATH")
         _only_with(self.static_copies != 2, "static_copies", self.augment == "static", "--augment static")
-        if self.label_noise is not None:
-            parse_label_noise(self.label_noise)
+        if self.label_noise is not None:  # one spelling per setting: symmetric:0.30 is symmetric:0.3
+            kind, p = parse_label_noise(self.label_noise)
+            self.label_noise = f"{kind}:{p:g}"
 
 
 @dataclass
@@ -252,7 +253,7 @@ class RefineConfig:
                         "epochs); the table reports them beside the generations")
     cross_fit: int = _f(0, "K >= 2: out-of-sample refined labels: the training split is cut into K stratified "
                         "folds and each fold's labels come from a model trained on the other K-1 folds (K more "
-                        "models per generation, about K-1 times its training cost); 0 = in-sample labels from "
+                        "models per generation, about K times its in-sample cost in all); 0 = in-sample labels from "
                         "the generation's own model")
 
     def __post_init__(self) -> None:

@@ -21,6 +21,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _write_error(path: Path, e: OSError) -> RunDirError:
+    fix = "choose a file path, not a directory" if isinstance(e, IsADirectoryError) or path.is_dir() \
+        else "free space or choose a writable place"
+    return RunDirError(f"cannot write {path}: {e.strerror or e}; {fix}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, rename).
 
@@ -32,7 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise RunDirError(f"cannot write {path}: {e.strerror or e}; free space or choose a writable place") from None
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -42,7 +48,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise RunDirError(f"cannot write {path}: {e.strerror or e}; free space or choose a writable place") from None
+        raise _write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

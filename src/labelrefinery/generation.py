@@ -231,7 +231,8 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
 
 
 def _log_summary(tag: str, s: dict, num_classes: int, previous: dict | None) -> None:
-    log(f"[{tag}] val {s['val_top1']:.2f}%  test {s['test_top1']:.2f}%  ({s['epochs_run']} epochs, "
+    log(f"[{tag}] val {s['val_top1']:.2f}%  test {s['test_top1']:.2f}%  ({s['epochs_run']} "
+        f"epoch{'s' if s['epochs_run'] != 1 else ''}, "
         f"best {s['best_epoch']}, {s['train_time_s']:.0f} s; refined labels agree with the given labels on "
         f"{s['refined_label_agreement']:.1f}%, entropy {s['refined_label_entropy']:.3f} nats)")
     q = s.get("label_quality") or {}

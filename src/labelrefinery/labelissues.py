@@ -46,6 +46,21 @@ def rank_label_issues(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     return np.lexsort((margin, p_given))
 
 
+def check_out_path(rd: RunDir, out: Path) -> None:
+    """Refuse an ``--out`` that is not a ``.csv`` file path, or that would land among the run's own files.
+
+    Raises:
+        ConfigError: a directory, a name not ending in ``.csv``, or a place inside the run directory other
+            than its top level (where only ``label_issues``-style names are free).
+    """
+    if out.suffix != ".csv" or out.is_dir():
+        raise ConfigError(f"--out {out} must be a file path ending in .csv (the .npy files go beside it)")
+    root, where = rd.root.resolve(), out.resolve().parent
+    if where != root and root in where.parents:
+        raise ConfigError(f"--out {out} is inside the run's seed directories; choose a path outside them or leave "
+                          "--out out (RUN_DIR/label_issues.csv)")
+
+
 def write_label_issues(run_dir: Path, generation: int | None = None, seed: int = 0, out: Path | None = None,
                        include_all: bool = False) -> tuple[Path, int, int]:
     """Write the label-issue files of one generation of one seed (see the module docstring).
@@ -66,6 +81,8 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
     rd = RunDir(run_dir)
     if not rd.is_run():
         raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); give the directory `refinery run` made")
+    if out is not None:
+        check_out_path(rd, Path(out))
     with rd.lock():  # no run may change the generation while it is read
         return _write_locked(rd, generation, seed, out, include_all)
 

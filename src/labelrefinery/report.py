@@ -199,7 +199,9 @@ def format_table(results: list[dict]) -> str:
         cells = []
         for r in results:
             c = r.get("controls", {}).get(control)
-            cells.append("" if c is None else _fmt(c["test_top1_mean"], c["test_top1_std"]) + _gain(c.get("gain_over_r1")))
+            n, total = (len(c["per_seed"]), len(r["per_seed"])) if c is not None else (0, 0)
+            cells.append("" if c is None else _fmt(c["test_top1_mean"], c["test_top1_std"]) + _gain(c.get("gain_over_r1"))
+                         + (f" [{n} of {total} seeds]" if n < total else ""))
         lines.append(f"| {control} control | " + " | ".join(cells) + " |")
     for r, name in zip(results, names):
         for e in r.get("ensemble", []):

@@ -370,12 +370,13 @@ class RunDir:
             RunDirError: missing, damaged, or arrays whose lengths disagree.
         """
         path = self.seed_dir(seed) / "split.npz"
-        fix = f"delete it and rerun `refinery run` on {self.root} with the same settings to make it again"
+        rerun = f"rerun `refinery run` on {self.root} with the same settings to make it again"
+        fix = f"delete it and {rerun}"
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except FileNotFoundError:
-            raise RunDirError(f"{path} is missing; {fix}") from None
+            raise RunDirError(f"{path} is missing; {rerun}") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise RunDirError(f"{path} is damaged ({type(e).__name__}); {fix}") from None
         lengths = {"train": len(arrays.get("train_indices", [])), "val": len(arrays.get("val_indices", []))}
