@@ -217,7 +217,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
         "stopped_early": result.stopped_early,
         "train_time_s": clock.phases["fit"] + clock.phases["recalibrate"],
         "phase_time_s": clock.phases,  # seconds of this session's fit, recalibration, relabelling, evaluation
-        "refined_label_entropy": float(-(torch.xlogy(refined, refined)).sum(1).mean()),
+        "refined_label_entropy": max(0.0, float(-(torch.xlogy(refined, refined)).sum(1).mean())),  # no -0.0
         "refined_label_agreement": top1_accuracy(refined, data.views.labels),
         "label_quality": label_quality(refined[originals_mask], data.views.labels[originals_mask],
                                        None if data.clean_labels is None else data.clean_labels[originals_mask]),
