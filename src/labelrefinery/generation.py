@@ -101,14 +101,15 @@ def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: 
     from the seed and generation (every view of an image in its image's fold); for each fold a fresh model
     is trained with the generation's recipe on ``targets`` of the other folds, recalibrated, and labels the
     held-out fold. No image is labelled by a model that trained on it (the out-of-sample ``pred_probs``
-    that confident learning needs: Northcutt et al. 2021, section 2). The fold models are not kept.
+    that confident learning needs: Northcutt et al. 2021, "Confident Learning"). The fold models are not kept.
     """
     cfg, seed, pipeline = exp.cfg, data.seed, exp.pipeline
     k = cfg.refinement.cross_fit
     originals = data.views.views == 0
     image_fold = stratified_folds(data.views.labels[originals], k, derive_seed(seed, generation, CROSS_FIT))
-    fold_of_index = dict(zip(data.views.indices[originals].tolist(), image_fold.tolist()))
-    fold = torch.tensor([fold_of_index[i] for i in data.views.indices.tolist()])
+    own = data.views.indices[originals]  # each view takes the fold of the image it shows
+    order = own.argsort()
+    fold = image_fold[order[torch.searchsorted(own[order], data.views.indices)]]
     refined = torch.empty(len(fold), exp.dataset.train.num_classes)
     for f in range(k):
         inside, held = (fold != f).nonzero().squeeze(1), (fold == f).nonzero().squeeze(1)

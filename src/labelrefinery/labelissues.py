@@ -6,8 +6,8 @@ copies) and the seed's ``split.npz``, and writes:
 
 - ``label_issues.csv``: one row per disputed image (refined argmax differs from the
   given label; ``--all`` for every image), most disputed first: ranked by the
-  refined probability of the given label, ascending (cleanlab's "self-confidence"
-  order; Northcutt et al. 2021, "Confident Learning", section 3), ties by margin.
+  refined probability of the given label, ascending (the order of cleanlab's
+  ``rank_by="self_confidence"``), ties by margin.
   Columns: ``rank``, ``index`` (position in the dataset's training split), ``given_label``,
   ``suggested_label`` (refined argmax), ``p_given``, ``p_suggested``, ``margin``
   (p_given minus the largest other probability: negative when disputed), ``top3``
@@ -32,17 +32,31 @@ from .report import best_of
 from .rundir import RunDir
 
 
+def given_label_scores(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_given, margin)``, each ``(M,) float``: the refined probability of the given label, and it minus the
+    largest other probability (negative when the refined argmax disputes the label).
+
+    Args:
+        probs: ``(M, K)`` refined labels (rows of probabilities).
+        given: ``(M,) int64`` the given labels.
+    """
+    rows = np.arange(len(given))
+    p_given = probs[rows, given]
+    other = probs.copy()
+    other[rows, given] = -np.inf
+    return p_given, p_given - other.max(1)
+
+
 def rank_label_issues(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     """Row order of ``probs: (M, K)`` by refined probability of ``given: (M,) int64`` ascending, then margin.
 
     Returns:
         ``(M,) int64`` positions, most disputed first.
     """
-    rows = np.arange(len(given))
-    p_given = probs[rows, given]
-    other = probs.copy()
-    other[rows, given] = -np.inf
-    margin = p_given - other.max(1)
+    return _most_disputed_first(*given_label_scores(probs, given))
+
+
+def _most_disputed_first(p_given: np.ndarray, margin: np.ndarray) -> np.ndarray:
     return np.lexsort((margin, p_given))
 
 
@@ -107,13 +121,15 @@ def _write_locked(rd: RunDir, generation: int | None, seed: int, out: Path | Non
     indices, probs = saved["indices"][own], saved["labels"][own]
     order = np.argsort(indices, kind="stable")
     indices, probs = indices[order], probs[order]
-    by_index = dict(zip(split["train_indices"].tolist(), range(len(split["train_indices"]))))
-    pos = np.array([by_index[i] for i in indices.tolist()], dtype=np.int64)
+    sorter = np.argsort(split["train_indices"], kind="stable")  # where each image sits in the split's arrays
+    pos = sorter[np.searchsorted(split["train_indices"], indices, sorter=sorter)]
     given = split["train_labels"][pos].astype(np.int64)
     clean = split["clean_train_labels"][pos] if "clean_train_labels" in split else None
     classes = [str(c) for c in saved["classes"]]
-    ranked = rank_label_issues(probs, given)
+    p_given, margin = given_label_scores(probs, given)
+    ranked = _most_disputed_first(p_given, margin)
     suggested = probs.argmax(1)
+    top3 = np.argsort(-probs, axis=1, kind="stable")[:, :3]
     if not include_all:
         ranked = ranked[suggested[ranked] != given[ranked]]
     header = ["rank", "index", "given_label", "suggested_label", "p_given", "p_suggested", "margin", "top3"]
@@ -123,11 +139,8 @@ def _write_locked(rd: RunDir, generation: int | None, seed: int, out: Path | Non
     writer.writerow(header)
     for rank, r in enumerate(ranked.tolist(), 1):
         p = probs[r]
-        others = np.delete(p, given[r])
-        top3 = np.argsort(-p, kind="stable")[:3]
-        row = [rank, int(indices[r]), classes[given[r]], classes[suggested[r]], f"{p[given[r]]:.4f}",
-               f"{p[suggested[r]]:.4f}", f"{p[given[r]] - others.max():.4f}",
-               ";".join(f"{classes[k]}:{p[k]:.3f}" for k in top3)]
+        row = [rank, int(indices[r]), classes[given[r]], classes[suggested[r]], f"{p_given[r]:.4f}",
+               f"{p[suggested[r]]:.4f}", f"{margin[r]:.4f}", ";".join(f"{classes[k]}:{p[k]:.3f}" for k in top3[r])]
         if clean is not None:
             row += [classes[clean[r]], int(clean[r] != given[r])]
         writer.writerow(row)

@@ -5,7 +5,7 @@ Letters: N images, K classes.
 ``--label-noise symmetric:P`` replaces each training label with probability P by
 a uniformly drawn *other* class; ``pairflip:P`` moves class k to k + 1 (mod K)
 with probability P (the two noise models of Han et al. 2018, "Co-teaching",
-section 4.1). The draw comes from a stream of its own
+section 4). The draw comes from a stream of its own
 (:func:`labelrefinery.seeding.label_noise_generator`), so every run seed sees
 the same corrupted dataset; the test split is never touched.
 
@@ -32,12 +32,15 @@ class LabelNoise:
     Attributes:
         clean: ``(N,) int64`` the labels before injection.
         noisy: ``(N,) int64`` the labels after it (the *given* labels a run trains on).
-        flipped: ``(N,) bool`` where they differ.
     """
 
     clean: torch.Tensor
     noisy: torch.Tensor
-    flipped: torch.Tensor
+
+    @property
+    def flipped(self) -> torch.Tensor:
+        """``(N,) bool``: where the given label differs from the clean one."""
+        return self.noisy != self.clean
 
 
 def max_noise_rate(num_classes: int) -> float:
@@ -64,7 +67,7 @@ def inject_label_noise(labels: torch.Tensor, spec: str, num_classes: int, genera
     else:
         shift = torch.ones(len(labels), dtype=torch.int64)
     noisy = torch.where(flip, (labels + shift) % num_classes, labels)
-    return LabelNoise(labels.clone(), noisy, noisy != labels)
+    return LabelNoise(labels.clone(), noisy)
 
 
 def _ratio(a: int, b: int) -> float | None:
