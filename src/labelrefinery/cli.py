@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mean ± std over seeds. Rerunning on an existing run directory continues where it stopped.",
     )
     run.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                     help="defaults to start from: quick (CPU, convnet; 3.5 min on 2 cores with AVX512-BF16, about "
-                     "10 min in fp32 with AVX2 kernels on the same cores, longer on slower AVX2-only CPUs), blog (the "
+                     help="defaults to start from: quick (CPU, convnet; 3.5 min on 2 cores with avx2 avx512f "
+                     "avx512_bf16 (bf16), about 10 min in fp32 with AVX2 kernels on the same cores, longer on slower AVX2-only CPUs), blog (the "
                      "write-up's protocol, ResNet-50), paper (per-crop labels, random crops, SGD); default quick")
     run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
     run.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")

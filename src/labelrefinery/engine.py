@@ -87,7 +87,7 @@ def recalibration_subset(images: torch.Tensor) -> torch.Tensor:
     Precise-BatchNorm statistics (Wu & Johnson 2021) need a few thousand images, not the whole set:
     ``benchmarks/step_settings.py --recalibration`` measured test top-1 88.38% after recalibrating a
     one-epoch ``convnet`` on this subset (4,250 of 51,000 Fashion-MNIST images, 1.0 s in fp32 on AVX2
-    kernels) and 88.40% on every image (16.3 s) (BENCHMARKS.md).
+    kernels of a 2-core avx2 avx512f avx512_bf16 CPU) and 88.40% on every image (16.3 s) (BENCHMARKS.md).
     """
     return images[:: max(1, len(images) // RECALIBRATION_IMAGES)]
 
