@@ -16,7 +16,7 @@ PACKAGE = Path(labelrefinery.__file__).parent
 LAYERS = [
     ["errors", "version"],
     ["config", "seeding", "dist", "fileio"],
-    ["console", "device", "losses", "augment", "data.core", "noise"],
+    ["console", "device", "losses", "augment", "data.core", "noise", "labelstats", "htmlreport"],
     ["models", "batch", "data.cache", "data.idx"],
     ["data.small", "data.torchvision_sets", "data.folder"],
     ["data"],
@@ -24,7 +24,7 @@ LAYERS = [
     ["rundir", "engine"],
     ["report", "generation"],
     ["evaluate", "labelissues"],
-    ["chain"],
+    ["chain", "inspection"],
     ["cli"],
     ["__main__", "__init__"],
 ]

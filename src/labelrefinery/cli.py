@@ -1,4 +1,4 @@
-"""Command line: ``refinery run | report | evaluate | label-issues | models``.
+"""Command line: ``refinery run | report | evaluate | label-issues | inspect | models``.
 
 Flags of ``refinery run`` are built from the fields of
 :class:`labelrefinery.config.RunConfig` and its sections; a preset supplies
@@ -120,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--all", action="store_true", dest="include_all",
                     help="a row for every training image, not only the disputed ones")
 
+    ins = sub.add_parser(
+        "inspect", help="write an HTML report of what the refinery did to the labels (plots, image grids)",
+        description="Write one self-contained HTML page (plots and images embedded; opens from disk) about one or "
+        "more finished run directories: the results, what the refined labels became per generation, training "
+        "images with their top-3 refined labels at every generation (the paper's Figure 4), the label issues, and "
+        "the run's facts; plus report.json and report_*.csv with the numbers behind it. Reads the run directory "
+        "only (works on a run still training: finished generations are shown).")
+    ins.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    ins.add_argument("--out", type=Path, default=None,
+                     help="the page's path, ending in .html; its data files go beside it (default: "
+                     "RUN_DIR/report.html for one run, ./report.html for several)")
+    ins.add_argument("--images", type=int, default=8,
+                     help="images per group in the image grids (most disputed, most changed, random, ...) "
+                     "(default: 8)")
+    ins.add_argument("--seed", type=int, default=None,
+                     help="whose chain the label sections and image grids show (default: the first seed with a "
+                     "finished generation, normally 0)")
+
     sub.add_parser("models", help="list the model names --model accepts")
     return parser
 
@@ -184,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
             path, rows, total = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
                                                    args.include_all)
             print(f"{path}: {rows} of {total} training images" + ("" if args.include_all else " disputed"))
+            return 0
+        if args.command == "inspect":
+            from .inspection import inspect_runs
+
+            path, _ = inspect_runs(args.run_dirs, args.out, args.images, args.seed)
+            print(f"report: {path} (open it in a browser)")
             return 0
         if args.command == "evaluate":
             from .evaluate import evaluate_run

@@ -60,19 +60,78 @@ def _most_disputed_first(p_given: np.ndarray, margin: np.ndarray) -> np.ndarray:
     return np.lexsort((margin, p_given))
 
 
-def check_out_path(rd: RunDir, out: Path) -> None:
-    """Refuse an ``--out`` that is not a ``.csv`` file path, or that would land among the run's own files.
+def check_out_path(rd: RunDir, out: Path, suffix: str = ".csv", flag: str = "--out",
+                   beside: str = "the .npy files go beside it") -> None:
+    """Refuse an output path that does not end in ``suffix``, or that would land among the run's own files.
 
     Raises:
-        ConfigError: a directory, a name not ending in ``.csv``, or a place inside the run directory other
-            than its top level (where only ``label_issues``-style names are free).
+        ConfigError: a directory, a name not ending in ``suffix``, or a place inside the run directory other
+            than its top level (where only report-style names are free).
     """
-    if out.suffix != ".csv" or out.is_dir():
-        raise ConfigError(f"--out {out} must be a file path ending in .csv (the .npy files go beside it)")
+    if out.suffix != suffix or out.is_dir():
+        raise ConfigError(f"{flag} {out} must be a file path ending in {suffix} ({beside})")
     root, where = rd.root.resolve(), out.resolve().parent
     if where != root and root in where.parents:
-        raise ConfigError(f"--out {out} is inside the run's seed directories; choose a path outside them or leave "
-                          "--out out (RUN_DIR/label_issues.csv)")
+        raise ConfigError(f"{flag} {out} is inside the run's seed directories; choose a path outside them or leave "
+                          f"{flag} out (the run directory's top level)")
+
+
+def own_labels(rd: RunDir, seed: int, generation: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A generation's refined labels on the training images themselves (not stored augmented copies).
+
+    Returns:
+        ``(indices (M,) int64 ascending, labels (M, K) float32, class names)``.
+
+    Raises:
+        RunDirError: a missing or damaged ``labels.npz``.
+    """
+    saved = rd.load_labels(seed, generation)
+    own = saved["views"] == 0
+    indices, probs = saved["indices"][own], saved["labels"][own]
+    order = np.argsort(indices, kind="stable")
+    return indices[order], probs[order], [str(c) for c in saved["classes"]]
+
+
+def split_labels(split: dict[str, np.ndarray], indices: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(given, clean)`` labels ``(M,) int64`` of the training images ``indices`` from a seed's ``split.npz``
+    arrays; given is None in splits of older versions (which did not store it), clean is None without
+    injected noise."""
+    if "train_labels" not in split:
+        return None, None
+    sorter = np.argsort(split["train_indices"], kind="stable")  # where each image sits in the split's arrays
+    pos = sorter[np.searchsorted(split["train_indices"], indices, sorter=sorter)]
+    given = split["train_labels"][pos].astype(np.int64)
+    clean = split["clean_train_labels"][pos].astype(np.int64) if "clean_train_labels" in split else None
+    return given, clean
+
+
+def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classes: list[str],
+               clean: np.ndarray | None = None, include_all: bool = False, limit: int | None = None) -> list[dict]:
+    """The rows of ``label_issues.csv`` (see the module docstring), most disputed first, as dicts by column.
+
+    Args:
+        probs: ``(M, K)`` refined labels; given, indices, clean: ``(M,) int64``.
+        include_all: a row for every image, not only those whose refined argmax differs from the given label.
+        limit: at most this many rows.
+    """
+    p_given, margin = given_label_scores(probs, given)
+    ranked = _most_disputed_first(p_given, margin)
+    suggested = probs.argmax(1)
+    if not include_all:
+        ranked = ranked[suggested[ranked] != given[ranked]]
+    ranked = ranked[:limit]
+    top3 = np.argsort(-probs[ranked], axis=1, kind="stable")[:, :3]
+    rows = []
+    for rank, (r, best) in enumerate(zip(ranked.tolist(), top3.tolist()), 1):
+        p = probs[r]
+        row = {"rank": rank, "index": int(indices[r]), "given_label": classes[given[r]],
+               "suggested_label": classes[suggested[r]], "p_given": f"{p_given[r]:.4f}",
+               "p_suggested": f"{p[suggested[r]]:.4f}", "margin": f"{margin[r]:.4f}",
+               "top3": ";".join(f"{classes[k]}:{p[k]:.3f}" for k in best)}
+        if clean is not None:
+            row.update(clean_label=classes[clean[r]], flipped=int(clean[r] != given[r]))
+        rows.append(row)
+    return rows
 
 
 def write_label_issues(run_dir: Path, generation: int | None = None, seed: int = 0, out: Path | None = None,
@@ -112,38 +171,18 @@ def _write_locked(rd: RunDir, generation: int | None, seed: int, out: Path | Non
         generation = best_of([rd.read_summary(seed, g) for g in finished])["generation"]
     elif generation not in finished:
         raise ConfigError(f"--generation {generation} is not finished for seed {seed}; finished: {finished}")
-    saved = rd.load_labels(seed, generation)
-    split = rd.read_split(seed)
-    if "train_labels" not in split:
+    indices, probs, classes = own_labels(rd, seed, generation)
+    given, clean = split_labels(rd.read_split(seed), indices)
+    if given is None:
         raise RunDirError(f"{rd.seed_dir(seed) / 'split.npz'} predates stored training labels; rerun `refinery run` "
                           f"on {run_dir} with the same settings to add them (finished generations are kept)")
-    own = saved["views"] == 0
-    indices, probs = saved["indices"][own], saved["labels"][own]
-    order = np.argsort(indices, kind="stable")
-    indices, probs = indices[order], probs[order]
-    sorter = np.argsort(split["train_indices"], kind="stable")  # where each image sits in the split's arrays
-    pos = sorter[np.searchsorted(split["train_indices"], indices, sorter=sorter)]
-    given = split["train_labels"][pos].astype(np.int64)
-    clean = split["clean_train_labels"][pos] if "clean_train_labels" in split else None
-    classes = [str(c) for c in saved["classes"]]
-    p_given, margin = given_label_scores(probs, given)
-    ranked = _most_disputed_first(p_given, margin)
-    suggested = probs.argmax(1)
-    top3 = np.argsort(-probs, axis=1, kind="stable")[:, :3]
-    if not include_all:
-        ranked = ranked[suggested[ranked] != given[ranked]]
+    rows = issue_rows(probs, given, indices, classes, clean, include_all)
     header = ["rank", "index", "given_label", "suggested_label", "p_given", "p_suggested", "margin", "top3"]
     header += ["clean_label", "flipped"] if clean is not None else []
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for rank, r in enumerate(ranked.tolist(), 1):
-        p = probs[r]
-        row = [rank, int(indices[r]), classes[given[r]], classes[suggested[r]], f"{p_given[r]:.4f}",
-               f"{p[suggested[r]]:.4f}", f"{margin[r]:.4f}", ";".join(f"{classes[k]}:{p[k]:.3f}" for k in top3[r])]
-        if clean is not None:
-            row += [classes[clean[r]], int(clean[r] != given[r])]
-        writer.writerow(row)
+    writer = csv.DictWriter(buf, header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     csv_path = Path(out) if out is not None else rd.label_issues_path
     stem = csv_path.with_suffix("")
     for suffix, array in (("pred_probs", probs.astype(np.float32)), ("labels", given), ("indices", indices)):
@@ -151,4 +190,4 @@ def _write_locked(rd: RunDir, generation: int | None, seed: int, out: Path | Non
         np.save(npy, array)
         atomic_write_bytes(Path(f"{stem}_{suffix}.npy"), npy.getvalue())
     atomic_write_text(csv_path, buf.getvalue())
-    return csv_path, len(ranked), len(indices)
+    return csv_path, len(rows), len(indices)

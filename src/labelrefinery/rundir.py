@@ -6,6 +6,7 @@ Layout (``runs/<name>/``)::
     run.json         code and torch versions, device, precision, dataset facts
     metrics.jsonl    one JSON line per epoch and per generation, appended
     results.json     the table's numbers; results.md the table
+    report.html      `refinery inspect`'s page (report.json, report_*.csv beside it); label_issues.csv likewise
     ensemble.json    test top-1 of ensembles of generations
     seed-<s>/split.npz                  train/val indices and labels; with --label-noise also clean labels, flip masks
     seed-<s>/gen-<g>/model.safetensors  weights + class names + model spec
@@ -291,6 +292,15 @@ class RunDir:
     def write_run_info(self, info: dict) -> None:
         write_json(self.root / "run.json", info)
 
+    def read_run_info(self) -> dict:
+        """``run.json`` (versions, device, precision, CPU, dataset facts), or {} when it is missing or unreadable
+        (it describes the run and feeds no computation)."""
+        try:
+            info = json.loads((self.root / "run.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
     # ------------------------------------------------------------------ metrics
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line (one write call, flushed to disk)."""
@@ -390,6 +400,11 @@ class RunDir:
     def label_issues_path(self) -> Path:
         """Where ``refinery label-issues`` writes its CSV by default."""
         return self.root / "label_issues.csv"
+
+    @property
+    def report_path(self) -> Path:
+        """Where ``refinery inspect`` writes its page by default (its data files go beside it)."""
+        return self.root / "report.html"
 
     # ------------------------------------------------------------------ one generation
     def save_model(self, seed: int, generation: int | str, model: torch.nn.Module, classes: list[str],

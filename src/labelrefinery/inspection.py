@@ -1,0 +1,313 @@
+"""``refinery inspect``: what the refinery did to the labels, as one HTML page plus the data behind it.
+
+:func:`inspect_runs` reads finished run directories only (no training; old runs
+too: what they did not save, such as label statistics, is computed from their
+refined labels) and writes, atomically:
+
+- ``report.html`` (``RUN_DIR/report.html`` for one run, else ``--out``): the page
+  (:mod:`labelrefinery.htmlreport`): results, what the labels became, Figure 4
+  for real images, label issues, run facts;
+- ``report.json`` beside it: every number on the page (images left out);
+- ``report_label_stats.csv``: per run and generation, the refined labels' mean
+  entropy, agreement with the given labels, share whose argmax changed, and the
+  label-quality shares;
+- ``report_images.csv``: every image shown, its group, given (and clean) label
+  and top-3 refined labels per generation.
+
+Image grids show one seed (``--seed``, default the first with a finished
+generation; seed 0 normally). The dataset is loaded for the pictures; where it
+cannot be, the page says so and shows the labels without pictures.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .augment import input_size, make_augment
+from .batch import Pipeline
+from .console import interactive, log
+from .data import load_dataset
+from .errors import ConfigError, RunDirError, UserError
+from .fileio import atomic_write_text
+from .htmlreport import render
+from .labelissues import check_out_path, issue_rows, own_labels, split_labels
+from .labelstats import class_overlap, confusion, crop_disagreement, generation_label_stats, pick_images, top_k
+from .noise import label_quality
+from .protocol import with_label_noise
+from .report import best_of, format_table, summarize_run
+from .rundir import RunDir
+
+ISSUE_ROWS = 25  # label issues listed on the page (the CSV of `refinery label-issues` has them all)
+CROPS_SHOWN = 6  # crops of the one image in the per-crop view
+CROP_CANDIDATES = 48  # images whose crops are labelled to find the most disagreeing one
+
+
+def _seed_to_show(rd: RunDir, wanted: int | None) -> int:
+    finished = [s for s in rd.seeds() if rd.finished_generations(s)]
+    if not finished:
+        raise RunDirError(f"{rd.root} has no finished generation yet; run `refinery run` until R1 finishes, then "
+                          "inspect it")
+    if wanted is None:
+        return finished[0]
+    if wanted not in finished:
+        raise ConfigError(f"--seed {wanted} has no finished generation in {rd.root}; seeds with one: {finished}")
+    return wanted
+
+
+def _load_dataset(cfg, notes: list[str]):
+    d = cfg.data
+    try:
+        dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+        return with_label_noise(dataset, d.label_noise)[0]
+    except UserError as e:
+        notes.append(f"Images are not shown: the dataset could not be loaded here ({e}).")
+        return None
+
+
+def _card(pos: int, indices, given, clean, label_sets, classes, dataset) -> dict:
+    index = int(indices[pos])
+    top3 = []
+    for probs in label_sets:
+        ks, ps = top_k(probs[pos : pos + 1])
+        top3.append([[classes[k], float(p)] for k, p in zip(ks[0], ps[0])])
+    return {"index": index, "given": classes[given[pos]], "clean": None if clean is None else classes[clean[pos]],
+            "image": None if dataset is None else dataset.train.images[index].numpy(), "top3": top3}
+
+
+def _crop_view(rd: RunDir, cfg, seed: int, gens: list[int], dataset, candidates: np.ndarray, given_names: list[str],
+               classes: list[str]) -> dict | None:
+    """Per-crop labels: the crops of one image, each labelled by every generation's model (``labels=online``)."""
+    d = cfg.data
+    side = dataset.image_shape[1]
+    augment = make_augment(d.augment, dataset.hflip_keeps_class, side)
+    if cfg.refinement.labels != "online" or augment is None or len(candidates) == 0:
+        return None
+    pipeline = Pipeline.create(torch.device("cpu"), dataset.mean, dataset.std)
+    generator = torch.Generator().manual_seed(seed)
+    crops_per_image = 8
+    x = pipeline.to_unit(dataset.train.images[torch.from_numpy(candidates)])
+    x = x.repeat_interleave(crops_per_image, 0)
+    crops = augment(x, generator)  # (n * 8, C, h, w) in [0, 1]
+    probs = []
+    for g in gens:
+        model, _ = rd.load_model(seed, g, pipeline.device)
+        with torch.inference_mode():
+            probs.append(model(pipeline.normalize(crops)).float().softmax(1).numpy())
+    first = probs[0].reshape(len(candidates), crops_per_image, -1)
+    best = int(np.argmax(crop_disagreement(first)))
+    rows = slice(best * crops_per_image, best * crops_per_image + CROPS_SHOWN)
+    pixels = crops[rows].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+    items = []
+    for c in range(CROPS_SHOWN):
+        top3 = []
+        for p in probs:
+            ks, ps = top_k(p[rows][c : c + 1])
+            top3.append([[classes[k], float(v)] for k, v in zip(ks[0], ps[0])])
+        items.append({"index": int(candidates[best]), "given": given_names[best], "image": pixels[c], "top3": top3,
+                      "caption": f"crop {c + 1} (input {input_size(d.augment, side)} px)"})
+    return {"index": int(candidates[best]), "given": given_names[best], "generations": gens, "items": items}
+
+
+def _timing(rd: RunDir, results: dict, epochs: list[dict]) -> list[list]:
+    rows = []
+    for seed, gens in results["per_seed"].items():
+        for s in gens:
+            rates = [r["images_per_s"] for r in epochs if str(r["seed"]) == seed
+                     and r["generation"] == s["generation"] and "images_per_s" in r]
+            rows.append([seed, f"R{s['generation']}", f"{s.get('train_time_s', float('nan')):.1f}", s["epochs_run"],
+                         f"{np.median(rates):.0f}" if rates else ""])
+    return rows
+
+
+def _facts(rd: RunDir, results: dict, seed: int, n_train: int, dataset) -> dict:
+    info = rd.read_run_info()
+    wall = sum(s.get("train_time_s", 0.0) for gens in results["per_seed"].values() for s in gens)
+    facts = {"run directory": str(rd.root.resolve()), "code version": info.get("code_version", "?"),
+             "torch": info.get("torch", "?"), "device": info.get("device", "?"),
+             "precision": info.get("precision_reason", info.get("precision", "?")),
+             "CPU": f"{info.get('cpu', '?')}, features: {' '.join(info.get('cpu_features', [])) or '?'}",
+             "threads": info.get("threads", "?"), "dataset": results["config"]["dataset"],
+             "training images (seed shown, after the validation split)": n_train,
+             "seeds with a finished generation": ", ".join(results["per_seed"]),
+             "seed shown in the image grids": seed,
+             "wall time of all finished generations": f"{wall:.0f} s"}
+    if dataset is not None:
+        facts["classes"] = ", ".join(dataset.train.classes)
+    return facts
+
+
+def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None) -> dict:
+    """Everything the page shows about one run directory (a *view* of :func:`labelrefinery.htmlreport.render`).
+
+    Args:
+        images: images per group of the image grids (>= 1).
+        seed: whose chain the label sections show (default: the first seed with a finished generation).
+
+    Raises:
+        RunDirError: not a run directory, no finished generation, or a damaged file.
+        ConfigError: a seed without finished generations.
+    """
+    rd = RunDir(run_dir)
+    if not rd.is_run():
+        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); give a directory `refinery run` made")
+    seed = _seed_to_show(rd, seed)
+    cfg = rd.read_config()
+    results = summarize_run(rd.root)
+    notes: list[str] = []
+    epochs = [r for r in rd.read_metrics() if r.get("kind") == "epoch" and isinstance(r.get("generation"), int)]
+    dataset = _load_dataset(cfg, notes)
+    gens = rd.finished_generations(seed)
+    loaded = [own_labels(rd, seed, g) for g in gens]
+    indices, classes = loaded[0][0], loaded[0][2]
+    if any(not np.array_equal(ix, indices) for ix, _, _ in loaded):
+        raise RunDirError(f"the refined labels of seed {seed} in {run_dir} cover different images in different "
+                          "generations; delete the later generations' directories to retrain them")
+    label_sets = [p.astype(np.float64) for _, p, _ in loaded]
+    given, clean = split_labels(rd.read_split(seed), indices)
+    if given is None:  # a split.npz of an older version: the given labels come from the dataset itself
+        if dataset is None:
+            raise RunDirError(f"{rd.seed_dir(seed) / 'split.npz'} predates stored training labels and the dataset "
+                              "cannot be loaded here to recover them; inspect the run where its dataset is")
+        given = dataset.train.labels[torch.from_numpy(indices)].numpy().astype(np.int64)
+    if not all(bool(z) for z in (rd.load_labels(seed, g)["refinery_only"] for g in gens)) and cfg.refinement.gt_weight:
+        notes.append("This run's labels.npz files predate storing the refinery's own labels: they hold the labels "
+                     "after the --gt-weight mix, so agreement with the given labels is inflated.")
+    stats = generation_label_stats(label_sets, given)
+    tensor_given = torch.from_numpy(given)
+    tensor_clean = None if clean is None else torch.from_numpy(clean)
+    for g, s, probs in zip(gens, stats, label_sets):
+        s.update(generation=g, **label_quality(torch.from_numpy(probs), tensor_given, tensor_clean))
+    k = len(classes)
+    shown = sorted({gens[0], gens[-1]})
+    rng = np.random.default_rng(seed)
+    picks = pick_images(label_sets, given, images, rng, clean)
+    groups = {name: [_card(int(p), indices, given, clean, label_sets, classes, dataset) for p in positions]
+              for name, positions in picks.items()}
+    crops = None
+    if dataset is not None:
+        pool = np.unique(np.concatenate([picks["disputed"], picks["changed"], picks["random"]]))[:CROP_CANDIDATES]
+        crops = _crop_view(rd, cfg, seed, gens, dataset, indices[pool], [classes[given[p]] for p in pool], classes)
+    best = best_of([rd.read_summary(seed, g) for g in gens])["generation"]
+    best_probs = label_sets[gens.index(best)]
+    rows = issue_rows(best_probs, given, indices, classes, clean, limit=ISSUE_ROWS)
+    disputed = int((best_probs.argmax(1) != given).sum())
+    return {
+        "title": str(run_dir), "notes": notes, "results": results, "epochs": epochs, "seed": seed,
+        "classes": classes, "label_stats": stats,
+        "overlap": {g: _finite_or_none(class_overlap(label_sets[gens.index(g)], given, k)) for g in shown},
+        "confusion": {gens[-1]: confusion(given, label_sets[-1].argmax(1), k).tolist()},
+        "groups": groups, "crops": crops,
+        "issues": {"generation": best, "disputed": disputed, "total": len(given), "rows": rows},
+        "facts": _facts(rd, results, seed, len(given), dataset), "config": results["config"],
+        "timing": _timing(rd, results, epochs),
+    }
+
+
+def _finite_or_none(m: np.ndarray) -> list:
+    """A matrix as nested lists, NaN (a class with no images) as None, so the JSON stays standard."""
+    return [[None if not np.isfinite(x) else float(x) for x in row] for row in m]
+
+
+def _without_images(view: dict) -> dict:
+    def strip(items):
+        return [{k: v for k, v in it.items() if k != "image"} for it in items]
+
+    out = {k: v for k, v in view.items() if k not in ("groups", "crops", "epochs")}
+    out["groups"] = {name: strip(items) for name, items in view["groups"].items()}
+    if view["crops"]:
+        out["crops"] = {**view["crops"], "items": strip(view["crops"]["items"])}
+    return out
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _stats_csv(views: list[dict]) -> str:
+    keys = ["mean_entropy", "agreement", "changed", "disputed", "flipped", "corrected", "harmed",
+            "detection_precision", "detection_recall", "detection_f1"]
+    rows = [[v["title"], v["seed"], s["generation"]] + ["" if s.get(k) is None else f"{s[k]:.6f}" for k in keys]
+            for v in views for s in v["label_stats"]]
+    return _csv(["run_dir", "seed", "generation"] + keys, rows)
+
+
+def _images_csv(views: list[dict]) -> str:
+    rows = []
+    for v in views:
+        gens = [s["generation"] for s in v["label_stats"]]
+        for group, items in v["groups"].items():
+            for it in items:
+                for g, top3 in zip(gens, it["top3"]):
+                    rows.append([v["title"], v["seed"], group, it["index"], it["given"], it.get("clean") or "", g]
+                                + [x for name, p in top3 for x in (name, f"{p:.4f}")])
+    header = ["run_dir", "seed", "group", "index", "given_label", "clean_label", "generation",
+              "top1", "p_top1", "top2", "p_top2", "top3", "p_top3"]
+    return _csv(header, rows)
+
+
+def report_paths(html_path: Path) -> dict[str, Path]:
+    """The page and its data files: ``html``, ``json``, ``label_stats`` and ``images`` paths, side by side."""
+    stem = html_path.with_suffix("")
+    return {"html": html_path, "json": stem.with_suffix(".json"),
+            "label_stats": Path(f"{stem}_label_stats.csv"), "images": Path(f"{stem}_images.csv")}
+
+
+def inspect_runs(run_dirs: list[Path], out: Path | None = None, images: int = 8,
+                 seed: int | None = None) -> tuple[Path, float]:
+    """Write the report of ``run_dirs`` (see the module docstring).
+
+    Args:
+        out: the page's path (``.html``); default ``RUN_DIR/report.html`` for one run, ``report.html`` in the
+            working directory for several.
+        images: images per group in the grids (>= 1).
+        seed: the seed whose chain the label sections show.
+
+    Returns:
+        ``(path of the page, seconds taken)``.
+
+    Raises:
+        ConfigError: ``images`` < 1, an ``out`` that is not an ``.html`` path or lies in a seed directory.
+        RunDirError: a directory that is not a run or has no finished generation, or a damaged file.
+    """
+    start = time.perf_counter()
+    if images < 1:
+        raise ConfigError(f"--images {images} must be at least 1 (images per group in the grids)")
+    run_dirs = [Path(d) for d in run_dirs]
+    for d in run_dirs:
+        if not RunDir(d).is_run():
+            raise RunDirError(f"{d} is not a run directory (no config.yaml); give a directory `refinery run` made")
+    if out is None:
+        out = RunDir(run_dirs[0]).report_path if len(run_dirs) == 1 else Path("report.html")
+    out = Path(out)
+    for d in run_dirs:
+        check_out_path(RunDir(d), out, ".html", beside="report.json and report_*.csv go beside it")
+    views = []
+    with tqdm(total=len(run_dirs) + 1, desc="inspect", unit="run", leave=False, disable=not interactive()) as bar:
+        for d in run_dirs:
+            views.append(inspect_run(d, images, seed))
+            bar.update(1)
+        markdown = format_table([v["results"] for v in views])
+        page = render(views, markdown)
+        bar.update(1)
+    paths = report_paths(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"results_markdown": markdown, "runs": [_without_images(v) for v in views]}
+    atomic_write_text(paths["json"], json.dumps(data, indent=1, default=float) + "\n")
+    atomic_write_text(paths["label_stats"], _stats_csv(views))
+    atomic_write_text(paths["images"], _images_csv(views))
+    atomic_write_text(out, page)  # last: the page appears only with its data files beside it
+    seconds = time.perf_counter() - start
+    log(f"inspect: wrote {out} ({len(page) / 1e6:.1f} MB) and its data files in {seconds:.1f} s")
+    return out, seconds

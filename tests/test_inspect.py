@@ -1,0 +1,220 @@
+"""`refinery inspect`: the numbers behind each section, bad input, old runs, and the page in a real browser."""
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labelrefinery.cli import main
+from labelrefinery.data import load_dataset
+from labelrefinery.labelstats import (class_overlap, confusion, crop_disagreement, entropy, generation_label_stats,
+                                      pick_images, top_k)
+
+RUN = ["run", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--no-progress", "--generations", "2",
+       "--label-noise", "symmetric:0.2", "--augment", "online", "--labels", "online"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inspect")
+    assert main([*RUN, "--runs-dir", str(d), "--name", "r"]) == 0
+    return d / "r"
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    assert main(["inspect", str(run_dir), "--images", "4"]) == 0
+    return run_dir / "report.html"
+
+
+def _own_labels(run_dir: Path, g: int):
+    z = np.load(run_dir / f"seed-0/gen-{g}/labels.npz")
+    own = z["views"] == 0
+    order = np.argsort(z["indices"][own])
+    return z["indices"][own][order], z["labels"][own][order].astype(np.float64)
+
+
+# ------------------------------------------------------------------ numbers on hand-made cases
+def test_entropy_overlap_confusion_by_hand():
+    probs = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.2, 0.2, 0.6], [0.0, 0.0, 1.0]])
+    labels = np.array([0, 0, 2, 2])
+    assert entropy(probs).tolist() == pytest.approx([np.log(2), 0.0, -(2 * 0.2 * np.log(0.2) + 0.6 * np.log(0.6)), 0])
+    overlap = class_overlap(probs, labels, 3)
+    assert overlap[0].tolist() == pytest.approx([0.75, 0.25, 0.0])
+    assert np.isnan(overlap[1]).all()  # no image is labelled 1
+    assert overlap[2].tolist() == pytest.approx([0.1, 0.1, 0.8])
+    assert confusion(labels, probs.argmax(1), 3).tolist() == [[2, 0, 0], [0, 0, 0], [0, 0, 2]]
+
+
+def test_generation_stats_and_top_k_by_hand():
+    given = np.array([0, 1, 1, 0])
+    r1 = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
+    r2 = np.array([[0.4, 0.6], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
+    s1, s2 = generation_label_stats([r1, r2], given)
+    assert s1["agreement"] == 0.75 and s1["changed"] == 0.25  # R1 against the given labels
+    assert s2["agreement"] == 0.5 and s2["changed"] == 0.25  # R2 against R1's argmax
+    assert s1["mean_entropy"] == pytest.approx(entropy(r1).mean())
+    ks, ps = top_k(np.array([[0.1, 0.5, 0.1, 0.3]]), 3)
+    assert ks.tolist() == [[1, 3, 0]] and ps.tolist() == [[0.5, 0.3, 0.1]]
+
+
+def test_pick_images_by_hand():
+    given = np.array([0, 0, 1, 1, 0])
+    clean = np.array([0, 1, 1, 0, 0])  # images 1 and 3 were flipped
+    r1 = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.7, 0.3], [0.7, 0.3]])
+    r2 = np.array([[0.95, 0.05], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2], [0.15, 0.85]])
+    groups = pick_images([r1, r2], given, 2, np.random.default_rng(0), clean)
+    assert groups["disputed"].tolist() == [1, 4]  # p(given) in R2: 0.1, 0.15
+    assert groups["changed"].tolist() == [4, 2]  # total variation R1 -> R2: 0.55, 0.2
+    assert groups["flipped_corrected"].tolist() == [1, 3]  # both flips corrected, most confident first
+    assert groups["flipped_missed"].tolist() == []
+    assert groups["clean_harmed"].tolist() == [4]
+    assert len(set(groups["random"].tolist())) == 2
+
+
+def test_crop_disagreement_prefers_confident_different_crops():
+    sure_apart = [[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]  # two confident crops, two classes
+    unsure = [[0.4, 0.3, 0.3], [0.3, 0.4, 0.3]]  # two classes, neither crop confident
+    same = [[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]]
+    scores = crop_disagreement(np.array([sure_apart, unsure, same]))
+    assert scores.argmax() == 0 and scores[0] >= 2 > scores[2] >= 1 > scores[1]
+
+
+# ------------------------------------------------------------------ a real tiny run
+def test_inspect_writes_page_and_data(run_dir, report, capsys):
+    assert report.is_file()
+    data = json.loads((run_dir / "report.json").read_text())
+    (view,) = data["runs"]
+    split = np.load(run_dir / "seed-0/split.npz")
+    for stats in view["label_stats"]:
+        g = stats["generation"]
+        indices, probs = _own_labels(run_dir, g)
+        pos = np.searchsorted(split["train_indices"], indices)  # train_indices are ascending
+        given, clean = split["train_labels"][pos], split["clean_train_labels"][pos]
+        top = probs.argmax(1)
+        summary = json.loads((run_dir / f"seed-0/gen-{g}/summary.json").read_text())
+        p = np.clip(probs, 1e-30, 1)
+        assert stats["mean_entropy"] == pytest.approx(float(-(probs * np.log(p)).sum(1).mean()), abs=1e-6)
+        assert 100 * stats["agreement"] == pytest.approx(summary["refined_label_agreement"], abs=1e-4)
+        flipped = given != clean
+        assert stats["corrected"] == pytest.approx((top[flipped] == clean[flipped]).mean())
+        assert stats["harmed"] == pytest.approx((top[~flipped] != given[~flipped]).mean())
+        assert stats["disputed"] == pytest.approx(summary["label_quality"]["disputed"])
+    k = len(view["classes"])
+    last = view["label_stats"][-1]["generation"]
+    matrix = np.array(view["confusion"][str(last)])
+    assert matrix.shape == (k, k) and matrix.sum() == len(split["train_indices"])
+    assert np.diag(matrix).sum() == pytest.approx(view["label_stats"][-1]["agreement"] * matrix.sum())
+    for g, overlap in view["overlap"].items():
+        assert np.allclose(np.array(overlap, dtype=float).sum(1), 1.0, atol=1e-5)
+    # the grids: 4 images per group, disputed ones in ascending refined probability of the given label
+    disputed = view["groups"]["disputed"]
+    assert len(disputed) == 4
+    p_given = [dict(map(tuple, it["top3"][-1])).get(it["given"], 0.0) for it in disputed]
+    assert p_given == sorted(p_given)
+    assert {"flipped_corrected", "flipped_missed", "clean_harmed"} <= set(view["groups"])
+    # per-crop labels (labels=online): six crops of one image, labelled by every generation
+    crops = view["crops"]
+    assert len(crops["items"]) == 6 and {it["index"] for it in crops["items"]} == {crops["index"]}
+    assert all(len(it["top3"]) == 2 for it in crops["items"])
+    # the label-issue rows are those of `refinery label-issues` for the same generation
+    assert main(["label-issues", str(run_dir), "--generation", str(view["issues"]["generation"])]) == 0
+    rows = list(csv.DictReader((run_dir / "label_issues.csv").open()))
+    assert [r["index"] for r in rows[: len(view["issues"]["rows"])]] == [str(r["index"]) for r in view["issues"]["rows"]]
+    assert view["issues"]["disputed"] == len(rows)
+    # the CSVs
+    stats_rows = list(csv.DictReader((run_dir / "report_label_stats.csv").open()))
+    assert [int(r["generation"]) for r in stats_rows] == [1, 2]
+    image_rows = list(csv.DictReader((run_dir / "report_images.csv").open()))
+    assert {r["group"] for r in image_rows} >= {"disputed", "changed", "random"}
+    html = report.read_text()
+    assert html.count("<img ") == html.count('src="data:image/png;base64,')
+    assert "Figure 4" in html and "Label issues" in html and "Run facts" in html and "http" not in html.split("<main>")[1]
+
+
+def test_inspect_bad_input(run_dir, tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(run_dir / "config.yaml", empty / "config.yaml")
+    assert main(["inspect", str(empty)]) == 2
+    assert "no finished generation" in capsys.readouterr().err
+    for args in (["--images", "0"], ["--seed", "4"], ["--out", str(tmp_path / "r.txt")],
+                 ["--out", str(run_dir / "seed-0" / "r.html")]):
+        assert main(["inspect", str(run_dir), *args]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("refinery: error:")
+    assert not list(tmp_path.rglob("*.html")) and not (empty / "report.html").exists()
+    assert not (run_dir / "seed-0" / "r.html").exists()
+
+
+def test_inspect_old_run_without_stored_labels(run_dir, tmp_path, capsys):
+    """A split.npz of an older version (no given labels): the report recovers them from the dataset."""
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    z = dict(np.load(old / "seed-0/split.npz"))
+    given = z.pop("train_labels")
+    for key in ("clean_train_labels", "clean_val_labels", "train_flipped", "val_flipped"):
+        z.pop(key)
+    np.savez(old / "seed-0/split.npz", **z)
+    out = tmp_path / "out" / "old.html"
+    assert main(["inspect", str(old), "--out", str(out), "--images", "2"]) == 0
+    view = json.loads((tmp_path / "out" / "old.json").read_text())["runs"][0]
+    indices, probs = _own_labels(run_dir, 1)
+    assert view["label_stats"][0]["agreement"] == pytest.approx((probs.argmax(1) == given).mean())
+    assert "corrected" not in view["label_stats"][0]  # no clean labels stored: no noise figures
+    assert (tmp_path / "out" / "old_images.csv").is_file()
+
+
+def test_inspect_several_runs(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", str(run_dir), str(run_dir), "--images", "1"]) == 0
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert len(data["runs"]) == 2 and (tmp_path / "report.html").is_file()
+
+
+# ------------------------------------------------------------------ in a real browser
+def _browser():
+    """A headless Debian Chromium driven by chromedriver, or a skip that says what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no Chromium here: the README's test command installs Debian's chromium and chromium-driver; "
+                    "where apt-get cannot, this test is skipped")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1366,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def test_report_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    browser = _browser()
+    try:
+        browser.get(report.resolve().as_uri())
+        state = browser.execute_script(
+            "return {ready: document.readyState, images: Array.from(document.images).map(i => [i.complete, "
+            "i.naturalWidth]), overflow: document.documentElement.scrollWidth - window.innerWidth}")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        shot = browser.get_screenshot_as_png()
+    finally:
+        browser.quit()
+    assert state["ready"] == "complete"
+    assert len(state["images"]) > 20
+    assert all(done and width > 0 for done, width in state["images"])  # every image decoded
+    assert errors == []
+    assert state["overflow"] <= 0  # readable at a laptop's width: no sideways scrolling
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float64)
+    assert pixels.std() > 10  # not blank
