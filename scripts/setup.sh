@@ -28,7 +28,7 @@ pip_install() {  # quiet on success, the whole log on failure
   fi
   rm -f "$log"
 }
-if ! .venv/bin/python -c "import labelrefinery, torch, torchvision, timm, pytest, matplotlib, selenium" 2>/dev/null; then
+if ! .venv/bin/python -c "import labelrefinery, torch, torchvision, timm, pytest, matplotlib, selenium, tensorboard" 2>/dev/null; then
   echo "setup: installing torch, torchvision and labelrefinery into .venv (about a minute)" >&2
   pip_install torch torchvision
   pip_install -e '.[test,timm]'

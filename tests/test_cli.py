@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -126,10 +127,53 @@ def test_report_columns_are_distinct(tmp_path, capsys):
 def test_log_file_gets_one_plain_line_per_epoch(tmp_path):
     """Redirected stderr (not a terminal): no redrawn bars, one line per epoch with loss, KL, accuracy, lr, speed."""
     out = subprocess.run([sys.executable, "-m", "labelrefinery", "run", "--dataset", "digits", "--epochs", "2",
-                          "--generations", "1", "--batch-size", "64", "--runs-dir", str(tmp_path)],
+                          "--generations", "2", "--batch-size", "64", "--runs-dir", str(tmp_path)],
                          capture_output=True, text=True, check=True)
     assert "\r" not in out.stderr
     lines = [x for x in out.stderr.splitlines() if " epoch " in x]
-    assert len(lines) == 2 and "[seed 0 R1] epoch 2/2: loss" in lines[1]
-    for part in ("KL", "train", "val", "lr", "images/s", "left in this fit"):
+    assert len(lines) == 4 and "[seed 0 R1] epoch 2/2: loss" in lines[1] and "[seed 0 R2] epoch 2/2" in lines[3]
+    for part in ("KL", "train", "val", "lr", "images/s", "left in this fit", "chain ETA"):
         assert part in lines[0]
+    assert lines[-1].endswith("chain ETA 0s")  # the last epoch of the chain: nothing left
+
+
+def test_chain_clock():
+    from labelrefinery.console import ChainClock, format_duration
+
+    clock = ChainClock(10)
+    assert clock.eta_s() is None and clock.eta_text() == "chain ETA ?"
+    clock.epoch_done(3.0)
+    clock.epoch_done(5.0)
+    assert clock.eta_s() == pytest.approx(4.0 * 8)
+    clock.skip(6)  # early stopping: 6 planned epochs will not run
+    assert clock.eta_s() == pytest.approx(8.0) and clock.eta_text() == "chain ETA 8s"
+    assert [format_duration(s) for s in (59.4, 61, 3725)] == ["59s", "1m01s", "1h02m"]
+
+
+def test_planned_epochs_counts_what_is_left(tmp_path):
+    from labelrefinery.config import resolve_config
+    from labelrefinery.generation import planned_epochs
+    from labelrefinery.rundir import RunDir
+
+    cfg = resolve_config("quick", {"dataset": "digits", "epochs": 3, "generations": 2, "seeds": 2, "controls": True})
+    rd = RunDir(tmp_path / "r")
+    assert planned_epochs(cfg, rd) == 2 * (3 + 3 + 3 + 3 * 2)  # per seed: R1, R2, label smoothing, equal compute
+    (tmp_path / "r/seed-0/gen-1").mkdir(parents=True)
+    (tmp_path / "r/seed-0/gen-1/summary.json").write_text("{}")
+    assert planned_epochs(cfg, rd) == 2 * 15 - 3
+
+
+def test_tensorboard_scalars(tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard (the test extra)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["run", "--dataset", "digits", "--epochs", "2", "--generations", "2", "--batch-size", "64",
+                 "--no-progress", "--tensorboard", "--runs-dir", str(tmp_path), "--name", "tb"]) == 0
+    acc = EventAccumulator(str(tmp_path / "tb/tb/seed-0"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"R1/val_top1", "R2/train_kl", "R1/lr", "generation/test_top1"} <= set(tags)
+    assert [e.step for e in acc.Scalars("R2/val_top1")] == [1, 2]
+    results = json.loads((tmp_path / "tb/results.json").read_text())
+    assert [e.value for e in acc.Scalars("generation/test_top1")] == pytest.approx(
+        [s["test_top1"] for s in results["per_seed"]["0"]])

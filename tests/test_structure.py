@@ -15,7 +15,7 @@ PACKAGE = Path(labelrefinery.__file__).parent
 # Bottom to top. A new module must be placed here.
 LAYERS = [
     ["errors", "version"],
-    ["config", "seeding", "dist", "fileio"],
+    ["config", "seeding", "dist", "fileio", "tblog"],
     ["console", "device", "losses", "augment", "data.core", "noise", "labelstats", "htmlreport"],
     ["models", "batch", "data.cache", "data.idx"],
     ["data.small", "data.torchvision_sets", "data.folder"],

@@ -20,17 +20,19 @@ from .augment import eval_view, input_size, make_augment
 from .batch import Pipeline
 from .checkpoint import load_refinery
 from .config import RunConfig, parse_label_form
-from .console import log
+from .console import ChainClock, log
 from .data import check_dataset_name, load_dataset
 from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
 from .evaluate import ensemble_results
-from .generation import CONTROL_LABEL_SMOOTHING, CONTROLS, Experiment, reload_generation, target_source, train_generation
+from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, Experiment, planned_epochs, reload_generation,
+                         target_source, train_generation)
 from .models import ModelSpec, build_model, check_model_name
 from .protocol import seed_data, seed_split, with_label_noise
 from .report import format_table, summarize_run
 from .rundir import RunDir
 from .targets import LabelRecipe, StoredTargets
+from .tblog import check_tensorboard
 from .version import code_version
 
 
@@ -42,6 +44,8 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     """
     check_dataset_name(cfg.data.dataset)
     check_model_name(cfg.model)
+    if cfg.execution.tensorboard:
+        check_tensorboard()
     if cfg.refinement.refinery_model is not None:
         check_model_name(cfg.refinement.refinery_model)
     run_dir.check_resumable(cfg)
@@ -179,6 +183,9 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
                 cfg = dataclasses.replace(cfg, refinement=dataclasses.replace(cfg.refinement, controls=True))
                 exp.cfg = cfg
             _write_run_facts(exp, resumed)
+            exp.clock = ChainClock(planned_epochs(cfg, rd))
+            if cfg.execution.tensorboard:
+                rd.start_tensorboard()
             for seed in range(cfg.seeds):
                 run_seed(exp, seed)
             for gens in reported_ensembles(cfg):
@@ -187,6 +194,9 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             rd.write_results(results, format_table([results]))
             return results
         except BaseException:
+            rd.stop_tensorboard()
             if fresh and not rd.has_finished_work():
                 shutil.rmtree(rd.root, ignore_errors=True)  # nothing finished: leave nothing behind
             raise
+        finally:
+            rd.stop_tensorboard()

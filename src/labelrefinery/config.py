@@ -293,6 +293,8 @@ class ExecConfig:
     threads: int = _f(0, "CPU threads for torch (0 = all cores)")
     compile: bool = _f(False, "torch.compile the model (pays off only for long runs)")
     progress: bool = _f(True, "show a progress bar per epoch")
+    tensorboard: bool = _f(False, "also write per-epoch and per-generation scalars to RUN_DIR/tb/ (watch with "
+                           "tensorboard --logdir RUN_DIR/tb; needs pip install tensorboard)")
 
     def __post_init__(self) -> None:
         _need(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")

@@ -24,7 +24,7 @@ from torch import nn
 
 from .batch import Pipeline, num_batches
 from .config import TrainConfig
-from .console import interactive, log as log_line, progress_bar
+from .console import ChainClock, format_duration, interactive, log as log_line, progress_bar
 from .losses import distillation_kl, distillation_loss, smooth_targets, soft_target_cross_entropy
 from .seeding import epoch_generator
 from .targets import TargetSource
@@ -203,6 +203,7 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     progress: bool = False,
     desc: str = "",
+    bar_info: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """One pass over ``images`` in a random order, the loss :func:`~labelrefinery.losses.distillation_loss`.
 
@@ -220,6 +221,7 @@ def train_one_epoch(
         grad_scaler: for fp16.
         label_smoothing: epsilon applied to every batch's targets (:func:`~labelrefinery.losses.smooth_targets`).
         progress: show a tqdm bar with loss, accuracy and images/s.
+        bar_info: more fields for the bar (e.g. the last validation top-1, the lr, the chain's ETA).
 
     Returns:
         dict with ``train_loss`` (the loss, nats), ``train_kl`` (KL divergence to
@@ -260,7 +262,7 @@ def train_one_epoch(
         if not bar.disable and (b % 10 == 0 or b == steps - 1):
             t_loss, _, correct = totals.tolist()
             bar.set_postfix(loss=f"{t_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}", **(bar_info or {}))
     bar.close()
     t_loss, t_kl, correct = totals.tolist()
     elapsed = time.perf_counter() - start
@@ -335,6 +337,7 @@ def fit(
     progress: bool = False,
     compile: bool = False,
     desc: str = "",
+    clock: ChainClock | None = None,
 ) -> FitResult:
     """Train ``model`` for up to ``cfg.epochs`` epochs, tracking validation top-1 accuracy.
 
@@ -370,6 +373,8 @@ def fit(
         log: called with one metrics dict per epoch.
         progress: a progress bar per epoch on a terminal; elsewhere (a log file) one plain line per epoch.
         compile: train and validate through ``torch.compile(model)``.
+        clock: the run's :class:`~labelrefinery.console.ChainClock`: told of every epoch, its ETA shown on the
+            bar and in the plain per-epoch lines.
 
     Returns:
         :class:`FitResult`.
@@ -382,13 +387,16 @@ def fit(
     patience = cfg.early_stop_patience_epochs
     stopped_early = bool(patience) and run.since_best >= patience
     epoch = run.next_epoch - 1
+    last_val = None
     for epoch in range(run.next_epoch, cfg.epochs if not stopped_early else 0):
         lr = optimizer.param_groups[0]["lr"]
+        info = {"lr": f"{lr:.2g}", **({} if last_val is None else {"val": f"{last_val:.2f}"}),
+                **({} if clock is None else {"eta": clock.eta_text().removeprefix("chain ETA ")})}
         stats = train_one_epoch(
             trainee, optimizer, images, targets, pipeline, batch_size=cfg.batch_size,
             generator=epoch_generator(seed_keys, epoch), augment=augment, schedule=schedule,
             grad_scaler=grad_scaler, label_smoothing=cfg.label_smoothing, progress=progress,
-            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", bar_info=info,
         )
         eval_start = time.perf_counter()
         if cfg.recalibrate_bn:
@@ -397,15 +405,20 @@ def fit(
             recalibrate_batchnorm(trainee, recalibration_subset(images), pipeline)
         val = evaluate(trainee, val_images, val_labels, pipeline)
         stats["eval_time_s"] = time.perf_counter() - eval_start
+        last_val = val["top1"]
+        if clock is not None:
+            clock.epoch_done(stats["epoch_time_s"] + stats["eval_time_s"])
         schedule.after_epoch(val["top1"])
         run.update(model, epoch, val["top1"], cfg.early_stop_min_delta)
         if log is not None:
             log({"epoch": epoch + 1, "lr": lr, **stats, "val_top1": val["top1"], "val_loss": val["loss"]})
         if progress and not interactive():  # a log file: one plain line per epoch instead of a bar
             left = (cfg.epochs - epoch - 1) * (stats["epoch_time_s"] + stats["eval_time_s"])
+            eta = f"about {format_duration(left)} left in this fit" + ("" if clock is None else
+                                                                       f", {clock.eta_text()}")
             log_line(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, KL "
                      f"{stats['train_kl']:.4f}, train {stats['train_top1']:.2f}%, val {val['top1']:.2f}%, lr {lr:.3g}, "
-                     f"{stats['images_per_s']:.0f} images/s, about {left:.0f} s left in this fit")
+                     f"{stats['images_per_s']:.0f} images/s, {eta}")
         if state_file is not None:
             state_file.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": schedule.state_dict(), "best_model": run.best_weights,
@@ -414,6 +427,8 @@ def fit(
         if patience and run.since_best >= patience:
             stopped_early = True
             break
+    if clock is not None and stopped_early:
+        clock.skip(cfg.epochs - (epoch + 1))
     if cfg.restore_best:
         model.load_state_dict(run.best_weights)
     return FitResult(run.best_top1, run.best_epoch, max(epoch + 1, 0), stopped_early)

@@ -25,7 +25,7 @@ from torch import nn
 
 from .batch import Pipeline
 from .config import RunConfig, TrainConfig
-from .console import log
+from .console import ChainClock, log
 from .data import Dataset, stratified_folds
 from .errors import RunDirError
 from .engine import evaluate, fit, predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
@@ -54,6 +54,7 @@ class Experiment:
         recipe: how refinery logits become targets.
         external: a ``--refinery-checkpoint`` model that labels generation 1's targets, or None.
         noise: the ``--label-noise`` injected into ``dataset``'s training labels, or None.
+        clock: the epochs the run has left, for the ETA in its progress output (None: no ETA).
     """
 
     cfg: RunConfig
@@ -65,6 +66,19 @@ class Experiment:
     recipe: LabelRecipe
     external: nn.Module | None = None
     noise: LabelNoise | None = None
+    clock: ChainClock | None = None
+
+
+def planned_epochs(cfg: RunConfig, run_dir: RunDir) -> int:
+    """Epochs of every seed's generations, cross-fit fold models and controls that have not finished yet
+    (a partly trained generation counts whole)."""
+    per_generation = cfg.training.epochs * (1 + (cfg.refinement.cross_fit or 0))
+    total = 0
+    for seed in range(cfg.seeds):
+        total += sum(per_generation for g in range(1, cfg.generations + 1) if not run_dir.is_finished(seed, g))
+        if cfg.refinement.controls:
+            total += sum(control_training(cfg, c).epochs for c in CONTROLS if not run_dir.is_finished(seed, c))
+    return total
 
 
 def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn.Module | None,
@@ -120,7 +134,7 @@ def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: 
         images = data.images[inside.to(pipeline.device)]
         fit(model, images, targets.subset(inside), data.val_images, data.val_labels, cfg.training, pipeline,
             seed_keys=(seed, generation, CROSS_FIT, f), augment=exp.augment, progress=cfg.execution.progress,
-            desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]")
+            desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]", clock=exp.clock)
         if cfg.training.recalibrate_bn:
             recalibrate_batchnorm(model, recalibration_subset(images), pipeline)
         refined[held] = exp.recipe.refine(predict(model, data.images[held.to(pipeline.device)], pipeline))
@@ -192,7 +206,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     result = fit(model, data.images, targets, data.val_images, data.val_labels, training, pipeline,
                  seed_keys=(seed, generation), augment=exp.augment, state_file=state_file,
                  log=lambda r: rd.append_metrics({"kind": "epoch", "seed": seed, "generation": slot, **r}),
-                 progress=cfg.execution.progress, compile=cfg.execution.compile, desc=f"[{tag}]")
+                 progress=cfg.execution.progress, compile=cfg.execution.compile, desc=f"[{tag}]", clock=exp.clock)
     clock.lap("fit")
     if cfg.training.recalibrate_bn:  # on a subset of the images themselves (static copies left out)
         originals = data.images[(data.views.views == 0).to(pipeline.device)] if cfg.data.augment == "static" \

@@ -14,6 +14,7 @@ Layout (``runs/<name>/``)::
     seed-<s>/gen-<g>/summary.json       written last: marks the generation finished
     seed-<s>/gen-<g>/train-state.pt     only while training: the epoch-level resume point
     seed-<s>/control-<name>/            with --controls: the same files for a control model
+    tb/seed-<s>/     with --tensorboard: TensorBoard event files of the metrics (:mod:`labelrefinery.tblog`)
 
     .lock            held (``flock``) by the one process using the directory; it holds that process's PID
 
@@ -50,6 +51,7 @@ from .errors import CheckpointError, ConfigError, RunDirError
 from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, write_json
 from .losses import ROW_SUM_TOLERANCE
 from .models import ModelSpec
+from .tblog import TensorBoardLog
 
 _SEED_DIR = re.compile(r"^seed-(\d+)$")
 _CONFIG_CHECKSUM = "# sha256 of the lines below: "
@@ -129,6 +131,16 @@ class RunDir:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self._tensorboard: TensorBoardLog | None = None
+
+    def start_tensorboard(self) -> None:
+        """From now on every metrics record is also written as TensorBoard scalars to ``tb/``."""
+        self._tensorboard = self._tensorboard or TensorBoardLog(self.root / "tb")
+
+    def stop_tensorboard(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     # ------------------------------------------------------------------ paths
     @property
@@ -303,7 +315,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ metrics
     def append_metrics(self, record: dict) -> None:
-        """Append one JSON line (one write call, flushed to disk)."""
+        """Append one JSON line (one write call, flushed to disk); also to TensorBoard once started."""
         line = (json.dumps(record) + "\n").encode("utf-8")
         try:
             with open(self.metrics_path, "ab") as f:
@@ -318,6 +330,8 @@ class RunDir:
         except OSError as e:
             raise RunDirError(f"cannot write {self.metrics_path}: {e.strerror or e}; free space or make it "
                               "writable") from None
+        if self._tensorboard is not None:
+            self._tensorboard.record(record)
 
     def read_metrics(self) -> list[dict]:
         """Every complete record of ``metrics.jsonl`` ([] when there is none)."""
