@@ -50,8 +50,9 @@ from labelrefinery.report import summarize_run
 from labelrefinery.seeding import derive_seed
 from labelrefinery.targets import StoredTargets
 
-VARIANTS = {  # name: extra run settings of the refinery's label variant
-    "soft": {},
+VARIANTS = {  # name: extra run settings of the refinery's label variant, on top of --preset
+    "preset": {},  # the preset's own label recipe (e.g. --preset refine's)
+    "soft": {"label_form": "soft", "gt_weight": 0.0},
     "hard": {"label_form": "hard"},
     "soft-gt0.3": {"gt_weight": 0.3},
     "soft-cf4": {"cross_fit": 4},  # out-of-sample labels, 4 folds
@@ -115,8 +116,11 @@ def save(path: Path | None, results: dict) -> None:
         path.write_text(json.dumps(results, indent=2, default=float) + "\n")
 
 
+PRESET = "quick"  # the recipe every method shares (--preset)
+
+
 def refinery_runs(base: dict, runs_dir: Path, name: str) -> tuple[dict, float]:
-    cfg = resolve_config("quick", base)
+    cfg = resolve_config(PRESET, base)
     start = time.perf_counter()
     run_chain(cfg, runs_dir / name)
     return summarize_run(runs_dir / name), time.perf_counter() - start
@@ -157,6 +161,8 @@ def cleanlab_method(ds, cfg, pipe, seed: int, folds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="quick", help="the recipe every method shares (optimiser, augmentation, "
+                        "and the label recipe of the 'preset' variant): quick or refine")
     parser.add_argument("--train-size", type=int, default=12000, help="training images before validation split")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every model")
     parser.add_argument("--generations", type=int, default=3)
@@ -174,12 +180,15 @@ def main() -> None:
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
         return
+    global PRESET
+    PRESET = args.preset
     set_threads(0)
     cpu = torch.device("cpu")
     amp = resolve_precision("auto", cpu)
     facts = {"cpu_features": cpu_features(), "precision": str(amp), "torch": torch.__version__,
              "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""), "command": " ".join(sys.argv),
-             "train_size": args.train_size, "epochs": args.epochs, "generations": args.generations}
+             "train_size": args.train_size, "epochs": args.epochs, "generations": args.generations,
+             "preset": args.preset}
     log(json.dumps(facts))
     common = {"dataset": "fashion-mnist", "train_size": args.train_size, "epochs": args.epochs,
               "generations": 1, "progress": False}
@@ -195,7 +204,7 @@ def main() -> None:
             row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()), "wall_s": t}
             if not args.no_cleanlab:
                 ds, noise_info = with_label_noise(load_dataset("fashion-mnist"), noise)
-                cfg = resolve_config("quick", seeds)
+                cfg = resolve_config(PRESET, seeds)
                 pipe = Pipeline.create(cpu, ds.mean, ds.std, amp)
                 found = [cleanlab_method(ds, cfg, pipe, s, args.folds) for s in range(args.seeds)]
                 dets = [detection(f["issues"], noise_info.flipped.numpy()[f["train_idx"]]) for f in found]

@@ -177,3 +177,40 @@ def test_tensorboard_scalars(tmp_path):
     results = json.loads((tmp_path / "tb/results.json").read_text())
     assert [e.value for e in acc.Scalars("generation/test_top1")] == pytest.approx(
         [s["test_top1"] for s in results["per_seed"]["0"]])
+
+
+def test_refine_preset_is_patient_and_controlled():
+    from labelrefinery.config import resolve_config
+    from labelrefinery.generation import planned_epochs
+    from labelrefinery.rundir import RunDir
+
+    cfg = resolve_config("refine", {})
+    assert cfg.refinement.controls and cfg.seeds >= 3 and cfg.refinement.labels == "offline"
+    assert cfg.training.epochs >= 2 * resolve_config("quick", {}).training.epochs  # patient generations
+    per_seed = planned_epochs(cfg, RunDir("/nonexistent")) // cfg.seeds
+    assert per_seed == 112  # the figure --help quotes: 3 x 16 + label smoothing 16 + equal compute 48
+    assert "112 epochs per seed" in " ".join(build_parser_help())
+
+
+def build_parser_help():
+    from labelrefinery.cli import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    return run.format_help().split()
+
+
+def test_no_abbreviated_flags(capsys):
+    """`--seed 5` is not silently `--seeds 5`: every flag must be given whole."""
+    for flags in (["--seed", "5"], ["--gen", "2"], ["--label-n", "symmetric:0.1"]):
+        assert main(["run", "--dataset", "digits", *flags]) == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments" in err and flags[0] in err
+
+
+def test_subset_sizes_in_start_line_and_run_json(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "labelrefinery", "run", "--dataset", "digits", "--epochs", "1",
+                          "--generations", "1", "--batch-size", "64", "--train-size", "600", "--test-size", "100",
+                          "--runs-dir", str(tmp_path), "--name", "sub"], capture_output=True, text=True, check=True)
+    assert "digits (600 of 1437 train, 100 of 360 test)" in out.stderr
+    info = json.loads((tmp_path / "sub/run.json").read_text())["dataset"]
+    assert (info["train"], info["train_available"], info["test"], info["test_available"]) == (600, 1437, 100, 360)

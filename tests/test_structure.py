@@ -23,7 +23,7 @@ LAYERS = [
     ["checkpoint", "protocol", "targets"],
     ["rundir", "engine"],
     ["report", "generation"],
-    ["evaluate", "labelissues"],
+    ["evaluate", "labelissues", "classifier"],
     ["chain", "inspection"],
     ["cli"],
     ["__main__", "__init__"],

@@ -12,6 +12,7 @@ which module holds what.
 
 from .chain import run
 from .checkpoint import load_checkpoint, load_model
+from .classifier import Classifier, load_classifier
 from .config import DataConfig, ExecConfig, RefineConfig, RunConfig, TrainConfig, resolve_config
 from .data import Dataset, ImageData, load_dataset
 from .engine import fit, predict, train_one_epoch
@@ -23,9 +24,9 @@ from .targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets
 from .version import __version__
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataConfig", "DataError", "Dataset", "ExecConfig", "FrozenRefinery",
+    "CheckpointError", "Classifier", "ConfigError", "DataConfig", "DataError", "Dataset", "ExecConfig", "FrozenRefinery",
     "ImageData", "LabelRecipe", "ModelSpec", "RefineConfig", "RefineryTargets", "RunConfig", "RunDir",
     "RunDirError", "StoredTargets", "TrainConfig", "UserError", "__version__", "build_model",
-    "distillation_loss", "fit", "kl_divergence", "load_checkpoint", "load_dataset", "load_model",
+    "distillation_loss", "fit", "kl_divergence", "load_checkpoint", "load_classifier", "load_dataset", "load_model",
     "predict", "refined_labels", "resolve_config", "run", "soft_target_cross_entropy", "train_one_epoch",
 ]

@@ -133,16 +133,21 @@ def _write_run_facts(exp: Experiment, resumed: bool) -> None:
     cfg, ds, rd, device = exp.cfg, exp.dataset, exp.run_dir, exp.pipeline.device
     rd.write_config(cfg)
     precision = precision_name(exp.pipeline.amp_dtype)
+    train = min(cfg.data.train_size or len(ds.train), len(ds.train))  # images the run uses (before validation)
+    test = min(cfg.data.test_size or len(ds.test), len(ds.test))
     rd.write_run_info({
         "code_version": code_version(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cpu_features": cpu_features(),
         "precision_reason": precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype),
-        "dataset": {"name": ds.name, "source": ds.source, "train": len(ds.train), "test": len(ds.test),
+        "dataset": {"name": ds.name, "source": ds.source, "train": train, "test": test,
+                    "train_available": len(ds.train), "test_available": len(ds.test),
                     "classes": ds.classes, "image_shape": list(ds.image_shape)},
     })
-    log(f"{'resuming' if resumed else 'starting'} {rd.root}: {cfg.data.dataset} ({len(ds.train)} train, "
-        f"{len(ds.test)} test), {cfg.model}, {cfg.generations} generations x {cfg.seeds} seeds, "
+    sizes = ", ".join(f"{used} {'' if used == have else f'of {have} '}{name}"
+                      for used, have, name in ((train, len(ds.train), "train"), (test, len(ds.test), "test")))
+    log(f"{'resuming' if resumed else 'starting'} {rd.root}: {cfg.data.dataset} ({sizes}), "
+        f"{cfg.model}, {cfg.generations} generations x {cfg.seeds} seeds, "
         f"augment={cfg.data.augment}, labels={cfg.refinement.labels}, {device}, "
         f"{precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype)}")
 

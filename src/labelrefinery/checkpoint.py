@@ -26,6 +26,21 @@ from .models import ModelSpec, build_model
 CHECKPOINT_FORMAT = "labelrefinery-checkpoint/1"
 
 
+def preprocessing_record(dataset: Dataset, augment: str) -> dict:
+    """What a checkpoint stores (under ``extra["preprocessing"]``) so its model can be used outside the tool.
+
+    Returns:
+        ``{"mean": [C floats], "std": [C floats]`` (normalisation, in [0, 1] pixel units), ``"channels": C``,
+        ``"stored_size": S`` (images are resized, shorter side, and centre-cropped to S x S pixels, as the
+        dataset stores them), ``"augment": name`` (the training augmentation, whose
+        :func:`labelrefinery.augment.eval_view` is applied at evaluation, e.g. the centre 224/256 for
+        ``crop``)``}``.
+    """
+    c, h, _ = dataset.image_shape
+    return {"mean": [float(m) for m in dataset.mean], "std": [float(s) for s in dataset.std], "channels": c,
+            "stored_size": h, "augment": augment}
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, classes: list[str], spec: dict, extra: dict | None = None) -> str:
     """Save weights as safetensors with the class names and the model spec in the metadata; returns its SHA-256.
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .batch import Pipeline
+from .checkpoint import preprocessing_record
 from .config import RunConfig, TrainConfig
 from .console import ChainClock, log
 from .data import Dataset, stratified_folds
@@ -67,6 +68,11 @@ class Experiment:
     external: nn.Module | None = None
     noise: LabelNoise | None = None
     clock: ChainClock | None = None
+
+    @property
+    def preprocessing(self) -> dict:
+        """What every checkpoint of the run stores to be usable alone (:func:`~labelrefinery.checkpoint.preprocessing_record`)."""
+        return preprocessing_record(self.dataset, self.cfg.data.augment)
 
 
 def planned_epochs(cfg: RunConfig, run_dir: RunDir) -> int:
@@ -215,7 +221,8 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     clock.lap("recalibrate")
     files = {"model.safetensors": rd.save_model(seed, slot, model, exp.dataset.classes, exp.spec,
                                                 {"seed": seed, "generation": slot,
-                                                 "val_top1": result.best_val_top1})}
+                                                 "val_top1": result.best_val_top1,
+                                                 "preprocessing": exp.preprocessing})}
     # What it said (no ground truth mixed in): in-sample from this model, or out-of-sample from fold models.
     refined = cross_fit_labels(exp, data, generation, targets) if cfg.refinement.cross_fit and control is None \
         else exp.recipe.refine(predict(model, data.images, pipeline))

@@ -26,6 +26,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -144,12 +145,17 @@ def _facts(rd: RunDir, results: dict, seed: int, n_train: int, dataset) -> dict:
     return facts
 
 
-def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None) -> dict:
+STEPS_PER_RUN = 4  # progress steps of inspect_run: labels, image grids, per-crop labels, label issues
+
+
+def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
+                step: Callable[[], None] = lambda: None) -> dict:
     """Everything the page shows about one run directory (a *view* of :func:`labelrefinery.htmlreport.render`).
 
     Args:
         images: images per group of the image grids (>= 1).
         seed: whose chain the label sections show (default: the first seed with a finished generation).
+        step: called after each of its :data:`STEPS_PER_RUN` phases (for a progress bar).
 
     Raises:
         RunDirError: not a run directory, no finished generation, or a damaged file.
@@ -185,20 +191,24 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None) -> dict
     tensor_clean = None if clean is None else torch.from_numpy(clean)
     for g, s, probs in zip(gens, stats, label_sets):
         s.update(generation=g, **label_quality(torch.from_numpy(probs), tensor_given, tensor_clean))
+    step()
     k = len(classes)
     shown = sorted({gens[0], gens[-1]})
     rng = np.random.default_rng(seed)
     picks = pick_images(label_sets, given, images, rng, clean)
     groups = {name: [_card(int(p), indices, given, clean, label_sets, classes, dataset) for p in positions]
               for name, positions in picks.items()}
+    step()
     crops = None
     if dataset is not None:
         pool = np.unique(np.concatenate([picks["disputed"], picks["changed"], picks["random"]]))[:CROP_CANDIDATES]
         crops = _crop_view(rd, cfg, seed, gens, dataset, indices[pool], [classes[given[p]] for p in pool], classes)
+    step()
     best = best_of([rd.read_summary(seed, g) for g in gens])["generation"]
     best_probs = label_sets[gens.index(best)]
     rows = issue_rows(best_probs, given, indices, classes, clean, limit=ISSUE_ROWS)
     disputed = int((best_probs.argmax(1) != given).sum())
+    step()
     return {
         "title": str(run_dir), "notes": notes, "results": results, "epochs": epochs, "seed": seed,
         "classes": classes, "label_stats": stats,
@@ -294,10 +304,10 @@ def inspect_runs(run_dirs: list[Path], out: Path | None = None, images: int = 8,
     for d in run_dirs:
         check_out_path(RunDir(d), out, ".html", beside="report.json and report_*.csv go beside it")
     views = []
-    with tqdm(total=len(run_dirs) + 1, desc="inspect", unit="run", leave=False, disable=not interactive()) as bar:
+    with tqdm(total=STEPS_PER_RUN * len(run_dirs) + 1, desc="inspect", unit="step", leave=False,
+              disable=not interactive()) as bar:
         for d in run_dirs:
-            views.append(inspect_run(d, images, seed))
-            bar.update(1)
+            views.append(inspect_run(d, images, seed, lambda: bar.update(1)))
         markdown = format_table([v["results"] for v in views])
         page = render(views, markdown)
         bar.update(1)

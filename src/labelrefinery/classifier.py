@@ -1,0 +1,256 @@
+"""A trained generation, ready to use outside the tool: load it, predict image files, export it.
+
+Every checkpoint this tool writes stores what using it needs (see
+:func:`labelrefinery.checkpoint.preprocessing_record`): the model spec, the
+class names, and the preprocessing it was trained with (normalisation mean/std,
+channels, stored image size, evaluation view). :func:`load_classifier` turns a
+``model.safetensors`` (or a run directory and a generation) into a
+:class:`Classifier`, an ``nn.Module`` that takes ordinary images, ``(N, C, H, W)``
+uint8 or float in [0, 1], and returns logits: its preprocessing is part of the
+module, so it is also part of what :func:`export_classifier` writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .augment import eval_view
+from .checkpoint import load_checkpoint, model_from_state, preprocessing_record, spec_from_dict
+from .console import interactive
+from .data import load_dataset
+from .errors import CheckpointError, ConfigError, DataError
+from .report import best_of
+from .rundir import RunDir
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class Classifier(nn.Module):
+    """A trained model with its preprocessing: images in, logits out.
+
+    ``forward(images)``: ``images`` ``(N, C, H, W)``, uint8 (0-255) or floating point in [0, 1] (not
+    normalised), C the model's channels; images whose side is not the stored size are resized (shorter side,
+    antialiased) and centre-cropped to it, as the dataset's images were; then the evaluation view of the
+    training augmentation (e.g. the centre 224/256 for ``crop``) and the normalisation are applied. Returns
+    ``(N, K) float32`` logits. Put in eval mode on construction.
+
+    Attributes:
+        model: the network itself (expects normalised input).
+        classes: the K class names, in logit order.
+        preprocessing: the dict stored in the checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, classes: list[str], preprocessing: dict):
+        super().__init__()
+        self.model, self.classes, self.preprocessing = model, list(classes), dict(preprocessing)
+        c = int(preprocessing["channels"])
+        self.register_buffer("mean", torch.tensor(preprocessing["mean"], dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, c, 1, 1))
+        self.stored_size = int(preprocessing["stored_size"])
+        self._view = eval_view(preprocessing.get("augment", "none"))
+        self.eval()
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` uint8 or [0, 1] float -> the normalised model input (see the class docstring).
+
+        Raises:
+            ValueError: not 4-D, the wrong number of channels, or a non-float, non-uint8 dtype.
+        """
+        from torchvision.transforms.v2 import functional as F
+
+        c = self.mean.shape[1]
+        if images.dim() != 4 or images.shape[1] != c:
+            raise ValueError(f"expected images of shape (N, {c}, H, W), got {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            x = images.to(self.mean.device).float().div(255)
+        elif images.is_floating_point():
+            x = images.to(self.mean.device, torch.float32)
+        else:
+            raise ValueError(f"expected uint8 or floating-point images in [0, 1], got {images.dtype}")
+        if tuple(x.shape[-2:]) != (self.stored_size, self.stored_size):
+            x = F.center_crop(F.resize(x, [self.stored_size], antialias=True), [self.stored_size, self.stored_size])
+        if self._view is not None:
+            x = self._view(x)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.prepare(images)).float()
+
+    @torch.inference_mode()
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Softmax ``(N, K) float32`` on the CPU, in batches of ``batch_size`` images."""
+        self.eval()
+        out = [self(images[i : i + batch_size]).softmax(1).cpu() for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+
+def _run_preprocessing(rd: RunDir) -> dict:
+    """The preprocessing of a run whose checkpoints predate storing it: recomputed from its dataset."""
+    cfg = rd.read_config()
+    d = cfg.data
+    dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+    return preprocessing_record(dataset, d.augment)
+
+
+def load_classifier(source: str | Path, generation: int | None = None, seed: int = 0,
+                    device: str | torch.device = "cpu") -> Classifier:
+    """A trained generation as a ready :class:`Classifier`.
+
+    Args:
+        source: a ``model.safetensors`` this tool wrote, or a run directory.
+        generation: with a run directory: which generation (default: the seed's best by validation top-1).
+        seed: with a run directory: whose chain.
+        device: where the model goes.
+
+    Raises:
+        CheckpointError: an unreadable file, or one that stores no model spec or preprocessing (a checkpoint
+            from an older version outside its run directory: give the run directory instead).
+        RunDirError: a run directory without that finished generation.
+        ConfigError: a generation or seed the run does not have.
+    """
+    path, rd = Path(source), None
+    if path.is_dir():
+        rd = RunDir(path)
+        if not rd.is_run():
+            raise ConfigError(f"{path} is neither a model.safetensors nor a run directory (no config.yaml)")
+        finished = rd.finished_generations(seed) if seed in rd.seeds() else []
+        if not finished:
+            raise ConfigError(f"seed {seed} of {path} has no finished generation; seeds: {rd.seeds()}")
+        if generation is None:
+            generation = best_of([rd.read_summary(seed, g) for g in finished])["generation"]
+        elif generation not in finished:
+            raise ConfigError(f"generation {generation} of seed {seed} is not finished in {path}; finished: {finished}")
+        path = rd.model_path(seed, generation)
+    state, classes, spec, extra = load_checkpoint(path)
+    if spec is None or classes is None:
+        raise CheckpointError(f"{path} does not store its model spec and class names: it was not written by "
+                              "labelrefinery; load it with the model class it belongs to")
+    preprocessing = extra.get("preprocessing")
+    if preprocessing is None:
+        if rd is None and (path.parent.parent.parent / "config.yaml").is_file():
+            rd = RunDir(path.parent.parent.parent)  # RUN_DIR/seed-<s>/gen-<g>/model.safetensors
+        if rd is None:
+            raise CheckpointError(f"{path} predates stored preprocessing; give its run directory instead (the "
+                                  "preprocessing is recomputed from the run's dataset)")
+        preprocessing = _run_preprocessing(rd)
+    device = torch.device(device)
+    model = model_from_state(state, spec_from_dict(spec, str(path)), device, str(path))
+    return Classifier(model, classes, preprocessing).to(device)
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Image files among ``paths``, folders searched recursively (sorted), in the order given.
+
+    Raises:
+        DataError: a path that does not exist, or no image file at all.
+    """
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p} does not exist; give image files or folders of images")
+    if not out:
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in {', '.join(map(str, paths))}")
+    return out
+
+
+def read_image(path: Path, channels: int) -> torch.Tensor:
+    """Decode an image file to ``(channels, H, W) uint8`` (RGB, or grayscale for 1 channel) with Pillow.
+
+    Raises:
+        DataError: a file that is not a readable image (named by path).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as F
+
+    try:
+        with Image.open(path) as im:
+            return F.pil_to_tensor(im.convert("L" if channels == 1 else "RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}; remove it from the list or replace the file") from None
+
+
+def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3, batch_size: int = 64) -> str:
+    """Top-``k`` class names and probabilities of every image file in ``paths`` (folders searched), as CSV text.
+
+    Columns: ``path``, then ``label_1``, ``p_1``, ... ``label_k``, ``p_k``, most probable first.
+
+    Raises:
+        ConfigError: ``top_k`` outside 1..K.
+        DataError: a missing path, no images, or an unreadable image.
+    """
+    from tqdm.auto import tqdm
+
+    k = len(classifier.classes)
+    if not 1 <= top_k <= k:
+        raise ConfigError(f"--top-k {top_k} must be in 1..{k} (the model's classes)")
+    files = image_files(paths)
+    channels = int(classifier.preprocessing["channels"])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path"] + [x for i in range(1, top_k + 1) for x in (f"label_{i}", f"p_{i}")])
+    with tqdm(total=len(files), desc="predict", unit="img", leave=False, disable=not interactive()) as bar:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            size = classifier.stored_size
+            from torchvision.transforms.v2 import functional as F
+
+            batch = torch.stack([F.center_crop(F.resize(read_image(f, channels), [size], antialias=True), [size, size])
+                                 for f in chunk])
+            probs = classifier.predict_proba(batch)
+            p, idx = probs.topk(top_k, dim=1)
+            for f, ps, ks in zip(chunk, p.tolist(), idx.tolist()):
+                writer.writerow([str(f)] + [x for pk, kk in zip(ps, ks) for x in (classifier.classes[kk], f"{pk:.4f}")])
+            bar.update(len(chunk))
+    return buf.getvalue()
+
+
+EXPORT_FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "export": ".pt2"}
+
+
+def export_classifier(classifier: Classifier, out: Path, fmt: str) -> Path:
+    """Write ``classifier`` (preprocessing included) for use without this package.
+
+    Formats: ``torchscript`` (``torch.jit.trace``; load with ``torch.jit.load``), ``export``
+    (``torch.export``; load with ``torch.export.load(path).module()``), ``onnx`` (needs the ``onnx`` and
+    ``onnxscript`` packages). The exported model takes ``(N, C, S, S)`` float images in [0, 1] at the stored
+    size S (any N) and returns logits.
+
+    Raises:
+        ConfigError: an unknown format, or ``onnx`` without its packages (the message says what to install).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    c, s = int(classifier.preprocessing["channels"]), classifier.stored_size
+    example = torch.rand(2, c, s, s, device=classifier.mean.device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated upstream in favour of torch.export
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the size check is constant for S x S input
+            torch.jit.trace(classifier, example).save(str(tmp))
+    elif fmt == "export":
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(classifier, (example,), dynamic_shapes={"images": {0: batch}})
+        torch.export.save(program, str(tmp))
+    else:
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ConfigError("--format onnx needs the onnx exporter: pip install onnx onnxscript") from None
+        torch.onnx.export(classifier, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+    tmp.replace(out)
+    return out
