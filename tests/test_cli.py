@@ -16,13 +16,13 @@ def run_cli(args, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--generations", "0"], "--generations must be >= 1, got 0"),
-    (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--seeds", "0"], "--seeds must be a count in 1..1000 or a list of seeds, got 0"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'"),
     (["--label-form", "topk:0"], "--label-form"),
     (["--ensemble", "1,9"], "--ensemble"),
     (["--threads", "-3"], "--threads must be in [0, 1024] (0 = all cores), got -3"),
-    (["--device", "cudafoo"], "--device must be auto, cpu, cuda or cuda:N, got 'cudafoo'"),
+    (["--device", "cudafoo"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'cudafoo'"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
     (["--temperature", "inf"], "--temperature must be a finite number > 0"),
@@ -214,3 +214,76 @@ def test_subset_sizes_in_start_line_and_run_json(tmp_path):
     assert "digits (600 of 1437 train, 100 of 360 test)" in out.stderr
     info = json.loads((tmp_path / "sub/run.json").read_text())["dataset"]
     assert (info["train"], info["train_available"], info["test"], info["test_available"]) == (600, 1437, 100, 360)
+
+
+def test_config_file_reproduces_a_run_and_resume_continues_one(tmp_path, capsys):
+    base = ["run", "--dataset", "digits", "--epochs", "2", "--generations", "1", "--batch-size", "64",
+            "--lr", "0.002", "--no-progress", "--runs-dir", str(tmp_path)]
+    assert main([*base, "--name", "a"]) == 0
+    a = json.loads((tmp_path / "a/results.json").read_text())
+    # a run's own config.yaml as --config reproduces it
+    assert main(["run", "--config", str(tmp_path / "a/config.yaml"), "--runs-dir", str(tmp_path), "--name", "b"]) == 0
+    b = json.loads((tmp_path / "b/results.json").read_text())
+    assert b["config"] == a["config"]
+    assert b["per_seed"]["0"][0]["test_top1"] == a["per_seed"]["0"][0]["test_top1"]
+    # a hand-written file with flag-style names; flags given override it
+    (tmp_path / "mine.yaml").write_text("dataset: digits\nbatch-size: 64\nepochs: 1\ngenerations: 1\nlr: 0.01\n")
+    assert main(["run", "--config", str(tmp_path / "mine.yaml"), "--lr", "0.002", "--no-progress",
+                 "--runs-dir", str(tmp_path), "--name", "c"]) == 0
+    c = json.loads((tmp_path / "c/results.json").read_text())["config"]
+    assert (c["epochs"], c["batch_size"], c["lr"]) == (1, 64, 0.002)
+    # --resume: the saved settings, extended by --generations, nothing else retyped
+    capsys.readouterr()
+    assert main(["run", "--resume", str(tmp_path / "a"), "--generations", "2"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert [s["generation"] for s in json.loads((tmp_path / "a/results.json").read_text())["per_seed"]["0"]] == [1, 2]
+    for bad, message in ((["--resume", str(tmp_path / "a"), "--epochs", "5"], "--epochs would change"),
+                         (["--resume", str(tmp_path / "a"), "--name", "x"], "leave out --name"),
+                         (["--resume", str(tmp_path)], "not a run directory"),
+                         (["--config", str(tmp_path / "nope.yaml")], "--config"),
+                         (["--config", str(tmp_path / "a/metrics.jsonl")], "--config")):
+        assert main(["run", *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "typo.yaml").write_text("batch_sise: 64\n")
+    assert main(["run", "--config", str(tmp_path / "typo.yaml")]) == 2
+    assert "batch_sise" in capsys.readouterr().err
+
+
+def test_relative_and_absolute_paths_are_the_same_setting(tmp_path, monkeypatch, capsys):
+    base = ["run", "--dataset", "digits", "--epochs", "1", "--generations", "1", "--batch-size", "64",
+            "--no-progress", "--runs-dir", str(tmp_path), "--name", "p"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert main([*base, "--data-dir", "data"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--data-dir", str(tmp_path / "data"), "--generations", "2"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    saved = (tmp_path / "p/config.yaml").read_text()
+    assert f"data_dir: {tmp_path / 'data'}" in saved
+
+
+def test_version_and_mps_device(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("refinery (labelrefinery) 0.")
+    import torch
+
+    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        assert main(["run", "--dataset", "digits", "--device", "mps"]) == 2
+        assert "no usable MPS" in capsys.readouterr().err
+    assert main(["run", "--dataset", "digits", "--device", "tpu"]) == 2
+    assert "cuda:N or mps" in capsys.readouterr().err
+
+
+def test_explicit_seed_list(tmp_path, capsys):
+    base = ["run", "--dataset", "digits", "--epochs", "1", "--generations", "1", "--batch-size", "64",
+            "--no-progress", "--runs-dir", str(tmp_path), "--name", "s"]
+    assert main([*base, "--seeds", "3,7"]) == 0
+    assert "x 2 seeds (3,7)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "s").glob("seed-*")) == ["seed-3", "seed-7"]
+    assert main([*base, "--seeds", "7,11"]) == 0  # extends the run with seed 11
+    results = json.loads((tmp_path / "s/results.json").read_text())
+    assert sorted(results["per_seed"]) == ["11", "3", "7"] and results["config"]["seeds"] == [3, 7, 11]
+    for bad in ("3,3", "-1,2", "x", "0"):
+        assert main([*base, "--seeds", bad]) == 2
+        assert "--seeds" in capsys.readouterr().err

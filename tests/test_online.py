@@ -148,8 +148,11 @@ def test_external_state_dict_with_ddp_prefix(digits, trained, tmp_path):
     torch.save(state, pt)
     with pytest.raises(CheckpointError, match="--refinery-model"):
         load_refinery(pt, None, digits, 8, CPU)
-    loaded = load_refinery(pt, "convnet", digits, 8, CPU)
+    loaded = load_refinery(pt, "convnet", digits, 8, CPU, "dataset")  # it was trained with the digits' statistics
     assert torch.allclose(predict(loaded, digits.test.images, p), predict(model, digits.test.images, p), atol=1e-4)
+    from labelrefinery.checkpoint import Renormalized
+
+    assert isinstance(load_refinery(pt, "convnet", digits, 8, CPU), Renormalized)  # a plain state dict: ImageNet's
     partial = {k: v for k, v in state.items() if "classifier" not in k}
     save_file(partial, tmp_path / "partial.safetensors")
     with pytest.raises(CheckpointError, match=r"does not fit model 'convnet': missing \['classifier"):

@@ -81,7 +81,8 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     build_model(spec)
     ref = cfg.refinement
     _warn_unused(cfg)
-    external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device) \
+    external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device,
+                             ref.refinery_normalization) \
         if ref.refinery_checkpoint else None
     pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype, eval_view(d.augment))
     return Experiment(cfg, dataset, run_dir, pipeline, spec,
@@ -147,7 +148,8 @@ def _write_run_facts(exp: Experiment, resumed: bool) -> None:
     sizes = ", ".join(f"{used} {'' if used == have else f'of {have} '}{name}"
                       for used, have, name in ((train, len(ds.train), "train"), (test, len(ds.test), "test")))
     log(f"{'resuming' if resumed else 'starting'} {rd.root}: {cfg.data.dataset} ({sizes}), "
-        f"{cfg.model}, {cfg.generations} generations x {cfg.seeds} seeds, "
+        f"{cfg.model}, {cfg.generations} generations x {len(cfg.seed_values())} seeds"
+        f"{'' if isinstance(cfg.seeds, int) else ' (' + ','.join(map(str, cfg.seeds)) + ')'}, "
         f"augment={cfg.data.augment}, labels={cfg.refinement.labels}, {device}, "
         f"{precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype)}")
 
@@ -191,7 +193,7 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             exp.clock = ChainClock(planned_epochs(cfg, rd))
             if cfg.execution.tensorboard:
                 rd.start_tensorboard()
-            for seed in range(cfg.seeds):
+            for seed in cfg.seed_values():
                 run_seed(exp, seed)
             for gens in reported_ensembles(cfg):
                 ensemble_results(rd, exp.dataset, exp.pipeline, gens, cfg.data.test_size)

@@ -83,6 +83,33 @@ def _stored_classes(obj) -> list[str] | None:
     return None
 
 
+# Objects that training scripts keep beside the weights and that carry no code: read as inert stand-ins (their
+# content is dropped), so such files still load with weights_only=True. torchvision's reference scripts store
+# their argparse arguments; Lightning its hyper-parameters as an AttributeDict.
+INERT_GLOBALS = ("argparse.Namespace", "pathlib.PosixPath", "pathlib.WindowsPath")
+PLAIN_DICTS = ("lightning.fabric.utilities.data.AttributeDict", "lightning_fabric.utilities.data.AttributeDict",
+               "pytorch_lightning.utilities.parsing.AttributeDict")  # dict subclasses: read as plain dicts
+LIGHTNING_KEYS = ("pytorch-lightning_version", "lightning_version", "global_step")
+
+
+class _Inert(dict):
+    """Stands in for an :data:`INERT_GLOBALS` object while unpickling: takes any arguments and state, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state):
+        pass
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)``, with :data:`INERT_GLOBALS` allowed as inert stand-ins and
+    :data:`PLAIN_DICTS` as plain dicts."""
+    allowed = [(_Inert, name) for name in INERT_GLOBALS] + [(dict, name) for name in PLAIN_DICTS]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None, dict | None, dict]:
     """Load a checkpoint without unpickling anything.
 
@@ -90,7 +117,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
     ``.safetensors`` file, or a ``.pt``/``.pth`` file loaded with
     ``weights_only=True``, whose state dict may sit under ``state_dict``,
     ``model`` or ``model_state_dict``, and whose class names may sit under
-    ``classes`` or ``class_names``). A ``module.`` prefix left by
+    ``classes`` or ``class_names``): torchvision reference-script checkpoints
+    (``{"model", "optimizer", "args", ...}``) and Lightning checkpoints
+    (``{"state_dict": {"model.<name>": ...}, ...}``, whose common first prefix is
+    stripped) included; their non-tensor entries are read as inert stand-ins
+    (:data:`INERT_GLOBALS`), never run. A ``module.`` prefix left by
     DataParallel / DDP, and ``_orig_mod.`` left by torch.compile, are stripped.
 
     Returns:
@@ -110,12 +141,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
         if path.suffix == ".safetensors":
             state, classes, spec, extra = _read_safetensors(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
             classes = _stored_classes(state)
+            lightning = isinstance(state, dict) and any(k in state for k in LIGHTNING_KEYS)
             for key in ("state_dict", "model", "model_state_dict"):
                 if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                     state = state[key]
                     break
+            if lightning and state and isinstance(state, dict):  # LightningModule attribute: "model.conv1.weight"
+                first = {str(k).split(".", 1)[0] for k in state}
+                if len(first) == 1 and all("." in str(k) for k in state):
+                    state = {str(k).split(".", 1)[1]: v for k, v in state.items()}
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
@@ -214,8 +250,64 @@ def check_classes(source: str, classes: list[str], dataset: Dataset) -> None:
     )
 
 
+class Renormalized(torch.nn.Module):
+    """``model`` fed input normalised with other statistics than the run's.
+
+    ``forward(x)``: ``x`` ``(N, C, H, W)`` normalised with ``(from_mean, from_std)``; the model sees
+    ``(x * from_std + from_mean - to_mean) / to_std``, i.e. the same [0, 1] image normalised its own way.
+    Statistics are C floats in [0, 1] pixel units.
+    """
+
+    def __init__(self, model: torch.nn.Module, from_mean, from_std, to_mean, to_std):
+        super().__init__()
+        self.model = model
+
+        def column(v):
+            return torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
+
+        # x * scale + shift == (x * from_std + from_mean - to_mean) / to_std
+        self.register_buffer("scale", column(from_std) / column(to_std))
+        self.register_buffer("shift", (column(from_mean) - column(to_mean)) / column(to_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
+
+
+def refinery_statistics(setting: str, stored: dict | None, dataset: Dataset,
+                        written_here: bool = False) -> tuple[list[float], list[float], str]:
+    """The mean and std (C floats, [0, 1] pixel units) an external refinery was trained with, and how they were
+    chosen, for ``--refinery-normalization`` ``setting`` (see :func:`labelrefinery.config.parse_normalization`).
+
+    ``auto``: the ``stored`` preprocessing of a checkpoint; a checkpoint of this tool from before it stored
+    one (``written_here``) was trained with its dataset's own statistics; a plain state dict, ImageNet's.
+
+    Raises:
+        CheckpointError: statistics with a channel count other than the dataset's.
+    """
+    from .config import IMAGENET_MEAN, IMAGENET_STD, parse_normalization
+
+    c = dataset.image_shape[0]
+    parsed = parse_normalization(setting)
+    if parsed == "auto":
+        if stored is not None:
+            return list(stored["mean"]), list(stored["std"]), "the preprocessing its checkpoint stores"
+        parsed = "dataset" if written_here else "imagenet"
+    if parsed == "dataset":
+        return list(dataset.mean), list(dataset.std), f"{dataset.name}'s own statistics"
+    if parsed == "imagenet":
+        mean, std, how = IMAGENET_MEAN, IMAGENET_STD, "ImageNet statistics (torchvision's)"
+    else:
+        (mean, std), how = parsed, f"--refinery-normalization {setting}"
+    if len(mean) == 3 and c == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    if len(mean) != c:
+        raise CheckpointError(f"--refinery-normalization {setting} gives {len(mean)} channel(s); {dataset.name} "
+                              f"has {c}: give {c} means and {c} stds")
+    return list(mean), list(std), how
+
+
 def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, image_size: int,
-                  device: torch.device) -> torch.nn.Module:
+                  device: torch.device, normalization: str = "auto") -> torch.nn.Module:
     """Load a user-given refinery (``--refinery-checkpoint``) for ``dataset``.
 
     Accepts this tool's ``model.safetensors`` (which stores its model spec and
@@ -223,15 +315,20 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
     ``.pt``, ``.pth``, loaded with ``weights_only=True``) together with
     ``model_name``.
 
+    The model is fed each batch normalised as it was trained (``normalization``, see
+    :func:`refinery_statistics`): wrapped in :class:`Renormalized` when that differs from the dataset's own
+    statistics, which the run normalises with. A line says which statistics were chosen.
+
     Args:
         image_size: side in pixels of the images the refinery will see.
+        normalization: ``--refinery-normalization``.
 
     Raises:
         CheckpointError: unreadable file; no model name known; stored class names
             that differ from the dataset's (the message shows the first
             difference); missing or unexpected weights (never a partial load).
     """
-    state, classes, spec, _ = load_checkpoint(Path(path))
+    state, classes, spec, extra = load_checkpoint(Path(path))
     if classes is not None:
         check_classes(f"refinery {path}", classes, dataset)
     c = dataset.image_shape[0]
@@ -247,4 +344,10 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
     model = model_from_state(state, spec_obj, device, f"refinery {path} (check --refinery-model)")
     if classes is None:
         log(f"note: {path} stores no class names; assuming they are {dataset.name}'s, in order")
-    return model
+    mean, std, how = refinery_statistics(normalization, extra.get("preprocessing"), dataset, spec is not None)
+    log(f"refinery {path}: input normalised with {how} (mean {', '.join(f'{m:.3f}' for m in mean)}, std "
+        f"{', '.join(f'{v:.3f}' for v in std)}); set --refinery-normalization if it was trained otherwise")
+    if torch.allclose(torch.tensor(mean), torch.tensor(dataset.mean, dtype=torch.float32), atol=1e-6) and \
+            torch.allclose(torch.tensor(std), torch.tensor(dataset.std, dtype=torch.float32), atol=1e-6):
+        return model
+    return Renormalized(model, dataset.mean, dataset.std, mean, std).to(device).eval()

@@ -15,7 +15,7 @@ import typing
 from dataclasses import MISSING
 from pathlib import Path
 
-from .config import PRESETS, RunConfig, flag_name, leaf_fields, parse_int_list, resolve_config
+from .config import PRESETS, RunConfig, absolute_paths, config_file_values, parse_seeds, flag_name, leaf_fields, parse_int_list, resolve_config
 from .errors import ConfigError, UserError
 
 EXIT_BAD_INPUT = 2
@@ -45,6 +45,18 @@ def _int_list(name: str):
     return parse
 
 
+def _checked(parse):
+    """``parse`` with its ConfigError turned into argparse's one-line usage error."""
+    def wrapped(text: str):
+        try:
+            return parse(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
+
 def _default_of(f) -> object:
     if f.default is not MISSING:
         return f.default
@@ -65,6 +77,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if hint is bool:
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             continue
+        if f.name == "seeds":  # a count or a list
+            parser.add_argument(flag_name(f.name), type=_checked(parse_seeds), metavar="N|N,N", **kwargs)
+            continue
         if typing.get_origin(hint) is list:
             parser.add_argument(flag_name(f.name), type=_int_list(f.name), metavar="N,N", **kwargs)
             continue
@@ -81,7 +96,7 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generation", type=int, default=None,
                         help="with a run directory: which generation (default: the seed's best by validation top-1)")
     parser.add_argument("--seed", type=int, default=0, help="with a run directory: whose chain (default: 0)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default: cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refinery",
         description="Label Refinery: train generations of classifiers, each on its predecessor's soft labels.",
     )
+    from .version import code_version
+
+    parser.add_argument("--version", action="version", version=f"refinery (labelrefinery) {code_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -98,14 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
         "generation's refined labels) for seeds 0..N-1, then print test top-1 accuracy per generation as "
         "mean ± std over seeds. Rerunning on an existing run directory continues where it stopped.",
     )
-    run.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+    run.add_argument("--preset", default=None, choices=sorted(PRESETS),
                      help="defaults to start from: quick (CPU, convnet; 3.5 min on 2 cores with avx2 avx512f "
                      "avx512_bf16 (bf16), about 10 min in fp32 with AVX2 kernels on the same cores, longer on slower AVX2-only CPUs), blog (the "
                      "write-up's protocol, ResNet-50), paper (per-crop labels, random crops, SGD), refine (does refinement pay on "
                      "your data? patient 16-epoch generations, 3 seeds, label-smoothing and equal-compute controls, "
                      "ensemble: 112 epochs per seed against the quick preset's 12); default quick")
     run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
-    run.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
+    run.add_argument("--runs-dir", default=None, help="parent directory of run directories (default: runs)")
+    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="a YAML file of settings (names as the flags', e.g. batch_size: 128, or a run's "
+                     "config.yaml to reproduce it): applied over the preset; flags given override it")
+    run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                     help="continue RUN_DIR with its saved settings (no other flags needed); only --generations, "
+                     "--seeds, --controls, --ensemble and execution flags (--threads, --device, ...) may be given")
     _add_config_flags(run)
 
     report = sub.add_parser("report", help="rebuild the results table from one or more run directories")
@@ -117,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ev.add_argument("--ensemble", type=_int_list("ensemble"), default=[], metavar="N,N",
                     help="comma-separated generations whose averaged softmax is evaluated")
-    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
 
     li = sub.add_parser(
         "label-issues", help="rank the training images whose given label the refined labels dispute (CSV)",
@@ -193,14 +217,43 @@ def _run(args: argparse.Namespace) -> int:
     from .report import format_table
 
     overrides = {name: getattr(args, name) for name in leaf_names() if hasattr(args, name)}
-    cfg = resolve_config(args.preset, overrides)
-    if args.name is not None and (not args.name.strip() or "/" in args.name or args.name in (".", "..")):
-        raise ConfigError(f"--name must be a plain directory name, got {args.name!r}; or leave it out")
-    run_dir = Path(args.runs_dir) / (args.name or default_run_name(cfg, args.preset))
+    if args.resume is not None:
+        cfg, run_dir = _resume_settings(args, overrides)
+    else:
+        preset = args.preset or DEFAULT_PRESET
+        from_file = config_file_values(args.config) if args.config is not None else {}
+        cfg = resolve_config(preset, absolute_paths({**from_file, **overrides}))
+        if args.name is not None and (not args.name.strip() or "/" in args.name or args.name in (".", "..")):
+            raise ConfigError(f"--name must be a plain directory name, got {args.name!r}; or leave it out")
+        run_dir = Path(args.runs_dir or "runs") / (args.name or default_run_name(cfg, preset))
     results = run(cfg, run_dir)
     print(format_table([results]))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _resume_settings(args: argparse.Namespace, overrides: dict) -> tuple[RunConfig, Path]:
+    """``--resume RUN_DIR``: the run's saved settings with the resumable flags given on top.
+
+    Raises:
+        ConfigError: flags that choose another run or change what a finished generation means.
+        RunDirError: not a run directory, or a damaged ``config.yaml``.
+    """
+    from .config import RESUMABLE_CHANGES
+    from .rundir import RunDir
+
+    clashing = [f for f, v in (("--preset", args.preset), ("--config", args.config), ("--name", args.name),
+                               ("--runs-dir", args.runs_dir)) if v is not None]
+    if clashing:
+        raise ConfigError(f"--resume takes its settings and place from {args.resume}; leave out {', '.join(clashing)}")
+    saved = RunDir(args.resume).read_config()
+    old, new = absolute_paths(saved.flat()), absolute_paths(overrides)
+    changed = sorted(k for k, v in new.items() if k not in RESUMABLE_CHANGES and old[k] != v)
+    if changed:
+        raise ConfigError(f"--resume keeps the run's settings, but {', '.join(flag_name(k) for k in changed)} would "
+                          f"change what its finished generations mean; to try them, start a new run: --config "
+                          f"{args.resume / 'config.yaml'} --name NEW_NAME plus those flags")
+    return RunConfig.from_flat({**saved.flat(), **absolute_paths(overrides)}), args.resume
 
 
 def _report(args: argparse.Namespace) -> int:

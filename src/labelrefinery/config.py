@@ -23,6 +23,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ConfigError
@@ -59,6 +60,52 @@ MAX_STATIC_COPIES = 100
 MAX_LR = 10.0
 MAX_TEMPERATURE = 100.0
 MAX_THREADS = 1024
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def parse_seeds(text: str) -> int | list[int]:
+    """``--seeds``: ``N`` (seeds 0..N-1) or ``a,b,c`` (those seeds).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} must be a count N (seeds 0..N-1) or a list like 3,7,11") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
+def merged_seeds(saved: int | list[int], new: int | list[int]) -> int | list[int]:
+    """What a continued run records: every seed either setting names (a count when that is 0..N-1)."""
+    def values(s):
+        return list(s) if isinstance(s, list) else list(range(s))
+
+    union = values(saved) + [x for x in values(new) if x not in values(saved)]
+    return len(union) if union == list(range(len(union))) else union
+
+
+def parse_normalization(text: str) -> str | tuple[tuple[float, ...], tuple[float, ...]]:
+    """``auto`` | ``imagenet`` | ``dataset`` as given, or ``M,M,M/S,S,S`` as ``(means, stds)`` (1 or 3 floats each).
+
+    Raises:
+        ConfigError: anything else, or a std that is not positive.
+    """
+    if text in ("auto", "imagenet", "dataset"):
+        return text
+    fix = "auto, imagenet, dataset or M,M,M/S,S,S (means and stds in [0, 1] pixel units, 1 or 3 of each)"
+    try:
+        mean_text, std_text = text.split("/")
+        mean = tuple(float(x) for x in mean_text.split(","))
+        std = tuple(float(x) for x in std_text.split(","))
+    except ValueError:
+        raise ConfigError(f"--refinery-normalization {text!r} is not {fix}") from None
+    if len(mean) != len(std) or len(mean) not in (1, 3) or not all(math.isfinite(v) for v in mean + std) \
+            or min(std) <= 0:
+        raise ConfigError(f"--refinery-normalization {text!r} is not {fix}, with every std > 0")
+    return mean, std
 
 
 def _only_with(given: bool, name: str, applies: bool, needs: str) -> None:
@@ -128,10 +175,11 @@ def parse_label_noise(spec: str) -> tuple[str, float]:
 
 
 def check_device_name(name: str) -> None:
-    """Raise :class:`ConfigError` unless ``name`` is auto, cpu, cuda or cuda:N (availability is checked later)."""
-    ok = name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    """Raise :class:`ConfigError` unless ``name`` is auto, cpu, cuda, cuda:N or mps (availability is checked
+    later)."""
+    ok = name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())
     if not ok:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 @dataclass
@@ -243,6 +291,10 @@ class RefineConfig:
                                          "ground truth (a model.safetensors of this tool, or a torchvision/timm "
                                          "state dict with --refinery-model)")
     refinery_model: str | None = _f(None, "model name of --refinery-checkpoint when the file does not store it")
+    refinery_normalization: str = _f(
+        "auto", "how --refinery-checkpoint's input is normalised: auto (what its checkpoint stores; a plain state "
+        "dict: imagenet) | imagenet (mean 0.485,0.456,0.406, std 0.229,0.224,0.225; their means for 1 channel) | "
+        "dataset (this dataset's own statistics) | M,M,M/S,S,S (in [0, 1] pixel units)")
     adversarial_jitter: float = _f(0.0, "P: probability per training image of replacing it by its adversarial "
                                    "jitter (needs --labels online)")
     jitter_eps: float = _f(1 / 255, "E: adversarial jitter step, in [0, 1] pixel units")
@@ -272,6 +324,9 @@ class RefineConfig:
             raise ConfigError("--adversarial-jitter needs --labels online (the refinery labels each jittered crop)")
         _need(0 < self.jitter_eps <= 1, "jitter_eps", self.jitter_eps, "in (0, 1] (pixel units)")
         _only_with(self.jitter_eps != 1 / 255, "jitter_eps", self.adversarial_jitter > 0, "--adversarial-jitter P > 0")
+        parse_normalization(self.refinery_normalization)
+        _only_with(self.refinery_normalization != "auto", "refinery_normalization",
+                   self.refinery_checkpoint is not None, "--refinery-checkpoint")
         _only_with(self.refinery_model is not None, "refinery_model", self.refinery_checkpoint is not None,
                    "--refinery-checkpoint")
         _need(self.cross_fit == 0 or 2 <= self.cross_fit <= MAX_CHAIN, "cross_fit", self.cross_fit,
@@ -289,7 +344,7 @@ class ExecConfig:
 
     precision: str = _f("auto", "auto (bf16 on CPUs with AVX512-BF16/AMX and on CUDA with bf16, else fp32) | fp32 | "
                         "bf16 | fp16", choices=PRECISIONS)
-    device: str = _f("auto", "auto (cuda if present, else cpu) | cpu | cuda | cuda:N")
+    device: str = _f("auto", "auto (cuda if present, else cpu) | cpu | cuda | cuda:N | mps (Apple GPUs)")
     threads: int = _f(0, "CPU threads for torch (0 = all cores)")
     compile: bool = _f(False, "torch.compile the model (pays off only for long runs)")
     progress: bool = _f(True, "show a progress bar per epoch")
@@ -310,9 +365,11 @@ SECTIONS = {"data": DataConfig, "training": TrainConfig, "refinement": RefineCon
 class RunConfig:
     """Everything that defines a refinery run: model, chain length and the four sections."""
 
-    model: str = _f("convnet", "model name from the registry (see `refinery models`), or timm:NAME")
+    model: str = _f("convnet", "model name from the registry (see `refinery models`), timm:NAME, or your own "
+                    "module.path:factory (called as factory(num_classes=K, in_channels=C, image_size=S))")
     generations: int = _f(3, "number of models in the chain, counting R1 (>= 1)")
-    seeds: int = _f(1, "repeat the whole chain for seeds 0..N-1 (>= 1)")
+    seeds: int | list[int] = _f(1, "N: repeat the whole chain for seeds 0..N-1 (N >= 1); or an explicit list of "
+                                "seeds, e.g. 3,7,11")
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     refinement: RefineConfig = field(default_factory=RefineConfig)
@@ -320,13 +377,24 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _need(isinstance(self.model, str) and bool(self.model), "model", self.model, "a model name")
-        for name in ("generations", "seeds"):
-            _need(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
-            _need(getattr(self, name) <= MAX_CHAIN, name, getattr(self, name), f"<= {MAX_CHAIN}")
+        _need(self.generations >= 1, "generations", self.generations, ">= 1")
+        _need(self.generations <= MAX_CHAIN, "generations", self.generations, f"<= {MAX_CHAIN}")
+        seeds = self.seeds
+        if isinstance(seeds, list):
+            ok = 1 <= len(seeds) <= MAX_CHAIN and len(set(seeds)) == len(seeds) and all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in seeds)
+            _need(ok, "seeds", ",".join(map(str, seeds)), f"1 to {MAX_CHAIN} distinct seeds >= 0")
+        else:
+            _need(isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= MAX_CHAIN, "seeds",
+                  seeds, f"a count in 1..{MAX_CHAIN} or a list of seeds")
         gens = self.refinement.ensemble
         if gens and (len(gens) < 2 or any(not 1 <= g <= self.generations for g in gens)):
             raise ConfigError(f"--ensemble needs two or more generations in 1..{self.generations}, got "
                               f"{','.join(map(str, gens))!r}")
+
+    def seed_values(self) -> list[int]:
+        """The seeds the run trains, in order: ``0..N-1`` for a count N, else the list given."""
+        return list(self.seeds) if isinstance(self.seeds, list) else list(range(self.seeds))
 
     # ------------------------------------------------------------------ flat and nested forms
 
@@ -395,9 +463,31 @@ def leaf_names() -> list[str]:
 RESUMABLE_CHANGES = {"generations", "seeds", "ensemble", "controls", *(f.name for f in fields(ExecConfig))}
 
 
+PATH_SETTINGS = ("data_dir", "refinery_checkpoint")  # and the PATH of dataset folder:PATH
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every path setting made absolute (``~`` expanded, relative to the working directory), so
+    ``runs/x`` and ``/home/me/runs/x`` are the same setting; other values unchanged."""
+    import os
+
+    def absolute(p: str) -> str:
+        return os.path.abspath(os.path.expanduser(p))
+
+    out = dict(values)
+    for key in PATH_SETTINGS:
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = absolute(out[key])
+    dataset = out.get("dataset")
+    if isinstance(dataset, str) and dataset.startswith("folder:") and len(dataset) > len("folder:"):
+        out["dataset"] = "folder:" + absolute(dataset[len("folder:"):])
+    return out
+
+
 def config_difference(saved: RunConfig, new: RunConfig) -> str | None:
-    """The first field (other than :data:`RESUMABLE_CHANGES`) whose value differs, as ``'name: old -> new'``."""
-    old_values, new_values = saved.flat(), new.flat()
+    """The first field (other than :data:`RESUMABLE_CHANGES`) whose value differs, as ``'name: old -> new'``
+    (paths compared as absolute paths: see :func:`absolute_paths`)."""
+    old_values, new_values = absolute_paths(saved.flat()), absolute_paths(new.flat())
     for name in leaf_names():
         if name not in RESUMABLE_CHANGES and old_values[name] != new_values[name]:
             return f"{name}: {old_values[name]!r} -> {new_values[name]!r}"
@@ -432,6 +522,38 @@ PRESETS: dict[str, dict[str, Any]] = {
         plateau_factor=0.1, early_stop_patience_epochs=0,
     ),
 }
+
+
+def config_file_values(path: str | Path) -> dict[str, Any]:
+    """The settings of a YAML file for ``--config``: leaf names (``batch_size: 128``, or ``batch-size``), or the
+    sections of a run's ``config.yaml`` (so a finished run's file reproduces it).
+
+    Raises:
+        ConfigError: a file that cannot be read, is not a YAML mapping, or names an unknown setting.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"--config {path}: {e.strerror or e}; give a YAML file of settings") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path} is not valid YAML ({str(e).splitlines()[0]}); fix or replace it") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must be a mapping of settings (name: value), got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            values.update({str(k).replace("-", "_"): v for k, v in value.items()})
+        else:
+            values[str(key).replace("-", "_")] = value
+    unknown = sorted(set(values) - set(leaf_names()))
+    if unknown:
+        raise ConfigError(f"--config {path} names unknown setting(s) {', '.join(unknown)}; see refinery run --help")
+    return values
 
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:

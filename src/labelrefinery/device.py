@@ -15,7 +15,7 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
 
     Raises:
-        ConfigError: a name other than auto, cpu, cuda, cuda:N; or CUDA asked for and none available.
+        ConfigError: a name other than auto, cpu, cuda, cuda:N, mps; or CUDA (MPS) asked for and none available.
     """
     check_device_name(name)
     if name == "auto":
@@ -23,6 +23,8 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for CUDA but torch sees no CUDA device; use --device cpu")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name}: this PyTorch has no usable MPS (Apple GPU) device; use --device cpu")
     return dev
 
 

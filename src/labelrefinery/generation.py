@@ -80,7 +80,7 @@ def planned_epochs(cfg: RunConfig, run_dir: RunDir) -> int:
     (a partly trained generation counts whole)."""
     per_generation = cfg.training.epochs * (1 + (cfg.refinement.cross_fit or 0))
     total = 0
-    for seed in range(cfg.seeds):
+    for seed in cfg.seed_values():
         total += sum(per_generation for g in range(1, cfg.generations + 1) if not run_dir.is_finished(seed, g))
         if cfg.refinement.controls:
             total += sum(control_training(cfg, c).epochs for c in CONTROLS if not run_dir.is_finished(seed, c))
@@ -102,6 +102,21 @@ def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn
     ref, pipeline = exp.cfg.refinement, exp.pipeline
     if generation == 1 and exp.external is None:
         return StoredTargets(data.ground_truth, num_classes=exp.dataset.train.num_classes)
+    if generation == 1:  # an external refinery: what it says about this data, before the chain relies on it
+        outputs = predict(exp.external, data.images, pipeline)
+        own = exp.recipe.refine(outputs)
+        record = {"agreement": top1_accuracy(outputs, data.views.labels),
+                  "val_top1": top1_accuracy(predict(exp.external, data.val_images, pipeline), data.val_labels),
+                  "test_top1": top1_accuracy(predict(exp.external, data.test_images, pipeline), data.test_labels),
+                  "checkpoint": ref.refinery_checkpoint}
+        exp.run_dir.save_external_refinery(data.seed, own, data.views.indices, data.views.views,
+                                           exp.dataset.classes, record)
+        log(f"[seed {data.seed}] external refinery: val {record['val_top1']:.2f}%  test {record['test_top1']:.2f}%; "
+            f"its argmax agrees with the given label on {record['agreement']:.1f}% of the {len(outputs)} training "
+            "views" + ("" if record["agreement"] >= 50 else "; that is low: check --refinery-normalization and "
+                       "--refinery-model"))
+        if ref.labels == "offline" and stored is None:
+            stored = own
     if ref.labels == "online":
         if refinery is None:
             refinery = exp.external if generation == 1 else \

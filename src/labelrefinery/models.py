@@ -213,13 +213,41 @@ _REGISTRY: dict[str, Callable[[ModelSpec], nn.Module]] = {
 
 
 def available_models() -> list[str]:
-    """Registered model names (``timm:NAME`` is accepted on top of these)."""
-    return sorted(_REGISTRY) + ["timm:NAME"]
+    """Registered model names (``timm:NAME`` and ``module.path:factory`` are accepted on top of these)."""
+    return sorted(_REGISTRY) + ["timm:NAME", "module.path:factory"]
+
+
+def _factory_parts(name: str) -> tuple[str, str] | None:
+    """``("module.path", "factory")`` for a user model name ``module.path:factory``, else None."""
+    module, sep, attr = name.partition(":")
+    if not sep or module == "timm" or not attr or not all(p.isidentifier() for p in [*module.split("."), attr]):
+        return None
+    return module, attr
+
+
+def _factory(name: str):
+    import importlib
+
+    module, attr = _factory_parts(name)
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise ConfigError(f"model {name!r}: cannot import {module} ({e}); put its folder on PYTHONPATH or install "
+                          "it") from None
+    except AttributeError:
+        raise ConfigError(f"model {name!r}: {module} has no {attr!r}") from None
+    if not callable(factory):
+        raise ConfigError(f"model {name!r}: {module}.{attr} is not callable")
+    return factory
 
 
 def check_model_name(name: str) -> None:
-    """Raise :class:`ConfigError` naming the known models when ``name`` is not one of them."""
+    """Raise :class:`ConfigError` naming the known models when ``name`` is not one of them (a user factory
+    ``module.path:factory`` must be importable)."""
     if name in _REGISTRY or (name.startswith("timm:") and len(name) > 5):
+        return
+    if _factory_parts(name) is not None:
+        _factory(name)
         return
     raise ConfigError(f"unknown model {name!r}; known models: {', '.join(available_models())}")
 
@@ -230,12 +258,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
     Args:
         spec: name, K, C and image size.
 
+    A name ``module.path:factory`` is your own model: ``factory(num_classes=K, in_channels=C, image_size=S)``
+    must return the ``nn.Module`` (importable wherever the run, ``evaluate`` or ``load_classifier`` rebuild it).
+
     Returns:
         An ``nn.Module`` mapping ``(N, C, H, W) float32`` to ``(N, K)`` logits.
 
     Raises:
         ConfigError: unknown name, K < 2, C not in {1, 3}, image size < 4 px, an unknown timm model,
-            or ``timm:NAME`` requested where timm is not installed.
+            ``timm:NAME`` requested where timm is not installed, or a factory that cannot be imported or
+            does not return an ``nn.Module``.
     """
     check_model_name(spec.name)
     if spec.num_classes < 2:
@@ -255,4 +287,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
             )
         except RuntimeError as e:  # timm: "Unknown model (...)"
             raise ConfigError(f"timm has no model {spec.name[5:]!r} ({e}); list them with timm.list_models()") from None
-    return _REGISTRY[spec.name](spec)
+    if spec.name in _REGISTRY:
+        return _REGISTRY[spec.name](spec)
+    model = _factory(spec.name)(num_classes=spec.num_classes, in_channels=spec.in_channels,
+                                image_size=spec.image_size)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {spec.name!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    return model

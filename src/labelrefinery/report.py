@@ -33,7 +33,8 @@ def summarize_run(run_dir: Path) -> dict:
         ``{"run_dir", "config" (flat, by field name), "per_seed": {seed: [summary per generation]},
         "generations": [{"generation", "test_top1_mean", "test_top1_std", "val_top1_mean", "n_seeds",
         "collapsed_seeds", "gain_over_r1", "label_quality"}], "best_by_validation": {...},
-        "ensemble": [...], "controls": {name: {...}}}``; gains are ``{"mean", "std", "n_seeds"}`` in points.
+        "ensemble": [...], "controls": {name: {...}}, "external_refinery": None or {"per_seed",
+        "test_top1_mean", "test_top1_std"}}`` (the ``--refinery-checkpoint`` model's own top-1); gains are ``{"mean", "std", "n_seeds"}`` in points.
 
     Raises:
         RunDirError: ``run_dir`` is not a run directory, or its configuration cannot be read.
@@ -84,11 +85,18 @@ def summarize_run(run_dir: Path) -> dict:
             "gain_over_r1": _paired_gain(per_seed, lambda gens, b=by_seed: b[str(gens[0]["seed"])]["test_top1"]
                                          if str(gens[0]["seed"]) in b else None),
         }
+    teacher = {seed: t for seed in per_seed if (t := rd.read_external_refinery(int(seed))) is not None}
+    teacher_test = np.array([t["test_top1"] for t in teacher.values()])
+    external = None if not teacher else {
+        "per_seed": {seed: {"val_top1": t["val_top1"], "test_top1": t["test_top1"]} for seed, t in teacher.items()},
+        "test_top1_mean": float(teacher_test.mean()),
+        "test_top1_std": float(teacher_test.std(ddof=1)) if len(teacher_test) > 1 else None}
     ensembles = rd.read_ensembles()
     for e in ensembles:
         e["gain_over_r1"] = _paired_gain(per_seed, lambda gens, e=e: e["per_seed"].get(str(gens[0]["seed"])))
     return {"run_dir": str(run_dir), "config": cfg, "per_seed": per_seed, "generations": generations,
-            "best_by_validation": best_row, "ensemble": ensembles, "controls": control_rows}
+            "best_by_validation": best_row, "ensemble": ensembles, "controls": control_rows,
+            "external_refinery": external}
 
 
 def best_of(gens: list[dict]) -> dict:
@@ -195,6 +203,10 @@ def format_table(results: list[dict]) -> str:
             cells.append("" if b.get("test_top1_mean") is None else
                          _fmt(b["test_top1_mean"], b["test_top1_std"]) + _gain(b.get("gain_over_r1")))
         lines.append("| best by validation | " + " | ".join(cells) + " |")
+    if any(r.get("external_refinery") for r in results):
+        cells = [_fmt(e["test_top1_mean"], e["test_top1_std"]) if (e := r.get("external_refinery")) else ""
+                 for r in results]
+        lines.insert(2, "| external refinery (--refinery-checkpoint) | " + " | ".join(cells) + " |")
     for control in sorted({c for r in results for c in r.get("controls", {})}):
         cells = []
         for r in results:

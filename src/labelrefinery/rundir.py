@@ -14,6 +14,7 @@ Layout (``runs/<name>/``)::
     seed-<s>/gen-<g>/summary.json       written last: marks the generation finished
     seed-<s>/gen-<g>/train-state.pt     only while training: the epoch-level resume point
     seed-<s>/control-<name>/            with --controls: the same files for a control model
+    seed-<s>/refinery/                  with --refinery-checkpoint: its labels.npz and summary.json (top-1)
     tb/seed-<s>/     with --tensorboard: TensorBoard event files of the metrics (:mod:`labelrefinery.tblog`)
 
     .lock            held (``flock``) by the one process using the directory; it holds that process's PID
@@ -46,7 +47,7 @@ import torch
 import yaml
 
 from .checkpoint import load_model, save_checkpoint
-from .config import RunConfig, config_difference
+from .config import RunConfig, config_difference, merged_seeds
 from .errors import CheckpointError, ConfigError, RunDirError
 from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, write_json
 from .losses import ROW_SUM_TOLERANCE
@@ -297,7 +298,7 @@ class RunDir:
         if self.is_run():
             saved = self.read_config()
             stored["generations"] = max(saved.generations, cfg.generations)
-            stored["seeds"] = max(saved.seeds, cfg.seeds)
+            stored["seeds"] = merged_seeds(saved.seeds, cfg.seeds)
         body = yaml.safe_dump(stored, sort_keys=False)
         atomic_write_text(self.config_path, f"{_CONFIG_CHECKSUM}{sha256_bytes(body.encode())}\n{body}")
 
@@ -452,6 +453,30 @@ class RunDir:
             return load_model(path, device, spec)
         except CheckpointError as e:
             raise RunDirError(f"{e}; {self._where(seed, generation)}") from None
+
+    def refinery_dir(self, seed: int) -> Path:
+        """``seed-<s>/refinery``: what an external ``--refinery-checkpoint`` said before generation 1 trained."""
+        return self.seed_dir(seed) / "refinery"
+
+    def save_external_refinery(self, seed: int, labels: torch.Tensor, indices: torch.Tensor, views: torch.Tensor,
+                               classes: list[str], summary: dict) -> None:
+        """Record an external refinery's offline labels (``refinery/labels.npz``, as a generation's) and its
+        ``summary`` (top-1 on validation and test, agreement with the given labels) in ``refinery/summary.json``."""
+        buf = io.BytesIO()
+        np.savez(buf, labels=labels.float().numpy(), indices=indices.numpy().astype(np.int64),
+                 views=views.numpy().astype(np.int64), classes=np.array(classes), refinery_only=np.array(True))
+        where = self.refinery_dir(seed)
+        atomic_write_bytes(where / "labels.npz", buf.getvalue())
+        write_json(where / "summary.json", {**summary, "files": {"labels.npz": sha256_bytes(buf.getvalue())}})
+
+    def read_external_refinery(self, seed: int) -> dict | None:
+        """The external refinery's summary for ``seed``, or None (no ``--refinery-checkpoint``, or unreadable)."""
+        try:
+            summary = json.loads((self.refinery_dir(seed) / "summary.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        ok = isinstance(summary, dict) and all(_is_number(summary.get(k)) for k in ("val_top1", "test_top1"))
+        return summary if ok else None
 
     def save_labels(self, seed: int, generation: int | str, labels: torch.Tensor, indices: torch.Tensor,
                     views: torch.Tensor, classes: list[str]) -> str:
