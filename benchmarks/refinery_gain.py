@@ -191,7 +191,7 @@ def main() -> None:
              "preset": args.preset}
     log(json.dumps(facts))
     common = {"dataset": "fashion-mnist", "train_size": args.train_size, "epochs": args.epochs,
-              "generations": 1, "progress": False}
+              "generations": 1, "progress": False, "controls": False}  # this script trains the controls itself
     results: dict = {"facts": facts, "noisy": {}, "clean": None}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)

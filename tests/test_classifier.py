@@ -176,6 +176,12 @@ def test_external_refinery_gets_its_own_normalisation(imagenet_normalised_resnet
     assert agreement["auto"] >= 90  # fed as it was trained
     assert agreement["dataset"] < agreement["auto"] - 2  # the digits' own statistics are not what it learned
     assert main([*args, "--name", "bad", "--refinery-normalization", "0.5,0.5/0.2"]) == 2
+    assert main([*args, "--name", "bad", "--refinery-mean", "0.5"]) == 2  # needs --refinery-std too
+    capsys.readouterr()
+    assert main([*args, "--name", "explicit", "--refinery-mean", "0.449", "--refinery-std", "0.226"]) == 0
+    err = capsys.readouterr().err
+    assert "--refinery-normalization 0.449/0.226" in err
+    assert float(re.search(r"agrees with the given label on ([\d.]+)%", err).group(1)) == agreement["auto"]
 
 
 def _fake_lightning_attribute_dict():
@@ -263,3 +269,19 @@ def test_user_factory_model_runs_resumes_and_evaluates(tmp_path, monkeypatch, ca
                          ("nosuchmodule:f", "cannot import nosuchmodule")):
         assert main([*args[:4], bad, *args[5:-1], f"bad-{bad.split(':')[1]}"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_predict_on_the_test_set_as_files_gives_the_runs_accuracy(run_dir, tmp_path):
+    """Every digits test image written as a PNG file at its own size: `refinery predict` scores what the run did."""
+    from PIL import Image
+
+    ds = load_dataset("digits")
+    for i, (img, label) in enumerate(zip(ds.test.images, ds.test.labels)):
+        Image.fromarray(img[0].numpy()).save(tmp_path / f"{i:04d}_{int(label)}.png")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run_dir), str(tmp_path), "--generation", "2", "--top-k", "1", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    right = sum(r["label_1"] == Path(r["path"]).stem.split("_")[1] for r in rows)
+    summary = json.loads((run_dir / "seed-0/gen-2/summary.json").read_text())
+    assert len(rows) == len(ds.test.labels)
+    assert 100 * right / len(rows) == pytest.approx(summary["test_top1"], abs=0.3)

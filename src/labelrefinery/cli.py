@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "ensemble: 112 epochs per seed against the quick preset's 12); default quick")
     run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
     run.add_argument("--runs-dir", default=None, help="parent directory of run directories (default: runs)")
+    run.add_argument("--refinery-mean", default=None, metavar="M,M,M",
+                     help="with --refinery-std: the per-channel mean (in [0, 1] pixel units) --refinery-checkpoint "
+                     "was trained with; the same as --refinery-normalization M,M,M/S,S,S")
+    run.add_argument("--refinery-std", default=None, metavar="S,S,S", help="see --refinery-mean")
     run.add_argument("--config", type=Path, default=None, metavar="FILE",
                      help="a YAML file of settings (names as the flags', e.g. batch_size: 128, or a run's "
                      "config.yaml to reproduce it): applied over the preset; flags given override it")
@@ -217,6 +221,12 @@ def _run(args: argparse.Namespace) -> int:
     from .report import format_table
 
     overrides = {name: getattr(args, name) for name in leaf_names() if hasattr(args, name)}
+    if (args.refinery_mean is None) != (args.refinery_std is None):
+        raise ConfigError("--refinery-mean and --refinery-std go together; give both (or --refinery-normalization)")
+    if args.refinery_mean is not None:
+        if "refinery_normalization" in overrides:
+            raise ConfigError("give either --refinery-mean/--refinery-std or --refinery-normalization, not both")
+        overrides["refinery_normalization"] = f"{args.refinery_mean}/{args.refinery_std}"
     if args.resume is not None:
         cfg, run_dir = _resume_settings(args, overrides)
     else:
