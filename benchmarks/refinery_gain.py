@@ -20,6 +20,12 @@ trained for the chain's total epochs), every generation, best by validation, the
 
     .venv/bin/pip install cleanlab   # or: pip install 'labelrefinery[bench]'
     .venv/bin/python benchmarks/refinery_gain.py --out benchmarks/refinery-gain.json
+    # --preset refine's recipe on clean labels, 5 seeds, against its controls:
+    .venv/bin/python benchmarks/refinery_gain.py --preset refine --noise "" --clean-seeds 5 --epochs 16 \
+        --clean-variants preset --out benchmarks/refinery-gain-refine-clean.json
+
+``--preset`` sets the recipe every method shares (all runs here train without ``--controls``: this script
+trains the label-smoothing and equal-compute models itself).
 
 Wall time of each method is reported; run nothing else on the machine meanwhile.
 """

@@ -46,8 +46,10 @@ def test_loaded_generation_scores_what_the_run_measured(run_dir):
     bigger = torch.nn.functional.interpolate(ds.test.images.float(), size=(16, 16), mode="nearest").to(torch.uint8)
     acc = (load_classifier(run_dir).predict_proba(bigger).argmax(1) == ds.test.labels).float().mean().item()
     assert acc > 0.8  # other sizes are resized to the training size first
-    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
-        load_classifier(run_dir)(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\), got \(300, 3, 8, 8\)"):
+        load_classifier(run_dir).predict_proba(torch.zeros(300, 3, 8, 8))  # the input's shape, not a batch's
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\].*divide by 255"):
+        load_classifier(run_dir).predict_proba(ds.test.images.float())  # 0-255 floats would score wrongly
 
 
 def test_readme_example_prints_the_runs_accuracy(run_dir, capsys):
@@ -90,13 +92,32 @@ def test_predict_command_on_image_files(run_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
 def test_export_includes_preprocessing(run_dir, tmp_path, fmt, capsys):
+    import subprocess
+    import sys
+
     ds = load_dataset("digits")
-    out = tmp_path / f"m.{fmt}"
-    assert main(["export", str(run_dir), "--format", fmt, "--out", str(out), "--generation", "1"]) == 0
+    out = tmp_path / ("m.pt" if fmt == "torchscript" else "m.pt2")
+    # as a user runs it: a fresh process (torchvision not imported before tracing)
+    subprocess.run([sys.executable, "-m", "labelrefinery", "export", str(run_dir), "--format", fmt, "--out",
+                    str(out), "--generation", "1"], check=True, capture_output=True)
     loaded = torch.jit.load(str(out)) if fmt == "torchscript" else torch.export.load(str(out)).module()
     x = ds.test.images[:50].float() / 255
     want = load_classifier(run_dir, generation=1)(x)
     assert torch.allclose(loaded(x), want, atol=1e-4)
+
+
+def test_export_and_predict_never_write_among_the_runs_files(run_dir, tmp_path, capsys):
+    weights = run_dir / "seed-0/gen-1/model.safetensors"
+    before = weights.read_bytes()
+    for args in (["export", str(run_dir), "--format", "export", "--out", str(weights)],
+                 ["export", str(weights), "--format", "torchscript", "--out", str(run_dir / "seed-0/m.pt")],
+                 ["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.txt")],
+                 ["predict", str(run_dir), str(tmp_path), "--out", str(run_dir / "seed-0/p.csv")],
+                 ["predict", str(run_dir), str(tmp_path), "--out", str(tmp_path / "p.txt")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and len(err.strip().splitlines()) == 1
+    assert weights.read_bytes() == before and not (run_dir / "seed-0/p.csv").exists()
 
 
 def test_export_onnx_without_exporter_says_what_to_install(run_dir, tmp_path, capsys):
@@ -222,12 +243,14 @@ def test_reference_and_lightning_checkpoints_load(tmp_path):
     AttributeDict, cleanup = _fake_lightning_attribute_dict()
     try:
         lightning = tmp_path / "epoch=3.ckpt"
+        torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}},
+                   tmp_path / "bare.ckpt")  # only the state_dict, as the README describes Lightning's layout
         torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3,
                     "global_step": 120, "pytorch-lightning_version": "2.5.0", "optimizer_states": [opt.state_dict()],
                     "hyper_parameters": AttributeDict(lr=0.1)}, lightning)
     finally:
         cleanup()
-    for path in (reference, lightning):
+    for path in (reference, lightning, tmp_path / "bare.ckpt"):
         state, classes, _, _ = load_checkpoint(path)
         model = model_from_state(state, spec, torch.device("cpu"), str(path))
         x = torch.randn(4, 1, 8, 8)
@@ -246,6 +269,10 @@ def tiny(num_classes, in_channels, image_size):
 
 def not_a_model(num_classes, in_channels, image_size):
     return "nope"
+
+
+def seven(num_classes, in_channels, image_size):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, 7))
 '''
 
 
@@ -266,6 +293,7 @@ def test_user_factory_model_runs_resumes_and_evaluates(tmp_path, monkeypatch, ca
     ds = load_dataset("digits")
     assert (clf.predict_proba(ds.test.images).argmax(1) == ds.test.labels).float().mean() > 0.5
     for bad, message in (("mymodels:not_a_model", "not an nn.Module"), ("mymodels:missing", "has no 'missing'"),
+                         ("mymodels:seven", "not logits of shape (2, 10)"),
                          ("nosuchmodule:f", "cannot import nosuchmodule")):
         assert main([*args[:4], bad, *args[5:-1], f"bad-{bad.split(':')[1]}"]) == 2
         assert message in capsys.readouterr().err

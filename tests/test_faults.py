@@ -428,6 +428,7 @@ def test_pickled_checkpoint_says_so_first(tmp_path, capsys):
     assert main(["run", *ARGS, "--runs-dir", str(tmp_path / "runs"), "--refinery-checkpoint", str(path)]) == 2
     line = one_line_error(capsys)
     assert line.startswith(f"refinery: error: {path} holds pickled Python objects")
+    assert "\x1b" not in line and "Unsupported global: GLOBAL labelrefinery.errors.ConfigError" in line
 
 
 def test_sixteen_bit_grayscale_keeps_its_values(tmp_path):

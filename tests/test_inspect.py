@@ -114,7 +114,8 @@ def test_inspect_writes_page_and_data(run_dir, report, capsys):
     # the grids: 4 images per group, disputed ones in ascending refined probability of the given label
     disputed = view["groups"]["disputed"]
     assert len(disputed) == 4
-    p_given = [dict(map(tuple, it["top3"][-1])).get(it["given"], 0.0) for it in disputed]
+    judged = [s["generation"] for s in view["label_stats"]].index(view["issues"]["generation"])  # best by val
+    p_given = [dict(map(tuple, it["top3"][judged])).get(it["given"], 0.0) for it in disputed]
     assert p_given == sorted(p_given)
     assert {"flipped_corrected", "flipped_missed", "clean_harmed"} <= set(view["groups"])
     # per-crop labels (labels=online): six crops of one image, labelled by every generation
@@ -171,11 +172,16 @@ def test_inspect_old_run_without_stored_labels(run_dir, tmp_path, capsys):
     assert (tmp_path / "out" / "old_images.csv").is_file()
 
 
-def test_inspect_several_runs(run_dir, tmp_path, monkeypatch):
+def test_inspect_several_runs(run_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["inspect", str(run_dir), str(run_dir), "--images", "1"]) == 0
+    other = tmp_path / "copy"
+    shutil.copytree(run_dir, other)
+    assert main(["inspect", str(run_dir), str(other), "--images", "1"]) == 0
     data = json.loads((tmp_path / "report.json").read_text())
     assert len(data["runs"]) == 2 and (tmp_path / "report.html").is_file()
+    assert main(["inspect", str(run_dir), str(run_dir)]) == 2  # the same run twice
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ in a real browser

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -143,7 +144,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
         else:
             state = _torch_load(path)
             classes = _stored_classes(state)
-            lightning = isinstance(state, dict) and any(k in state for k in LIGHTNING_KEYS)
+            lightning = isinstance(state, dict) and (any(k in state for k in LIGHTNING_KEYS) or "state_dict" in state)
             for key in ("state_dict", "model", "model_state_dict"):
                 if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                     state = state[key]
@@ -155,7 +156,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch's message carries terminal colour codes
+        culprit = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand [^\n.]+)", text)
+        first = culprit.group(1) if culprit else (text.strip().splitlines()[0] if text.strip() else "")
         raise CheckpointError(
             f"{path} holds pickled Python objects that weights-only loading refuses to run ({first[:100]}); "
             "save the model's state_dict() (tensors only) or a .safetensors file and give that"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.transforms.v2 import functional as F  # imported here: torch.jit.trace cannot import it
 
 from .augment import eval_view
 from .checkpoint import load_checkpoint, model_from_state, preprocessing_record, spec_from_dict
@@ -60,31 +61,44 @@ class Classifier(nn.Module):
         """``(N, C, H, W)`` uint8 or [0, 1] float -> the normalised model input (see the class docstring).
 
         Raises:
-            ValueError: not 4-D, the wrong number of channels, or a non-float, non-uint8 dtype.
+            ValueError: not 4-D, the wrong number of channels, a non-float, non-uint8 dtype, or float values
+                outside [0, 1] (e.g. 0-255 floats: pass uint8, or divide by 255).
         """
-        from torchvision.transforms.v2 import functional as F
-
-        c = self.mean.shape[1]
-        if images.dim() != 4 or images.shape[1] != c:
-            raise ValueError(f"expected images of shape (N, {c}, H, W), got {tuple(images.shape)}")
+        self.check_input(images)
         if images.dtype == torch.uint8:
             x = images.to(self.mean.device).float().div(255)
-        elif images.is_floating_point():
-            x = images.to(self.mean.device, torch.float32)
         else:
-            raise ValueError(f"expected uint8 or floating-point images in [0, 1], got {images.dtype}")
+            x = images.to(self.mean.device, torch.float32)
         if tuple(x.shape[-2:]) != (self.stored_size, self.stored_size):
             x = F.center_crop(F.resize(x, [self.stored_size], antialias=True), [self.stored_size, self.stored_size])
         if self._view is not None:
             x = self._view(x)
         return (x - self.mean) / self.std
 
+    def check_input(self, images: torch.Tensor) -> None:
+        """Raise ValueError unless ``images`` is ``(N, C, H, W)`` uint8, or floating point in [0, 1]."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return  # shapes and values are symbolic here; export documents its input
+        c = self.mean.shape[1]
+        if images.dim() != 4 or images.shape[1] != c:
+            raise ValueError(f"expected images of shape (N, {c}, H, W), got {tuple(images.shape)}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ValueError(f"expected uint8 or floating-point images in [0, 1], got {images.dtype}")
+        if images.is_floating_point() and images.numel() and (images.min() < 0 or images.max() > 1):
+            raise ValueError(f"floating-point images must be in [0, 1], got values in [{float(images.min()):.3g}, "
+                             f"{float(images.max()):.3g}]; pass uint8 images or divide by 255")
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self.prepare(images)).float()
 
     @torch.inference_mode()
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Softmax ``(N, K) float32`` on the CPU, in batches of ``batch_size`` images."""
+        """Softmax ``(N, K) float32`` on the CPU, in batches of ``batch_size`` images.
+
+        Raises:
+            ValueError: see :meth:`prepare`.
+        """
+        self.check_input(images)
         self.eval()
         out = [self(images[i : i + batch_size]).softmax(1).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
@@ -121,12 +135,15 @@ def load_classifier(source: str | Path, generation: int | None = None, seed: int
             raise ConfigError(f"{path} is neither a model.safetensors nor a run directory (no config.yaml)")
         finished = rd.finished_generations(seed) if seed in rd.seeds() else []
         if not finished:
-            raise ConfigError(f"seed {seed} of {path} has no finished generation; seeds: {rd.seeds()}")
+            ready = [s for s in rd.seeds() if rd.finished_generations(s)]
+            raise ConfigError(f"seed {seed} of {path} has no finished generation yet; "
+                              + (f"seeds with one: {ready}" if ready else "wait until its R1 finishes"))
         if generation is None:
             generation = best_of([rd.read_summary(seed, g) for g in finished])["generation"]
         elif generation not in finished:
             raise ConfigError(f"generation {generation} of seed {seed} is not finished in {path}; finished: {finished}")
         path = rd.model_path(seed, generation)
+        rd.verify_file(seed, generation, path)
     state, classes, spec, extra = load_checkpoint(path)
     if spec is None or classes is None:
         raise CheckpointError(f"{path} does not store its model spec and class names: it was not written by "
@@ -170,7 +187,6 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
         DataError: a file that is not a readable image (named by path).
     """
     from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional as F
 
     try:
         with Image.open(path) as im:
@@ -202,8 +218,6 @@ def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3, bat
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             size = classifier.stored_size
-            from torchvision.transforms.v2 import functional as F
-
             batch = torch.stack([F.center_crop(F.resize(read_image(f, channels), [size], antialias=True), [size, size])
                                  for f in chunk])
             probs = classifier.predict_proba(batch)
@@ -223,7 +237,7 @@ def export_classifier(classifier: Classifier, out: Path, fmt: str) -> Path:
     Formats: ``torchscript`` (``torch.jit.trace``; load with ``torch.jit.load``), ``export``
     (``torch.export``; load with ``torch.export.load(path).module()``), ``onnx`` (needs the ``onnx`` and
     ``onnxscript`` packages). The exported model takes ``(N, C, S, S)`` float images in [0, 1] at the stored
-    size S (any N) and returns logits.
+    size S (any N; resize other images to S x S first: the traced model does not) and returns logits.
 
     Raises:
         ConfigError: an unknown format, or ``onnx`` without its packages (the message says what to install).
@@ -234,7 +248,7 @@ def export_classifier(classifier: Classifier, out: Path, fmt: str) -> Path:
     example = torch.rand(2, c, s, s, device=classifier.mean.device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # torch.export wants the .pt2 suffix
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated upstream in favour of torch.export

@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "export", help="write a trained generation, preprocessing included, as TorchScript, torch.export or ONNX",
         description="Write a trained generation for use without labelrefinery. The written model includes its "
-        "preprocessing (resize to the training size, evaluation crop, normalisation): it takes (N, C, S, S) "
-        "float images in [0, 1] and returns logits. torchscript: torch.jit.load(FILE); export: "
+        "preprocessing (evaluation crop, normalisation): it takes (N, C, S, S) float images in [0, 1] at the "
+        "training size S (resize others first) and returns logits. torchscript: torch.jit.load(FILE); export: "
         "torch.export.load(FILE).module(); onnx: needs pip install onnx onnxscript.")
     ex.add_argument("source", type=Path, metavar="CHECKPOINT_OR_RUN_DIR")
     ex.add_argument("--format", required=True, choices=["torchscript", "export", "onnx"], dest="fmt")
@@ -242,6 +242,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out_of_run(source: Path, out: Path, suffix: str) -> None:
+    """Refuse an ``--out`` with another suffix, or one among the files of the run ``source`` belongs to."""
+    from .rundir import RunDir
+
+    candidates = [source, *source.parents[:3]] if source.exists() else []
+    root = next((d for d in candidates if d.is_dir() and RunDir(d).is_run()), None)
+    if root is None:
+        if out.suffix != suffix or out.is_dir():
+            raise ConfigError(f"--out {out} must be a file path ending in {suffix}")
+        return
+    RunDir(root).check_output_path(out, suffix)
+
+
 def _resume_settings(args: argparse.Namespace, overrides: dict) -> tuple[RunConfig, Path]:
     """``--resume RUN_DIR``: the run's saved settings with the resumable flags given on top.
 
@@ -263,7 +276,10 @@ def _resume_settings(args: argparse.Namespace, overrides: dict) -> tuple[RunConf
         raise ConfigError(f"--resume keeps the run's settings, but {', '.join(flag_name(k) for k in changed)} would "
                           f"change what its finished generations mean; to try them, start a new run: --config "
                           f"{args.resume / 'config.yaml'} --name NEW_NAME plus those flags")
-    return RunConfig.from_flat({**saved.flat(), **absolute_paths(overrides)}), args.resume
+    merged = {**saved.flat(), **absolute_paths(overrides)}
+    if "ensemble" not in overrides and any(g > merged["generations"] for g in merged["ensemble"]):
+        merged["ensemble"] = []  # an --ensemble beyond the generations this command runs: reported when they exist
+    return RunConfig.from_flat(merged), args.resume
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -271,6 +287,11 @@ def _report(args: argparse.Namespace) -> int:
     from .rundir import write_results_files
 
     results = [summarize_run(d) for d in args.run_dirs]
+    empty = [str(r["run_dir"]) for r in results if not r["per_seed"]]
+    if empty:
+        from .errors import RunDirError
+
+        raise RunDirError(f"{', '.join(empty)} has no finished generation yet; report it once R1 has finished")
     out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
     text = format_table(results)
     if out is not None and args.out is None:  # into the run directory itself: hold it while writing
@@ -309,9 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             from .classifier import EXPORT_FORMATS, export_classifier, load_classifier, predict_files
             from .device import resolve_device
 
+            suffix = EXPORT_FORMATS[args.fmt] if args.command == "export" else ".csv"
+            out = args.out or (Path(f"model{suffix}") if args.command == "export" else None)
+            if out is not None:
+                _check_out_of_run(args.source, out, suffix)
             classifier = load_classifier(args.source, args.generation, args.seed, resolve_device(args.device))
             if args.command == "export":
-                out = args.out or Path(f"model{EXPORT_FORMATS[args.fmt]}")
                 print(f"wrote {export_classifier(classifier, out, args.fmt)} ({args.fmt}; input (N, "
                       f"{classifier.preprocessing['channels']}, {classifier.stored_size}, {classifier.stored_size}) "
                       "float in [0, 1], output logits over " + ", ".join(classifier.classes[:4])
@@ -329,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             from .inspection import inspect_runs
 
-            path, _ = inspect_runs(args.run_dirs, args.out, args.images, args.seed)
-            print(f"report: {path} (open it in a browser)")
+            path, seconds = inspect_runs(args.run_dirs, args.out, args.images, args.seed)
+            print(f"report: {path} and its data files beside it, in {seconds:.1f} s (open it in a browser)")
             return 0
         if args.command == "evaluate":
             from .evaluate import evaluate_run

@@ -103,8 +103,9 @@ def parse_normalization(text: str) -> str | tuple[tuple[float, ...], tuple[float
     except ValueError:
         raise ConfigError(f"--refinery-normalization {text!r} is not {fix}") from None
     if len(mean) != len(std) or len(mean) not in (1, 3) or not all(math.isfinite(v) for v in mean + std) \
-            or min(std) <= 0:
-        raise ConfigError(f"--refinery-normalization {text!r} is not {fix}, with every std > 0")
+            or min(std) <= 0 or not all(0 <= m <= 1 for m in mean):
+        raise ConfigError(f"--refinery-normalization {text!r} is not {fix}, with every mean in [0, 1] and every "
+                          "std > 0")
     return mean, std
 
 
@@ -545,15 +546,54 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} must be a mapping of settings (name: value), got {type(data).__name__}")
     values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in SECTIONS and isinstance(value, dict):
-            values.update({str(k).replace("-", "_"): v for k, v in value.items()})
-        else:
-            values[str(key).replace("-", "_")] = value
+    items = [(k, v) for key, value in data.items()
+             for k, v in (value.items() if key in SECTIONS and isinstance(value, dict) else [(key, value)])]
+    for key, value in items:
+        name = str(key).replace("-", "_")
+        if name in values:
+            raise ConfigError(f"--config {path} sets {name} twice; keep one")
+        values[name] = value
     unknown = sorted(set(values) - set(leaf_names()))
     if unknown:
         raise ConfigError(f"--config {path} names unknown setting(s) {', '.join(unknown)}; see refinery run --help")
-    return values
+    hints = {f.name: hint for f, hint in leaf_fields()}
+    for name, value in values.items():
+        problem = _type_problem(value, hints[name])
+        if problem:
+            raise ConfigError(f"--config {path}: {name} must be {problem}, got {value!r}")
+    return {name: float(v) if _accepts(hints[name], float) and isinstance(v, int) else v for name, v in values.items()}
+
+
+def _accepts(hint: Any, kind: type) -> bool:
+    return hint is kind or kind in typing.get_args(hint)
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What ``value`` should be for a field typed ``hint`` (None when it fits): YAML gives ints, floats,
+    bools, strings and lists, and a bool is not a number, nor ``"no"`` a bool."""
+    if value is None:
+        return None if _accepts(hint, type(None)) else "set (not empty)"
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    options = []
+    if _accepts(hint, int):
+        options.append("an integer")
+        if is_int:
+            return None
+    if _accepts(hint, float):
+        options.append("a number")
+        if is_int or isinstance(value, float):
+            return None
+    if _accepts(hint, str):
+        options.append("a string")
+        if isinstance(value, str):
+            return None
+    if any(typing.get_origin(a) is list for a in (hint, *typing.get_args(hint))):
+        options.append("a list of integers")
+        if isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            return None
+    return " or ".join(options) or "of another type"
 
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:

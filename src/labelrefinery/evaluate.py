@@ -18,7 +18,7 @@ from .checkpoint import check_classes
 from .data import Dataset, load_dataset
 from .device import resolve_device, resolve_precision
 from .engine import predict, top1_accuracy
-from .errors import ConfigError
+from .errors import ConfigError, RunDirError
 from .report import format_table, summarize_run
 from .rundir import RunDir
 
@@ -84,6 +84,8 @@ def _evaluate_locked(rd: RunDir, cfg, gens_wanted: list[int], device: str) -> st
     if gens_wanted and (len(gens_wanted) < 2 or any(not 1 <= g <= cfg.generations for g in gens_wanted)):
         raise ConfigError(f"--ensemble needs two or more generations in 1..{cfg.generations}, got "
                           f"{','.join(map(str, gens_wanted))!r}")
+    if not any(rd.finished_generations(s) for s in rd.seeds()):
+        raise RunDirError(f"{rd.root} has no finished generation yet; evaluate it once R1 has finished")
     d = cfg.data
     dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
     dev = resolve_device(device)

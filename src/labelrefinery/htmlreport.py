@@ -23,12 +23,15 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from PIL import Image  # noqa: E402 - Pillow, which matplotlib depends on
 
 GROUP_TITLES = {
-    "disputed": "Most disputed: lowest refined probability of the given label (last generation)",
+    "disputed": "Most disputed: lowest refined probability of the given label (best generation by validation)",
     "changed": "Most changed between generations",
     "random": "Random images",
-    "flipped_corrected": "Flipped by the injected noise, and corrected (refined argmax = clean label)",
-    "flipped_missed": "Flipped by the injected noise, and missed (refined argmax is not the clean label)",
-    "clean_harmed": "Not flipped, yet disputed (refined argmax differs from the given, correct label)",
+    "flipped_corrected": "Flipped by the injected noise, and corrected (refined argmax = clean label; best "
+                         "generation by validation)",
+    "flipped_missed": "Flipped by the injected noise, and missed (refined argmax is not the clean label; best "
+                      "generation by validation)",
+    "clean_harmed": "Not flipped, yet disputed (refined argmax differs from the given, correct label; best "
+                    "generation by validation)",
 }
 
 CSS = """

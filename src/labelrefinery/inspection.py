@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 
 from .augment import input_size, make_augment
 from .batch import Pipeline
-from .console import interactive, log
+from .console import interactive
 from .data import load_dataset
 from .errors import ConfigError, RunDirError, UserError
 from .fileio import atomic_write_text
 from .htmlreport import render
-from .labelissues import check_out_path, issue_rows, own_labels, split_labels
+from .labelissues import issue_rows, own_labels, split_labels
 from .labelstats import class_overlap, confusion, crop_disagreement, generation_label_stats, pick_images, top_k
 from .noise import label_quality
 from .protocol import with_label_noise
@@ -195,7 +195,8 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
     k = len(classes)
     shown = sorted({gens[0], gens[-1]})
     rng = np.random.default_rng(seed)
-    picks = pick_images(label_sets, given, images, rng, clean)
+    best = best_of([rd.read_summary(seed, g) for g in gens])["generation"]
+    picks = pick_images(label_sets, given, images, rng, clean, judge=gens.index(best))
     groups = {name: [_card(int(p), indices, given, clean, label_sets, classes, dataset) for p in positions]
               for name, positions in picks.items()}
     step()
@@ -204,7 +205,6 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
         pool = np.unique(np.concatenate([picks["disputed"], picks["changed"], picks["random"]]))[:CROP_CANDIDATES]
         crops = _crop_view(rd, cfg, seed, gens, dataset, indices[pool], [classes[given[p]] for p in pool], classes)
     step()
-    best = best_of([rd.read_summary(seed, g) for g in gens])["generation"]
     best_probs = label_sets[gens.index(best)]
     rows = issue_rows(best_probs, given, indices, classes, clean, limit=ISSUE_ROWS)
     disputed = int((best_probs.argmax(1) != given).sum())
@@ -296,13 +296,18 @@ def inspect_runs(run_dirs: list[Path], out: Path | None = None, images: int = 8,
         raise ConfigError(f"--images {images} must be at least 1 (images per group in the grids)")
     run_dirs = [Path(d) for d in run_dirs]
     for d in run_dirs:
+        if not d.exists():
+            raise RunDirError(f"{d} does not exist; give a directory `refinery run` made")
         if not RunDir(d).is_run():
             raise RunDirError(f"{d} is not a run directory (no config.yaml); give a directory `refinery run` made")
+    twice = sorted({str(d) for d in run_dirs if sum(x.resolve() == d.resolve() for x in run_dirs) > 1})
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given more than once; give each run directory once")
     if out is None:
         out = RunDir(run_dirs[0]).report_path if len(run_dirs) == 1 else Path("report.html")
     out = Path(out)
     for d in run_dirs:
-        check_out_path(RunDir(d), out, ".html", beside="report.json and report_*.csv go beside it")
+        RunDir(d).check_output_path(out, ".html", beside="report.json and report_*.csv go beside it")
     views = []
     with tqdm(total=STEPS_PER_RUN * len(run_dirs) + 1, desc="inspect", unit="step", leave=False,
               disable=not interactive()) as bar:
@@ -318,6 +323,4 @@ def inspect_runs(run_dirs: list[Path], out: Path | None = None, images: int = 8,
     atomic_write_text(paths["label_stats"], _stats_csv(views))
     atomic_write_text(paths["images"], _images_csv(views))
     atomic_write_text(out, page)  # last: the page appears only with its data files beside it
-    seconds = time.perf_counter() - start
-    log(f"inspect: wrote {out} ({len(page) / 1e6:.1f} MB) and its data files in {seconds:.1f} s")
-    return out, seconds
+    return out, time.perf_counter() - start

@@ -60,22 +60,6 @@ def _most_disputed_first(p_given: np.ndarray, margin: np.ndarray) -> np.ndarray:
     return np.lexsort((margin, p_given))
 
 
-def check_out_path(rd: RunDir, out: Path, suffix: str = ".csv", flag: str = "--out",
-                   beside: str = "the .npy files go beside it") -> None:
-    """Refuse an output path that does not end in ``suffix``, or that would land among the run's own files.
-
-    Raises:
-        ConfigError: a directory, a name not ending in ``suffix``, or a place inside the run directory other
-            than its top level (where only report-style names are free).
-    """
-    if out.suffix != suffix or out.is_dir():
-        raise ConfigError(f"{flag} {out} must be a file path ending in {suffix} ({beside})")
-    root, where = rd.root.resolve(), out.resolve().parent
-    if where != root and root in where.parents:
-        raise ConfigError(f"{flag} {out} is inside the run's seed directories; choose a path outside them or leave "
-                          f"{flag} out (the run directory's top level)")
-
-
 def own_labels(rd: RunDir, seed: int, generation: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A generation's refined labels on the training images themselves (not stored augmented copies).
 
@@ -155,7 +139,7 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
     if not rd.is_run():
         raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); give the directory `refinery run` made")
     if out is not None:
-        check_out_path(rd, Path(out))
+        rd.check_output_path(Path(out), ".csv", beside="the .npy files go beside it")
     with rd.lock():  # no run may change the generation while it is read
         return _write_locked(rd, generation, seed, out, include_all)
 

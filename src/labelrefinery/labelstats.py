@@ -69,22 +69,25 @@ def top_k(probs: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pick_images(label_sets: list[np.ndarray], given: np.ndarray, count: int, rng: np.random.Generator,
-                clean: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                clean: np.ndarray | None = None, judge: int = -1) -> dict[str, np.ndarray]:
     """Which images to show, as ``(<= count,) int64`` row positions per group, each group without repeats.
 
-    Groups: ``disputed`` (lowest refined probability of the given label in the last generation, the order of
+    ``judge`` is the position in ``label_sets`` of the generation whose labels decide the disputed and noise
+    groups (default the last; ``refinery inspect`` uses the best by validation, as ``label-issues`` does).
+
+    Groups: ``disputed`` (lowest refined probability of the given label in the judged generation, the order of
     ``label_issues.csv``), ``changed`` (largest total variation ``sum_g 0.5 * |p_g - p_(g-1)|_1`` between
     consecutive generations; with one generation, between the one-hot given label and R1's labels),
     ``random`` (uniform, from ``rng``); with ``clean`` labels (injected noise), also ``flipped_corrected``,
-    ``flipped_missed`` (flipped, last generation's argmax still not the clean class) and ``clean_harmed``
-    (unflipped, argmax differs from the given label), most confident first.
+    ``flipped_missed`` (flipped, argmax still not the clean class) and ``clean_harmed``
+    (unflipped, argmax differs from the given label), most confident first; all judged by ``judge``.
 
     Raises:
         ValueError: ``count`` < 1 or no generations.
     """
     if count < 1 or not label_sets:
         raise ValueError(f"need count >= 1 and at least one generation, got count={count}, {len(label_sets)} sets")
-    last = label_sets[-1]
+    last = label_sets[judge]
     rows = np.arange(len(given))
     p_given = last[rows, given]
     onehot = np.eye(last.shape[1])[given]

@@ -293,4 +293,13 @@ def build_model(spec: ModelSpec) -> nn.Module:
                                 image_size=spec.image_size)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec.name!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    with torch.no_grad():
+        was_training = model.training
+        out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {spec.name!r}: for 2 images of {spec.in_channels}x{spec.image_size}x"
+                          f"{spec.image_size} it returned {shape}, not logits of shape (2, {spec.num_classes}); "
+                          "make the factory use num_classes")
     return model

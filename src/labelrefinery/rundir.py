@@ -416,6 +416,22 @@ class RunDir:
         """Where ``refinery label-issues`` writes its CSV by default."""
         return self.root / "label_issues.csv"
 
+    def check_output_path(self, out: Path, suffix: str, flag: str = "--out", beside: str = "") -> None:
+        """Refuse an output file (of a command reading this run) that does not end in ``suffix``, or that would
+        land among the run's own files: inside its seed directories (its top level is free for reports).
+
+        Raises:
+            ConfigError: a directory, a name not ending in ``suffix``, or a place inside a seed directory.
+        """
+        out = Path(out)
+        if out.suffix != suffix or out.is_dir():
+            raise ConfigError(f"{flag} {out} must be a file path ending in {suffix}" + (f" ({beside})" if beside
+                                                                                         else ""))
+        root, where = self.root.resolve(), out.resolve().parent
+        if where != root and root in where.parents:
+            raise ConfigError(f"{flag} {out} is inside the run's seed directories, among its own files; choose a "
+                              f"path outside them or leave {flag} out")
+
     @property
     def report_path(self) -> Path:
         """Where ``refinery inspect`` writes its page by default (its data files go beside it)."""
@@ -426,6 +442,14 @@ class RunDir:
                    spec: ModelSpec, extra: dict) -> str:
         """Write the generation's ``model.safetensors``; returns its SHA-256."""
         return save_checkpoint(self.model_path(seed, generation), model, classes, spec.to_dict(), extra)
+
+    def verify_file(self, seed: int, generation: int | str, path: Path) -> None:
+        """Check a generation's file against the SHA-256 its summary records.
+
+        Raises:
+            RunDirError: the file is missing or does not match (the message says what to delete).
+        """
+        self._verify(seed, generation, path)
 
     def _verify(self, seed: int, generation: int | str, path: Path) -> None:
         """Check ``path`` against the SHA-256 the generation's summary records (older summaries record none)."""
