@@ -57,14 +57,16 @@ class Classifier(nn.Module):
         self._view = eval_view(preprocessing.get("augment", "none"))
         self.eval()
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor, checked: bool = False) -> torch.Tensor:
         """``(N, C, H, W)`` uint8 or [0, 1] float -> the normalised model input (see the class docstring).
 
         Raises:
             ValueError: not 4-D, the wrong number of channels, a non-float, non-uint8 dtype, or float values
-                outside [0, 1] (e.g. 0-255 floats: pass uint8, or divide by 255).
+                outside [0, 1] (e.g. 0-255 floats: pass uint8, or divide by 255); not checked again when
+                ``checked`` (the caller did).
         """
-        self.check_input(images)
+        if not checked:
+            self.check_input(images)
         if images.dtype == torch.uint8:
             x = images.to(self.mean.device).float().div(255)
         else:
@@ -100,7 +102,8 @@ class Classifier(nn.Module):
         """
         self.check_input(images)
         self.eval()
-        out = [self(images[i : i + batch_size]).softmax(1).cpu() for i in range(0, len(images), batch_size)]
+        out = [self.model(self.prepare(images[i : i + batch_size], checked=True)).float().softmax(1).cpu()
+               for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
 

@@ -36,13 +36,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_list(name: str):
     def parse(text: str) -> list[int]:
-        try:
-            return parse_int_list(text, name)
-        except ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        return parse_int_list(text, name)
 
     parse.__name__ = "comma-separated integers"
-    return parse
+    return _checked(parse)
 
 
 def _checked(parse):

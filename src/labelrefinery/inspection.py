@@ -173,17 +173,17 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
     gens = rd.finished_generations(seed)
     loaded = [own_labels(rd, seed, g) for g in gens]
     indices, classes = loaded[0][0], loaded[0][2]
-    if any(not np.array_equal(ix, indices) for ix, _, _ in loaded):
+    if any(not np.array_equal(ix, indices) for ix, _, _, _ in loaded):
         raise RunDirError(f"the refined labels of seed {seed} in {run_dir} cover different images in different "
                           "generations; delete the later generations' directories to retrain them")
-    label_sets = [p.astype(np.float64) for _, p, _ in loaded]
+    label_sets = [p.astype(np.float64) for _, p, _, _ in loaded]
     given, clean = split_labels(rd.read_split(seed), indices)
     if given is None:  # a split.npz of an older version: the given labels come from the dataset itself
         if dataset is None:
             raise RunDirError(f"{rd.seed_dir(seed) / 'split.npz'} predates stored training labels and the dataset "
                               "cannot be loaded here to recover them; inspect the run where its dataset is")
         given = dataset.train.labels[torch.from_numpy(indices)].numpy().astype(np.int64)
-    if not all(bool(z) for z in (rd.load_labels(seed, g)["refinery_only"] for g in gens)) and cfg.refinement.gt_weight:
+    if not all(own for *_, own in loaded) and cfg.refinement.gt_weight:
         notes.append("This run's labels.npz files predate storing the refinery's own labels: they hold the labels "
                      "after the --gt-weight mix, so agreement with the given labels is inflated.")
     stats = generation_label_stats(label_sets, given)

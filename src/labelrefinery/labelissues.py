@@ -60,11 +60,12 @@ def _most_disputed_first(p_given: np.ndarray, margin: np.ndarray) -> np.ndarray:
     return np.lexsort((margin, p_given))
 
 
-def own_labels(rd: RunDir, seed: int, generation: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def own_labels(rd: RunDir, seed: int, generation: int) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
     """A generation's refined labels on the training images themselves (not stored augmented copies).
 
     Returns:
-        ``(indices (M,) int64 ascending, labels (M, K) float32, class names)``.
+        ``(indices (M,) int64 ascending, labels (M, K) float32, class names, refinery_only)``; refinery_only is
+        False for files of older versions, which stored the labels after the ``--gt-weight`` mix.
 
     Raises:
         RunDirError: a missing or damaged ``labels.npz``.
@@ -73,7 +74,7 @@ def own_labels(rd: RunDir, seed: int, generation: int) -> tuple[np.ndarray, np.n
     own = saved["views"] == 0
     indices, probs = saved["indices"][own], saved["labels"][own]
     order = np.argsort(indices, kind="stable")
-    return indices[order], probs[order], [str(c) for c in saved["classes"]]
+    return indices[order], probs[order], [str(c) for c in saved["classes"]], bool(saved["refinery_only"])
 
 
 def split_labels(split: dict[str, np.ndarray], indices: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -155,7 +156,7 @@ def _write_locked(rd: RunDir, generation: int | None, seed: int, out: Path | Non
         generation = best_of([rd.read_summary(seed, g) for g in finished])["generation"]
     elif generation not in finished:
         raise ConfigError(f"--generation {generation} is not finished for seed {seed}; finished: {finished}")
-    indices, probs, classes = own_labels(rd, seed, generation)
+    indices, probs, classes, _ = own_labels(rd, seed, generation)
     given, clean = split_labels(rd.read_split(seed), indices)
     if given is None:
         raise RunDirError(f"{rd.seed_dir(seed) / 'split.npz'} predates stored training labels; rerun `refinery run` "
