@@ -332,7 +332,8 @@ def test_kill_at_every_write_resumes_to_the_same_numbers(tmp_path):
 NUMERIC = [(f.name, hint) for f, hint in leaf_fields()
            if hint in (int, float) or str(hint) in ("int | None", "float | None")]
 ZERO_OK = {"weight_decay", "plateau_patience_epochs", "min_lr", "early_stop_patience_epochs",
-           "early_stop_min_delta", "gt_weight", "adversarial_jitter", "threads", "label_smoothing", "cross_fit"}
+           "early_stop_min_delta", "gt_weight", "adversarial_jitter", "threads", "label_smoothing", "cross_fit",
+           "workers"}
 HUGE_OK = {"plateau_patience_epochs", "early_stop_patience_epochs"}
 VALUES = {"nan": math.nan, "inf": math.inf, "negative": -1, "zero": 0, "huge": 10**12}
 
@@ -361,6 +362,8 @@ def test_numeric_flag(tmp_path, capsys, name, hint, kind):
 
 @pytest.mark.parametrize("args,message", [
     (["--svhn-extra"], "--svhn-extra"),
+    (["--skip-bad-images"], "--skip-bad-images"),
+    (["--data-in-memory", "maybe"], "--data-in-memory"),
     (["--image-size", "64"], "--image-size"),
     (["--static-copies", "3"], "--static-copies"),
     (["--lr-steps", "1,2"], "--lr-steps"),
@@ -434,13 +437,13 @@ def test_pickled_checkpoint_says_so_first(tmp_path, capsys):
 def test_sixteen_bit_grayscale_keeps_its_values(tmp_path):
     from PIL import Image
 
-    from labelrefinery.data.folder import _read_image
+    from labelrefinery.data.files import read_image
 
     ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
     path = tmp_path / "g16.png"
     Image.fromarray(ramp).save(path)
     assert Image.open(path).mode.startswith("I")
-    img = _read_image(str(path), 64)
+    img = read_image(str(path), 64)
     assert img.dtype == torch.uint8 and img.shape == (3, 64, 64)
     expected = torch.from_numpy((ramp.astype(np.float64) / 257).round().astype(np.uint8))
     assert (img[0].int() - expected.int()).abs().max() <= 1

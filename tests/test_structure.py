@@ -16,7 +16,7 @@ PACKAGE = Path(labelrefinery.__file__).parent
 LAYERS = [
     ["errors", "version"],
     ["config", "seeding", "dist", "fileio", "tblog"],
-    ["console", "device", "losses", "augment", "data.core", "noise", "labelstats", "htmlreport"],
+    ["console", "device", "losses", "augment", "data.core", "data.files", "noise", "labelstats", "htmlreport"],
     ["models", "batch", "data.cache", "data.idx"],
     ["data.small", "data.torchvision_sets", "data.folder"],
     ["data"],

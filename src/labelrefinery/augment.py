@@ -3,10 +3,13 @@
 Each augmentation is a function ``(images, generator) -> images`` over a whole
 batch ``images: (N, C, H, W) float32`` in [0, 1] pixel units: the per-sample
 parameters are drawn in one call from ``generator`` (a CPU ``torch.Generator``,
-so a seed gives the same views on any device), turned into one 2x3 sampling
-matrix per image, and the whole batch is resampled at once by PyTorch's
-``F.affine_grid`` + ``F.grid_sample`` (bilinear, zero fill), with no per-image
-Python loop. (kornia's ``warp_affine`` does the same warp in 1.70 ms against
+so a seed gives the same views on any device). :class:`RandomAffine` turns them
+into one 2x3 sampling matrix per image and resamples the whole batch at once by
+PyTorch's ``F.affine_grid`` + ``F.grid_sample`` (bilinear, zero fill), with no
+per-image Python loop. :class:`RandomResizedCrop` draws its views first
+(:meth:`RandomResizedCrop.draw`) and cuts them out where the images are read
+(:meth:`RandomResizedCrop.apply`, uint8 in, uint8 out): in the decoding workers
+of a streamed dataset, so the training process only trains. (kornia's ``warp_affine`` does the same warp in 1.70 ms against
 1.46 ms for :class:`RandomAffine` on a 256 x 1 x 28 x 28 CPU batch, see
 ``benchmarks/augment_warp.py``; kornia's augmentation classes draw from the
 global RNG, not a generator.)
@@ -137,20 +140,41 @@ class RandomResizedCrop:
         y0 = torch.where(first >= 0, y0, ((h - ch) / 2).floor())
         return torch.stack([x0, y0, x0 + cw - 1, y0 + ch - 1], dim=1)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Crop ``images: (N, C, H, W) float`` to ``(N, C, size, size)``."""
-        n, _, h, w = images.shape
-        b = self.boxes(n, h, w, generator)
+    def draw(self, n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+        """The views of ``n`` images of ``h`` x ``w`` pixels: ``(n, 5) int64`` rows ``x0, y0, x1, y1, flip``
+        (inclusive box corners in pixels, flip 0/1), drawn from ``generator``."""
+        b = self.boxes(n, h, w, generator).long()
         flip = torch.rand(n, generator=generator) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
-        # The output's [-1, 1] spans the box's outer edges x0 .. x1 + 1 (and y0 .. y1 + 1).
-        sx = (b[:, 2] + 1 - b[:, 0]) / w
-        sy = (b[:, 3] + 1 - b[:, 1]) / h
-        cx = (b[:, 0] + b[:, 2] + 1) / w - 1
-        cy = (b[:, 1] + b[:, 3] + 1) / h - 1
-        sx = torch.where(flip, -sx, sx)
-        zero = torch.zeros(n)
-        theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
-        return warp(images, theta, (self.size, self.size))
+        return torch.cat([b, flip.long().unsqueeze(1)], dim=1)
+
+    def apply(self, images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Cut the ``views`` (from :meth:`draw`) out of ``images: (n, C, H, W)`` and resize them to ``size``.
+
+        Each box is resized by ``F.interpolate`` (bilinear, antialiased: a box larger than ``size`` is averaged,
+        not point-sampled, as torchvision's PIL resize does), then flipped where drawn; uint8 stays uint8
+        (rounded; on the CPU without a float copy). Used where the images are read, in the decoding workers
+        of a streamed dataset (:func:`~labelrefinery.data.files.read_batches`).
+
+        Returns:
+            ``(n, C, size, size)``, the dtype of ``images``.
+        """
+        n, c = images.shape[:2]
+        out = images.new_empty(n, c, self.size, self.size)
+        for i, (x0, y0, x1, y1, flip) in enumerate(views.tolist()):
+            box = images[i : i + 1, :, y0 : y1 + 1, x0 : x1 + 1]
+            if box.dtype == torch.uint8 and box.device.type != "cpu":  # antialiased uint8 resizing is CPU-only
+                box = box.float()
+            crop = F.interpolate(box, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                 align_corners=False)[0]
+            if out.dtype == torch.uint8 and crop.dtype != torch.uint8:
+                crop = crop.round_().clamp_(0, 255)
+            out[i] = crop.flip(-1) if flip else crop
+        return out
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Crop ``images: (N, C, H, W)`` to ``(N, C, size, size)``: :meth:`draw`, then :meth:`apply`."""
+        n, _, h, w = images.shape
+        return self.apply(images, self.draw(n, h, w, generator))
 
 
 def augment_uint8(

@@ -11,6 +11,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .data.files import read_batches
+
 
 def num_batches(n: int, batch_size: int) -> int:
     """Optimizer steps in an epoch of ``n`` images: full batches, plus the rest when it holds 2 or more images.
@@ -59,18 +61,19 @@ class Pipeline:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def eval_batches(self, images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    def eval_batches(self, images, batch_size: int) -> Iterator[torch.Tensor]:
         """Model inputs for ``(N, C, H, W) uint8`` images in order: [0, 1], ``eval_view``, normalised, channels_last.
 
-        A last batch of one image is joined to the one before (BatchNorm recalibration runs these
-        batches in train mode, which cannot normalise a single image).
+        ``images``: a tensor, or :class:`~labelrefinery.data.files.ImageFiles` (decoded by its workers while
+        the model runs). A last batch of one image is joined to the one before (BatchNorm recalibration runs
+        these batches in train mode, which cannot normalise a single image).
         """
         starts = list(range(0, len(images), batch_size))
         if len(starts) > 1 and len(images) - starts[-1] == 1:
             starts.pop()
-        for i, start in enumerate(starts):
-            end = starts[i + 1] if i + 1 < len(starts) else len(images)
-            x = self.to_unit(images[start:end])
+        bounds = [(start, starts[i + 1] if i + 1 < len(starts) else len(images)) for i, start in enumerate(starts)]
+        for raw in read_batches(images, [torch.arange(a, b) for a, b in bounds]):
+            x = self.to_unit(raw)
             if self.eval_view is not None:
                 x = self.eval_view(x)
             yield self.normalize(x)

@@ -21,14 +21,14 @@ from .batch import Pipeline
 from .checkpoint import load_refinery
 from .config import RunConfig, parse_label_form
 from .console import ChainClock, log
-from .data import check_dataset_name, load_dataset
+from .data import check_dataset_name
 from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
 from .evaluate import ensemble_results
 from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, Experiment, planned_epochs, reload_generation,
                          target_source, train_generation)
 from .models import ModelSpec, build_model, check_model_name
-from .protocol import seed_data, seed_split, with_label_noise
+from .protocol import load_run_dataset, seed_data, seed_split, with_label_noise
 from .report import format_table, summarize_run
 from .rundir import RunDir
 from .targets import LabelRecipe, StoredTargets
@@ -53,7 +53,10 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     set_threads(cfg.execution.threads)
     amp_dtype = resolve_precision(cfg.execution.precision, device)
     d = cfg.data
-    dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+    dataset = load_run_dataset(cfg, device)
+    if dataset.streamed and d.augment == "static":
+        raise ConfigError("--augment static stores augmented copies of every image in memory, but this dataset is "
+                          "streamed from its files; use --augment online or crop, or --data-in-memory yes")
     dataset, noise = with_label_noise(dataset, d.label_noise)
     for name, size, have in (("train", d.train_size, len(dataset.train)), ("test", d.test_size, len(dataset.test))):
         if size is not None and size > have:
@@ -143,7 +146,8 @@ def _write_run_facts(exp: Experiment, resumed: bool) -> None:
         "precision_reason": precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype),
         "dataset": {"name": ds.name, "source": ds.source, "train": train, "test": test,
                     "train_available": len(ds.train), "test_available": len(ds.test),
-                    "classes": ds.classes, "image_shape": list(ds.image_shape)},
+                    "classes": ds.classes, "image_shape": list(ds.image_shape), "streamed": ds.streamed,
+                    "workers": ds.train.images.workers if ds.streamed else 0, "skipped_unreadable_files": ds.skipped_files},
     })
     sizes = ", ".join(f"{used} {'' if used == have else f'of {have} '}{name}"
                       for used, have, name in ((train, len(ds.train), "train"), (test, len(ds.test), "test")))

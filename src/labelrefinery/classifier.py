@@ -24,8 +24,8 @@ from torchvision.transforms.v2 import functional as F  # imported here: torch.ji
 from .augment import eval_view
 from .checkpoint import load_checkpoint, model_from_state, preprocessing_record, spec_from_dict
 from .console import interactive
-from .data import load_dataset
 from .errors import CheckpointError, ConfigError, DataError
+from .protocol import load_run_dataset
 from .report import best_of
 from .rundir import RunDir
 
@@ -111,7 +111,7 @@ def _run_preprocessing(rd: RunDir) -> dict:
     """The preprocessing of a run whose checkpoints predate storing it: recomputed from its dataset."""
     cfg = rd.read_config()
     d = cfg.data
-    dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+    dataset = load_run_dataset(cfg)
     return preprocessing_record(dataset, d.augment)
 
 

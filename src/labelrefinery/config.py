@@ -33,6 +33,8 @@ LABEL_MODES = ("offline", "online")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("plateau", "onecycle", "cosine", "steps")
+IN_MEMORY_CHOICES = ("auto", "yes", "no")
+LABEL_STORAGES = ("auto", "float32", "float16")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -60,6 +62,7 @@ MAX_STATIC_COPIES = 100
 MAX_LR = 10.0
 MAX_TEMPERATURE = 100.0
 MAX_THREADS = 1024
+MAX_WORKERS = 256
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -200,6 +203,9 @@ class DataConfig:
     augment: str = _f("none", "training augmentation: none | static (2 stored copies, the write-up) | "
                       "online (fresh every epoch) | crop (random resized crop + flip)", choices=AUGMENTS)
     static_copies: int = _f(2, "augment=static: augmented copies of every training image stored next to it")
+    skip_bad_images: bool = _f(False, "folder: datasets: leave out image files that cannot be decoded (found by "
+                               "one decoding pass, remembered in the cache directory; their number is logged and "
+                               "recorded in run.json); without it such a file stops the run, named by path")
     label_noise: str | None = _f(None, "inject label noise into the training split before validation is drawn: "
                                  "symmetric:P (each label, with probability P, becomes a uniformly drawn other "
                                  "class) | pairflip:P (class k becomes k+1 mod K); the same for every seed; "
@@ -221,6 +227,8 @@ class DataConfig:
         _only_with(self.image_size is not None, "image_size", self.dataset.startswith("folder:"),
                    "--dataset folder:PATH")
         _only_with(self.static_copies != 2, "static_copies", self.augment == "static", "--augment static")
+        _only_with(self.skip_bad_images, "skip_bad_images", self.dataset.startswith("folder:"),
+                   "--dataset folder:PATH")
         if self.label_noise is not None:  # one spelling per setting: symmetric:0.30 is symmetric:0.3
             kind, p = parse_label_noise(self.label_noise)
             self.label_noise = f"{kind}:{p:g}"
@@ -304,6 +312,9 @@ class RefineConfig:
     controls: bool = _f(False, "also train, per seed, two controls from R1's initialisation: label-smoothing "
                         "(R1's recipe with --label-smoothing 0.1) and equal-compute (R1's recipe for generations x "
                         "epochs); the table reports them beside the generations")
+    label_storage: str = _f("auto", "how labels.npz stores each generation's refined labels: float32 | float16 | "
+                            "topk:J (the J largest probabilities, float16, with their class indices; rows "
+                            "renormalised when read) | auto (float32 up to 2^26 images x classes, else float16)")
     cross_fit: int = _f(0, "K >= 2: out-of-sample refined labels: the training split is cut into K stratified "
                         "folds and each fold's labels come from a model trained on the other K-1 folds (K more "
                         "models per generation, about K times its in-sample cost in all); 0 = in-sample labels from "
@@ -335,6 +346,9 @@ class RefineConfig:
         if self.cross_fit and self.labels != "offline":
             raise ConfigError("--cross-fit needs --labels offline: with online labels the next generation is "
                               "labelled per batch by the generation's own model, not by its fold models")
+        kind, j = (self.label_storage.split(":", 1) + [""])[:2] if isinstance(self.label_storage, str) else ("", "")
+        _need(self.label_storage in LABEL_STORAGES or (kind == "topk" and j.isdigit() and int(j) >= 1),
+              "label_storage", self.label_storage, f"one of {', '.join(LABEL_STORAGES)} or topk:J with J >= 1")
         _need(len(set(self.ensemble)) == len(self.ensemble), "ensemble", ",".join(map(str, self.ensemble)),
               "distinct generations")
 
@@ -349,6 +363,15 @@ class ExecConfig:
     threads: int = _f(0, "CPU threads for torch (0 = all cores)")
     compile: bool = _f(False, "torch.compile the model (pays off only for long runs)")
     progress: bool = _f(True, "show a progress bar per epoch")
+    data_in_memory: str = _f("auto", "folder: datasets: yes (decode every image once, cache it as uint8 and hold "
+                             "it in memory) | no (stream: decode each batch from the files in --workers processes) "
+                             "| auto (in memory when the decoded images take at most half of the available RAM "
+                             "and of a CUDA device's free memory; the choice is printed at the start)",
+                             choices=IN_MEMORY_CHOICES)
+    workers: int = _f(0, "processes decoding image files (streamed folder: datasets, and the conversion of one "
+                      "held in memory); 0 = one per CPU core, at most 8")
+    cache_dir: str | None = _f(None, "where folder: datasets are cached as uint8 (none given: --data-dir's "
+                               "labelrefinery-cache/, else ~/.cache/labelrefinery); never inside the image tree")
     tensorboard: bool = _f(False, "also write per-epoch and per-generation scalars to RUN_DIR/tb/ (watch with "
                            "tensorboard --logdir RUN_DIR/tb; needs pip install tensorboard)")
 
@@ -357,6 +380,9 @@ class ExecConfig:
         check_device_name(self.device)
         if not 0 <= self.threads <= MAX_THREADS:
             raise ConfigError(f"--threads must be in [0, {MAX_THREADS}] (0 = all cores), got {self.threads}")
+        _need(self.data_in_memory in IN_MEMORY_CHOICES, "data_in_memory", self.data_in_memory,
+              f"one of {', '.join(IN_MEMORY_CHOICES)}")
+        _need(0 <= self.workers <= MAX_WORKERS, "workers", self.workers, f"in [0, {MAX_WORKERS}] (0 = one per core)")
 
 
 SECTIONS = {"data": DataConfig, "training": TrainConfig, "refinement": RefineConfig, "execution": ExecConfig}
@@ -464,7 +490,7 @@ def leaf_names() -> list[str]:
 RESUMABLE_CHANGES = {"generations", "seeds", "ensemble", "controls", *(f.name for f in fields(ExecConfig))}
 
 
-PATH_SETTINGS = ("data_dir", "refinery_checkpoint")  # and the PATH of dataset folder:PATH
+PATH_SETTINGS = ("data_dir", "refinery_checkpoint", "cache_dir")  # and the PATH of dataset folder:PATH
 
 
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:

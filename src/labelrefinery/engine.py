@@ -2,8 +2,11 @@
 
 Letters: N images, B batch size, C channels, H x W pixels, K classes.
 
-The training images live on the training device as ``(N, C, H, W) uint8``.
-Each step takes a slice of one index permutation, converts that batch to float
+The training images live on the training device as ``(N, C, H, W) uint8``, or
+stay files decoded per batch by worker processes (a streamed image folder,
+:class:`~labelrefinery.data.files.ImageFiles`); both are read through
+:func:`~labelrefinery.data.files.read_batches`. Each step takes a slice of one
+index permutation, converts that batch to float
 on the device, augments it with per-sample parameters (batched, see
 :mod:`labelrefinery.augment`), asks the target source for the batch's targets
 (:mod:`labelrefinery.targets`: stored rows indexed by the same permutation, or
@@ -25,6 +28,7 @@ from torch import nn
 from .batch import Pipeline, num_batches
 from .config import TrainConfig
 from .console import ChainClock, format_duration, interactive, log as log_line, progress_bar
+from .data.files import read_batches
 from .losses import distillation_kl, distillation_loss, smooth_targets, soft_target_cross_entropy
 from .seeding import epoch_generator
 from .targets import TargetSource
@@ -216,7 +220,9 @@ def train_one_epoch(
         pipeline: device, normalisation, precision.
         batch_size: B.
         generator: CPU generator for the permutation, augmentation and jitter draws.
-        augment: batched ``(x, generator) -> x`` on [0, 1] floats, or None.
+        augment: batched ``(x, generator) -> x`` on [0, 1] floats; or one with ``draw``/``apply``
+            (:class:`~labelrefinery.augment.RandomResizedCrop`), whose views are drawn for the whole epoch
+            first and cut as the images are read (:func:`~labelrefinery.data.files.read_batches`); or None.
         schedule: its ``after_batch`` is called after every step.
         grad_scaler: for fp16.
         label_smoothing: epsilon applied to every batch's targets (:func:`~labelrefinery.losses.smooth_targets`).
@@ -231,16 +237,21 @@ def train_one_epoch(
     """
     model.train()
     n = len(images)
-    perm = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
+    perm = torch.randperm(n, generator=generator)
     steps = num_batches(n, batch_size)
+    order = [perm[b * batch_size : (b + 1) * batch_size] for b in range(steps)]
+    # An augmentation that cuts views (random resized crops) draws them all now and cuts them as the images are
+    # read (for files, in the decoding workers); any other one runs on each [0, 1] batch on the device.
+    cut = augment if hasattr(augment, "draw") else None
+    views = None if cut is None else [cut.draw(len(idx), *images.shape[2:], generator) for idx in order]
     totals = torch.zeros(3, dtype=torch.float64, device=pipeline.device)  # loss, kl, correct (summed on the device)
     seen = 0
     start = time.perf_counter()
     bar = progress_bar(n, desc, progress)
-    for b in range(steps):
-        idx = perm[b * batch_size : (b + 1) * batch_size]
-        x = pipeline.to_unit(images[idx])
-        if augment is not None:
+    for b, raw in enumerate(read_batches(images, order, views, cut)):
+        idx = order[b].to(pipeline.device, non_blocking=True)
+        x = pipeline.to_unit(raw)
+        if augment is not None and cut is None:
             x = augment(x, generator)
         batch = targets.for_batch(idx, x, model, pipeline, generator)
         with pipeline.autocast():

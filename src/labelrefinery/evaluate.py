@@ -15,10 +15,11 @@ import torch
 from .augment import eval_view
 from .batch import Pipeline
 from .checkpoint import check_classes
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .device import resolve_device, resolve_precision
 from .engine import predict, top1_accuracy
 from .errors import ConfigError, RunDirError
+from .protocol import load_run_dataset
 from .report import format_table, summarize_run
 from .rundir import RunDir
 
@@ -87,7 +88,7 @@ def _evaluate_locked(rd: RunDir, cfg, gens_wanted: list[int], device: str) -> st
     if not any(rd.finished_generations(s) for s in rd.seeds()):
         raise RunDirError(f"{rd.root} has no finished generation yet; evaluate it once R1 has finished")
     d = cfg.data
-    dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+    dataset = load_run_dataset(cfg)
     dev = resolve_device(device)
     pipeline = Pipeline.create(dev, dataset.mean, dataset.std, resolve_precision(cfg.execution.precision, dev),
                                eval_view(d.augment))

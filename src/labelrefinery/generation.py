@@ -33,7 +33,7 @@ from .engine import evaluate, fit, predict, recalibrate_batchnorm, recalibration
 from .models import ModelSpec, build_model
 from .noise import LabelNoise, label_quality
 from .protocol import SeedData
-from .rundir import RunDir
+from .rundir import RunDir, as_stored, label_storage
 from .seeding import CROSS_FIT, derive_seed, seed_model_init
 from .targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource
 
@@ -241,8 +241,10 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     # What it said (no ground truth mixed in): in-sample from this model, or out-of-sample from fold models.
     refined = cross_fit_labels(exp, data, generation, targets) if cfg.refinement.cross_fit and control is None \
         else exp.recipe.refine(predict(model, data.images, pipeline))
+    storage = label_storage(cfg.refinement.label_storage, *refined.shape)
+    refined = as_stored(refined, storage)  # what a resumed chain will read back
     files["labels.npz"] = rd.save_labels(seed, slot, refined, data.views.indices, data.views.views,
-                                         exp.dataset.classes)
+                                         exp.dataset.classes, storage)
     clock.lap("relabel")
     val = evaluate(model, data.val_images, data.val_labels, pipeline)
     test_top1 = top1_accuracy(predict(model, data.test_images, pipeline), data.test_labels)
@@ -258,6 +260,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
         "refined_label_agreement": top1_accuracy(refined, data.views.labels),
         "label_quality": label_quality(refined[originals_mask], data.views.labels[originals_mask],
                                        None if data.clean_labels is None else data.clean_labels[originals_mask]),
+        "label_storage": storage,
         "collapsed": is_collapsed(val["top1"], exp.dataset.train.num_classes,
                                   previous["val_top1"] if previous else None),
         "files": files,  # SHA-256 of what this generation wrote, checked whenever they are read back

@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 from .augment import input_size, make_augment
 from .batch import Pipeline
 from .console import interactive
-from .data import load_dataset
+from .data import read_all
 from .errors import ConfigError, RunDirError, UserError
 from .fileio import atomic_write_text
 from .htmlreport import render
 from .labelissues import issue_rows, own_labels, split_labels
 from .labelstats import class_overlap, confusion, crop_disagreement, generation_label_stats, pick_images, top_k
 from .noise import label_quality
-from .protocol import with_label_noise
+from .protocol import load_run_dataset, with_label_noise
 from .report import best_of, format_table, summarize_run
 from .rundir import RunDir
 
@@ -66,7 +66,7 @@ def _seed_to_show(rd: RunDir, wanted: int | None) -> int:
 def _load_dataset(cfg, notes: list[str]):
     d = cfg.data
     try:
-        dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra)
+        dataset = load_run_dataset(cfg)
         return with_label_noise(dataset, d.label_noise)[0]
     except UserError as e:
         notes.append(f"Images are not shown: the dataset could not be loaded here ({e}).")
@@ -94,7 +94,7 @@ def _crop_view(rd: RunDir, cfg, seed: int, gens: list[int], dataset, candidates:
     pipeline = Pipeline.create(torch.device("cpu"), dataset.mean, dataset.std)
     generator = torch.Generator().manual_seed(seed)
     crops_per_image = 8
-    x = pipeline.to_unit(dataset.train.images[torch.from_numpy(candidates)])
+    x = pipeline.to_unit(read_all(dataset.train.images[torch.from_numpy(candidates)]))
     x = x.repeat_interleave(crops_per_image, 0)
     crops = augment(x, generator)  # (n * 8, C, h, w) in [0, 1]
     probs = []

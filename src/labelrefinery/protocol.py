@@ -17,10 +17,27 @@ import torch
 
 from .augment import RandomAffine, augment_uint8
 from .config import RunConfig
-from .data import Dataset, ImageData, stratified_split
+from .data import Dataset, ImageData, load_dataset, stratified_split
+from .data.files import default_workers
 from .errors import ConfigError
 from .noise import LabelNoise, inject_label_noise
 from .seeding import label_noise_generator, static_copy_generator
+
+
+def load_run_dataset(cfg: RunConfig, device: torch.device | None = None) -> Dataset:
+    """The dataset a run reads, loaded as its settings say (``--data-in-memory``, ``--workers``, ``--cache-dir``,
+    ``--skip-bad-images``), before any label noise (:func:`with_label_noise`).
+
+    Args:
+        device: the training device (its free memory decides ``--data-in-memory auto``), or None.
+
+    Raises:
+        UserError: missing or unreadable data, a setting the dataset cannot take.
+    """
+    d, ex = cfg.data, cfg.execution
+    return load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra,
+                        in_memory=ex.data_in_memory, workers=ex.workers or default_workers(),
+                        skip_bad_images=d.skip_bad_images, device=device, cache_dir=ex.cache_dir)
 
 
 def seed_split(dataset: Dataset, cfg: RunConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +86,8 @@ def training_views(dataset: Dataset, train_idx: torch.Tensor, cfg: RunConfig, se
             parts.append(augment_uint8(images, affine, static_copy_generator(seed, c)))
             views.append(torch.full((len(images),), c, dtype=torch.int64))
     reps = len(parts)
-    return TrainingViews(torch.cat(parts), labels.repeat(reps), train_idx.repeat(reps), torch.cat(views))
+    return TrainingViews(parts[0] if reps == 1 else torch.cat(parts), labels.repeat(reps), train_idx.repeat(reps),
+                         torch.cat(views))
 
 
 @dataclass

@@ -486,9 +486,7 @@ class RunDir:
                                classes: list[str], summary: dict) -> None:
         """Record an external refinery's offline labels (``refinery/labels.npz``, as a generation's) and its
         ``summary`` (top-1 on validation and test, agreement with the given labels) in ``refinery/summary.json``."""
-        buf = io.BytesIO()
-        np.savez(buf, labels=labels.float().numpy(), indices=indices.numpy().astype(np.int64),
-                 views=views.numpy().astype(np.int64), classes=np.array(classes), refinery_only=np.array(True))
+        buf = _labels_file(labels, indices, views, classes, "float32")
         where = self.refinery_dir(seed)
         atomic_write_bytes(where / "labels.npz", buf.getvalue())
         write_json(where / "summary.json", {**summary, "files": {"labels.npz": sha256_bytes(buf.getvalue())}})
@@ -503,7 +501,7 @@ class RunDir:
         return summary if ok else None
 
     def save_labels(self, seed: int, generation: int | str, labels: torch.Tensor, indices: torch.Tensor,
-                    views: torch.Tensor, classes: list[str]) -> str:
+                    views: torch.Tensor, classes: list[str], storage: str = "float32") -> str:
         """Save refined labels as ``labels.npz``; returns its SHA-256.
 
         Args:
@@ -511,17 +509,18 @@ class RunDir:
             indices: ``(M,) int64`` index of each row's image in the dataset's training split.
             views: ``(M,) int64`` 0 for the image itself, c >= 1 for its c-th stored augmented copy.
             classes: the K class names.
+            storage: how the rows are stored (:func:`label_storage`): ``float32``, ``float16`` or ``topk:J``
+                (the J largest probabilities of each row as float16 with their int64 class indices);
+                :meth:`load_labels` reads every form back as float32 rows.
         """
-        buf = io.BytesIO()
-        np.savez(buf, labels=labels.float().numpy(), indices=indices.numpy().astype(np.int64),
-                 views=views.numpy().astype(np.int64), classes=np.array(classes), refinery_only=np.array(True))
+        buf = _labels_file(labels, indices, views, classes, storage)
         atomic_write_bytes(self.labels_path(seed, generation), buf.getvalue())
         return sha256_bytes(buf.getvalue())
 
     def load_labels(self, seed: int, generation: int | str, rows: int | None = None,
                     num_classes: int | None = None) -> dict[str, np.ndarray]:
-        """A generation's refined labels, verified: keys ``labels`` ``(M, K) float32``, ``indices``, ``views``,
-        ``classes`` and ``refinery_only`` (False in files of older versions, which stored the labels after the
+        """A generation's refined labels, verified: keys ``labels`` ``(M, K) float32`` (rows stored as float16 or
+        top-J renormalised to sum to 1), ``storage``, ``indices``, ``views``, ``classes`` and ``refinery_only`` (False in files of older versions, which stored the labels after the
         ``--gt-weight`` mix).
 
         Args:
@@ -535,7 +534,9 @@ class RunDir:
         self._verify(seed, generation, path)
         try:
             with np.load(path, allow_pickle=False) as z:
-                out = {k: z[k] for k in ("labels", "indices", "views", "classes")}
+                out = {k: z[k] for k in ("indices", "views", "classes")}
+                out["storage"] = str(z["storage"]) if "storage" in z.files else "float32"
+                out["labels"] = _decode_labels(z, out["storage"], len(out["classes"]))
                 out["refinery_only"] = bool(z["refinery_only"]) if "refinery_only" in z.files else False
         except FileNotFoundError:
             raise RunDirError(f"{path} is missing; {fix}") from None
@@ -624,6 +625,69 @@ def _summary_problem(s: Any, seed: int, generation: int | str) -> str | None:
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         return "files is not a map of names to checksums"
     return None
+
+
+LABEL_STORAGE_FLOAT32_MAX = 2**26  # --label-storage auto: float32 up to this many M x K values (256 MiB), else float16
+
+
+def label_storage(choice: str, rows: int, num_classes: int) -> str:
+    """The storage of ``rows`` x ``num_classes`` refined labels for ``--label-storage choice``: ``auto`` is float32
+    up to :data:`LABEL_STORAGE_FLOAT32_MAX` values (Fashion-MNIST: 0.5 M; ImageNet's 1.28 M x 1000: 1,281 M, float16),
+    else float16; ``topk:J`` with J >= K is float32."""
+    if choice == "auto":
+        return "float32" if rows * num_classes <= LABEL_STORAGE_FLOAT32_MAX else "float16"
+    if choice.startswith("topk:") and int(choice[5:]) >= num_classes:
+        return "float32"
+    return choice
+
+
+def as_stored(labels: torch.Tensor, storage: str) -> torch.Tensor:
+    """``labels: (M, K) float32`` as :meth:`RunDir.load_labels` will read them back from ``storage``, so a chain
+    continues from the same rows whether or not it was interrupted."""
+    if storage == "float32":
+        return labels
+    buf = _labels_file(labels, torch.zeros(len(labels), dtype=torch.int64), torch.zeros(len(labels), dtype=torch.int64),
+                       [str(k) for k in range(labels.shape[1])], storage)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        return torch.from_numpy(_decode_labels(z, storage, labels.shape[1]))
+
+
+def _labels_file(labels: torch.Tensor, indices: torch.Tensor, views: torch.Tensor, classes: list[str],
+                 storage: str) -> io.BytesIO:
+    """The bytes of a ``labels.npz`` holding ``labels: (M, K) float`` rows in ``storage``."""
+    rows = labels.float()
+    if storage == "float32":
+        arrays = {"labels": rows.numpy()}
+    elif storage == "float16":
+        arrays = {"labels": rows.half().numpy()}
+    elif storage.startswith("topk:"):
+        values, top = rows.topk(int(storage[5:]), dim=1)
+        arrays = {"topk_indices": top.numpy().astype(np.int64), "topk_values": values.half().numpy()}
+    else:
+        raise ValueError(f"unknown label storage {storage!r}")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, indices=indices.numpy().astype(np.int64), views=views.numpy().astype(np.int64),
+             classes=np.array(classes), refinery_only=np.array(True), storage=np.array(storage))
+    return buf
+
+
+def _decode_labels(z, storage: str, num_classes: int) -> np.ndarray:
+    """``(M, K) float32`` rows from an open ``labels.npz`` in ``storage``; float16 and top-J rows renormalised."""
+    if storage == "float32":
+        return z["labels"]
+    if storage == "float16":
+        rows = z["labels"].astype(np.float32)
+    elif storage.startswith("topk:"):
+        top, values = z["topk_indices"], z["topk_values"].astype(np.float32)
+        if top.shape != values.shape or top.ndim != 2 or (top.size and not 0 <= top.min() <= top.max() < num_classes):
+            raise ValueError(f"top-k indices of shape {top.shape} outside [0, {num_classes})")
+        rows = np.zeros((len(top), num_classes), dtype=np.float32)
+        np.put_along_axis(rows, top, values, axis=1)
+    else:
+        raise ValueError(f"unknown label storage {storage!r}")
+    sums = rows.sum(1, keepdims=True)
+    return rows / np.where(sums > 0, sums, 1)
 
 
 def _label_problem(z: dict[str, np.ndarray], rows: int | None, num_classes: int | None) -> str | None:

@@ -11,7 +11,8 @@ class names). Names (:data:`DATASETS`):
 - ``cifar10``, ``cifar100``, ``svhn``: torchvision's classes (:mod:`.torchvision_sets`);
 - ``folder:PATH``: an ImageNet-layout image folder (:mod:`.folder`).
 
-Converted datasets are cached as uint8 (:mod:`.cache`).
+Converted datasets are cached as uint8 (:mod:`.cache`); image folders too large for memory stay
+files decoded per batch (:mod:`.files`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, DataError
 from .core import Dataset, ImageData, stratified_folds, stratified_split
+from .files import ImageFiles, read_all, read_batches
 from .folder import load_folder
 from .idx import DEBIAN_FASHION_MNIST, load_fashion_mnist, load_mnist, read_idx
 from .small import load_digits, load_synthetic
@@ -54,19 +56,29 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
     Args:
         name: dataset name.
         data_dir: where the dataset's files are or should be downloaded to; also decides the cache directory.
-        options: ``image_size`` (pixels, ``folder:PATH``), ``svhn_extra`` (bool, ``svhn``).
+        options: ``image_size`` (pixels, ``folder:PATH``), ``svhn_extra`` (bool, ``svhn``); for ``folder:PATH``
+            also ``in_memory`` (auto | yes | no), ``workers``, ``skip_bad_images``, ``device`` and ``cache_dir``
+            (see :func:`~labelrefinery.data.folder.load_folder`). Other datasets are always held in memory.
 
     Raises:
-        ConfigError: unknown name.
+        ConfigError: unknown name, or ``in_memory="no"`` for a dataset that cannot stream.
         DataError: missing, truncated or corrupt files, or bad labels.
     """
     check_dataset_name(name)
     root = Path(data_dir) if data_dir is not None else None
     if name.startswith(FOLDER_PREFIX):
-        return load_folder(Path(name[len(FOLDER_PREFIX):]), options.get("image_size"), root)
+        cache = options.get("cache_dir")
+        return load_folder(Path(name[len(FOLDER_PREFIX):]), options.get("image_size"), root,
+                           in_memory=options.get("in_memory") or "yes", workers=options.get("workers") or 0,
+                           skip_bad_images=bool(options.get("skip_bad_images")), device=options.get("device"),
+                           cache_root=Path(cache) if cache else None)
+    if options.get("in_memory") == "no":
+        raise ConfigError(f"--data-in-memory no: {name} is read whole from its files (it fits in memory); only "
+                          "folder:PATH datasets stream from disk: leave --data-in-memory at auto")
     return _LOADERS[name](root, options)
 
 
-__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "DataError", "Dataset", "ImageData", "check_dataset_name",
+__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "DataError", "Dataset", "ImageData", "ImageFiles",
+           "check_dataset_name", "read_all", "read_batches",
            "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist", "load_synthetic", "read_idx",
            "stratified_folds", "stratified_split"]

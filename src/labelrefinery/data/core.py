@@ -3,8 +3,9 @@
 Letters: N images, C channels (1 or 3), H x W pixels, K classes.
 
 A :class:`Dataset` has ``train`` and ``test`` splits, each an
-:class:`ImageData`: ``images: (N, C, H, W) uint8`` in [0, 255], ``labels: (N,)
-int64`` in [0, K), and the class names. Conversion to float and normalisation
+:class:`ImageData`: ``images: (N, C, H, W) uint8`` in [0, 255] (a tensor, or for a
+streamed image folder :class:`~labelrefinery.data.files.ImageFiles`, which reads
+like one), ``labels: (N,) int64`` in [0, K), and the class names. Conversion to float and normalisation
 happen per batch on the training device (see :mod:`labelrefinery.batch`).
 """
 
@@ -23,7 +24,7 @@ class ImageData:
     """One split of a dataset held in memory.
 
     Attributes:
-        images: ``(N, C, H, W) uint8`` pixels in [0, 255].
+        images: ``(N, C, H, W) uint8`` pixels in [0, 255]: a tensor, or :class:`~labelrefinery.data.files.ImageFiles`.
         labels: ``(N,) int64`` class indices in [0, K).
         classes: the K class names; ``labels`` index into this list.
 
@@ -71,6 +72,7 @@ class Dataset:
         hflip_keeps_class: whether a horizontal flip keeps every class (False for digits).
         mean, std: per-channel normalisation constants in [0, 1] pixel units.
         source: where the data was read from (a directory, a package, "generated").
+        skipped_files: unreadable image files left out (``--skip-bad-images``).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Dataset:
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
     source: str = ""
+    skipped_files: int = 0
 
     def __post_init__(self) -> None:
         if self.train.classes != self.test.classes:
@@ -97,6 +100,11 @@ class Dataset:
     @property
     def classes(self) -> list[str]:
         return self.train.classes
+
+    @property
+    def streamed(self) -> bool:
+        """True when the images stay files decoded per batch (:class:`~labelrefinery.data.files.ImageFiles`)."""
+        return not isinstance(self.train.images, torch.Tensor)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -3,76 +3,122 @@
 Classes are the training folder's subfolders sorted as torchvision sorts them;
 a validation split lacking a class keeps the training split's indices.
 Grayscale, palette, RGBA and CMYK files are converted to RGB; each image is
-resized (shorter side) and centre-cropped to ``image_size`` pixels. The
-converted uint8 tensors are cached (see :mod:`.cache`) under a key made from
-the folder's path, the size and the listing of files (names, sizes, mtimes),
-so an edited folder is converted again.
+resized (shorter side) and centre-cropped to ``image_size`` pixels
+(:func:`~labelrefinery.data.files.read_image`). Held in memory, the converted
+uint8 tensors are cached (see :mod:`.cache`) under a key made from the folder's
+path, the size and the listing of files (names, sizes, mtimes), so an edited
+folder is converted again. Too large for memory (``--data-in-memory``), the
+images stay files and are decoded per batch by worker processes
+(:class:`~labelrefinery.data.files.ImageFiles`); both paths give the same pixels,
+the same class indices and the same normalisation constants (per-channel mean
+and std over every ``N // 2000``-th training image, cached beside the data).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
-from ..errors import DataError
-from .cache import cache_path, load_cache, save_cache
+from ..config import IN_MEMORY_CHOICES
+from ..console import log
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_text
+from .cache import cache_dir, load_cache, save_cache
 from .core import Dataset, ImageData
+from .files import ImageFiles, find_unreadable, read_all, read_batches
 
 DEFAULT_FOLDER_IMAGE_SIZE = 256
-
-def _to_rgb(im) -> torch.Tensor:
-    """A PIL image of any mode as ``(3, H, W) uint8``, values kept: 16- and 32-bit images scaled to 8 bits.
-
-    Grayscale, palette, RGBA and CMYK convert through PIL. ``I;16*`` (16-bit) is divided
-    by 257 (65535 -> 255); ``I`` (32-bit integer, how PIL opens most 16-bit PNGs) the same
-    when its values fit 16 bits, else by (2^32 - 1) / 255; ``F`` (float) is taken as [0, 1]
-    when its maximum is at most 1, else as [0, 255]. PIL's own conversion would clip all of
-    these at 255 (a white image).
-    """
-    import numpy as np
-    from torchvision.transforms.v2 import functional as F
-
-    if im.mode.startswith("I") or im.mode == "F":
-        a = np.asarray(im).astype(np.float64)
-        if im.mode == "F":
-            scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
-        elif im.mode.startswith("I;16") or (a.size and a.max() <= 65535 and a.min() >= 0):
-            scale = 1 / 257
-        else:
-            scale = 255.0 / (2**32 - 1)
-            a = a - a.min() if a.size and a.min() < 0 else a
-        gray = torch.from_numpy(np.clip(np.round(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8))
-        return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
-    return F.pil_to_tensor(im.convert("RGB"))  # grayscale, palette, RGBA, CMYK -> RGB
+MEMORY_SHARE = 0.5  # --data-in-memory auto: in memory when the decoded images take at most this share of free memory
+STATS_IMAGES = 2000  # mean and std come from every (N // 2000)-th training image, in memory or streamed
 
 
-def _read_image(path: str, size: int) -> torch.Tensor:
-    """Decode one file to ``(3, size, size) uint8``: RGB (see :func:`_to_rgb`), shorter side resized, centre crop."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional as F
-
+def available_memory() -> int:
+    """Bytes of RAM available to a new allocation (``MemAvailable`` of /proc/meminfo; elsewhere free pages)."""
     try:
-        with Image.open(path) as im:
-            img = _to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}; delete or replace the file") from None
-    img = F.resize(img, [size], antialias=True)
-    return F.center_crop(img, [size, size])
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None = None) -> Dataset:
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def decide_in_memory(choice: str, decoded_bytes: int, device: torch.device | None, cache: Path) -> tuple[bool, str]:
+    """Whether images of ``decoded_bytes`` are held in memory for ``--data-in-memory choice``, and why (one line).
+
+    ``auto``: in memory when they take at most half of the available RAM, half of the free memory of a CUDA
+    training device (the images move there) and fit the cache directory's disk; else streamed from the files.
+
+    Raises:
+        ConfigError: ``choice`` not one of auto, yes, no.
+    """
+    if choice not in IN_MEMORY_CHOICES:
+        raise ConfigError(f"--data-in-memory {choice!r} must be one of {', '.join(IN_MEMORY_CHOICES)}")
+    if choice != "auto":
+        return choice == "yes", f"--data-in-memory {choice}"
+    limits = [("RAM available", available_memory())]
+    if device is not None and device.type == "cuda":
+        limits.append((f"free on {device}", torch.cuda.mem_get_info(device)[0]))
+    for name, free in limits:
+        if decoded_bytes > MEMORY_SHARE * free:
+            return False, f"more than half of the {_gb(free)} {name}; --data-in-memory auto"
+    if not cache.exists():
+        probe = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
+        room = shutil.disk_usage(probe).free
+        if decoded_bytes > room:
+            return False, f"its cache would not fit the {_gb(room)} free on {probe}; --data-in-memory auto"
+    return True, f"at most half of the {_gb(limits[0][1])} RAM available; --data-in-memory auto"
+
+
+def _stats(images: torch.Tensor | ImageFiles) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units over every ``(N // STATS_IMAGES)``-th image (same for both paths),
+    accumulated in float64 over batches of 32 images (50 MB at 256 px), so memory stays at one batch."""
+    picked = images[:: max(1, len(images) // STATS_IMAGES)]
+    batches = [torch.arange(i, min(i + 32, len(picked))) for i in range(0, len(picked), 32)]
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for batch in read_batches(picked, batches):
+        x = batch.double().div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    n = len(picked) * picked.shape[2] * picked.shape[3]
+    mean = total / n
+    std = ((squares - n * mean.square()) / max(1, n - 1)).clamp_min(0).sqrt().clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None = None, *,
+                in_memory: str = "yes", workers: int = 0, skip_bad_images: bool = False,
+                device: torch.device | None = None, cache_root: Path | None = None) -> Dataset:
     """An ImageNet-layout folder ``path/train/<class>/*``, ``path/val/<class>/*`` (see module docstring).
 
     Args:
         path: the folder holding ``train/`` and ``val/``.
         image_size: side of the stored images in pixels (default 256).
         data_dir: decides the cache directory (see :func:`labelrefinery.data.cache.cache_dir`).
+        in_memory: ``yes`` (decode every image once, cache them, hold them as uint8 tensors), ``no`` (keep
+            them as :class:`~labelrefinery.data.files.ImageFiles`, decoded by ``workers`` processes per batch)
+            or ``auto`` (:func:`decide_in_memory`); the choice and its reason are logged.
+        workers: decoding processes when streaming and for the ``skip_bad_images`` check (0: in this process).
+        skip_bad_images: leave out files that cannot be decoded (found by one decoding pass, remembered in the
+            cache directory), logging their number; without it such a file stops the run, named by path.
+        device: the training device (its free memory counts for ``auto``).
+        cache_root: the cache directory (default :func:`~labelrefinery.data.cache.cache_dir` of ``data_dir``).
 
     Raises:
         DataError: missing ``train``/``val`` folders, a class in ``val`` unknown to ``train``, no images,
             or an unreadable image (named by path).
+        ConfigError: an unknown ``in_memory`` choice.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
     from tqdm.auto import tqdm
@@ -102,18 +148,73 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
             st = Path(file).stat()
             listing.update(f"{file}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     key = f"folder-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}-{size}px-{listing.hexdigest()[:10]}"
-    cache = cache_path(data_dir, key)
+    root = cache_root if cache_root is not None else cache_dir(data_dir)
+    if skip_bad_images:  # the readable files only: cached apart from a run that reads every file
+        key += "-readable"
+    cache = root / f"{key}.safetensors"
+    name, pin = f"folder:{path}", device is not None and device.type == "cuda"
+    files = {split: ImageFiles([f for f, _ in samples[split]], size, workers, pin) for split in ("train", "val")}
+    skipped = 0
+    if skip_bad_images:
+        before = sum(len(v) for v in samples.values())
+        samples = _without_unreadable(samples, files, root / f"{key}-unreadable.json")
+        skipped = before - sum(len(v) for v in samples.values())
+        files = {split: ImageFiles([f for f, _ in samples[split]], size, workers, pin) for split in samples}
+    labels = {split: torch.tensor([label for _, label in samples[split]], dtype=torch.int64) for split in samples}
+    n = sum(len(v) for v in samples.values())
+    held, why = decide_in_memory(in_memory, n * 3 * size * size, device, cache)
+    log(f"{name}: {n:,} images of {size} x {size} px, {_gb(n * 3 * size * size)} decoded: "
+        + (f"held in memory ({why})" if held else f"streamed from the files by {workers} worker processes ({why})"))
+    if not held:
+        train, test = (ImageData(files[s], labels[s], list(classes)) for s in ("train", "val"))
+        mean, std = _cached_stats(root / f"{key}-stats.json", train.images)
+        return Dataset(name, train, test, hflip_keeps_class=True, mean=mean, std=std, source=str(path),
+                       skipped_files=skipped)
     cached = load_cache(cache)
     if cached is None:
         splits = []
         for split in ("train", "val"):
-            files = samples[split]
-            images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-            for i, (file, _) in enumerate(tqdm(files, desc=f"converting {split} images", unit="img",
-                                               leave=False)):
-                images[i] = _read_image(file, size)
-            labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-            splits.append(ImageData(images, labels, list(classes)))
+            images = torch.empty(len(samples[split]), 3, size, size, dtype=torch.uint8)
+            order = [torch.arange(i, min(i + 64, len(images))) for i in range(0, len(images), 64)]
+            with tqdm(total=len(images), desc=f"converting {split} images", unit="img", leave=False) as bar:
+                for idx, batch in zip(order, read_batches(files[split], order)):
+                    images[idx] = batch
+                    bar.update(len(idx))
+            splits.append(ImageData(images, labels[split], list(classes)))
         cached = (splits[0], splits[1])
         save_cache(cache, *cached)
-    return Dataset(f"folder:{path}", cached[0], cached[1], hflip_keeps_class=True)
+    mean, std = _cached_stats(root / f"{key}-stats.json", cached[0].images)
+    return Dataset(name, cached[0], cached[1], hflip_keeps_class=True, mean=mean, std=std, source=str(path),
+                   skipped_files=skipped)
+
+
+def _cached_stats(path: Path, images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """:func:`_stats` of ``images``, kept in ``path`` (a JSON file in the cache directory) for the next run."""
+    try:
+        saved = json.loads(path.read_text())
+        mean, std = tuple(float(v) for v in saved["mean"]), tuple(float(v) for v in saved["std"])
+        if len(mean) == len(std) == 3:
+            return mean, std
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    mean, std = _stats(images)
+    atomic_write_text(path, json.dumps({"mean": mean, "std": std}))
+    return mean, std
+
+
+def _without_unreadable(samples: dict[str, list], files: dict[str, ImageFiles], record: Path) -> dict[str, list]:
+    """``samples`` without the files that cannot be decoded: found by one pass, kept in ``record`` for later runs."""
+    try:
+        bad = {s: set(v) for s, v in json.loads(record.read_text()).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        bad = {split: {files[split].path(i) for i in find_unreadable(files[split])} for split in samples}
+        atomic_write_text(record, json.dumps({s: sorted(v) for s, v in bad.items()}))
+    total = sum(len(v) for v in bad.values())
+    if total:
+        first = sorted(bad["train"] | bad["val"])[0]
+        log(f"--skip-bad-images: leaving out {total} unreadable image file(s), e.g. {first} (list: {record})")
+    kept = {s: [(f, label) for f, label in samples[s] if f not in bad.get(s, set())] for s in samples}
+    for split, rows in kept.items():
+        if not rows:
+            raise DataError(f"every image in {split} is unreadable; check the files")
+    return kept

@@ -1,0 +1,193 @@
+"""Image folders streamed from their files (``--data-in-memory no``) against the same folder held in memory.
+
+The folder: 300 small JPEG and PNG files (scikit-learn's digits 0, 1 and 2, enlarged and coloured), in the
+ImageNet layout ``train/<class>/``, ``val/<class>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from labelrefinery.cli import main
+from labelrefinery.data import ImageFiles, load_dataset, read_all, read_batches
+from labelrefinery.errors import DataError
+
+from .conftest import interrupt_after_first_epoch
+
+CLASSES = ["zero", "one", "two"]
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory) -> Path:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digit-folder")
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    count = {}
+    for image, label in zip(digits.images, digits.target):
+        if label > 2:
+            continue
+        i = count.get(label, 0)
+        if i >= 100:
+            continue
+        count[label] = i + 1
+        split = "val" if i % 5 == 0 else "train"
+        folder = root / split / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        gray = np.kron(image / 16 * 255, np.ones((3, 3)))  # 24 x 24
+        rgb = np.stack([gray, gray * rng.uniform(0.5, 1), gray * rng.uniform(0.5, 1)], -1).clip(0, 255)
+        im = Image.fromarray(rgb.astype(np.uint8))
+        im.save(folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
+def _run(args: list[str], runs: Path, name: str) -> int:
+    return main(["run", *args, "--no-progress", "--threads", "1", "--runs-dir", str(runs), "--name", name])
+
+
+def _common(folder: Path, cache: Path) -> list[str]:
+    return ["--dataset", f"folder:{folder}", "--image-size", "16", "--cache-dir", str(cache), "--model", "convnet",
+            "--epochs", "2", "--batch-size", "32", "--lr-schedule", "onecycle", "--lr", "3e-3",
+            "--early-stop-patience-epochs", "0", "--workers", "2"]
+
+
+def test_streamed_folder_reads_like_the_in_memory_one(digit_folder, tmp_path):
+    memory = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="yes", cache_dir=tmp_path)
+    streamed = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="no", workers=2, cache_dir=tmp_path)
+    assert streamed.streamed and not memory.streamed
+    assert isinstance(streamed.train.images, ImageFiles) and streamed.train.images.shape == (240, 3, 16, 16)
+    assert streamed.classes == memory.classes == sorted(CLASSES)
+    assert torch.equal(streamed.train.labels, memory.train.labels) and torch.equal(streamed.test.labels,
+                                                                                  memory.test.labels)
+    assert torch.equal(read_all(streamed.train.images), memory.train.images)  # the same pixels
+    assert streamed.mean == memory.mean and streamed.std == memory.std
+    # Batches in any order, by worker processes, equal the in-memory rows.
+    order = [torch.tensor([5, 0, 239]), torch.tensor([17]), torch.arange(100, 164)]
+    for idx, batch in zip(order, read_batches(streamed.train.images, order)):
+        assert torch.equal(batch, memory.train.images[idx])
+    picked = streamed.train.images[torch.tensor([3, 1])][1:]  # subsets of subsets stay lazy
+    assert isinstance(picked, ImageFiles) and torch.equal(picked[0], memory.train.images[1])
+    assert not list(digit_folder.rglob("*.safetensors")) and not list(digit_folder.rglob("*.json"))
+
+
+def test_auto_streams_what_does_not_fit(digit_folder, tmp_path, monkeypatch, capsys):
+    import labelrefinery.data.folder as folder_module
+
+    monkeypatch.setattr(folder_module, "available_memory", lambda: 100_000)  # 100 kB: the 300 images take 230 kB
+    ds = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", workers=1, cache_dir=tmp_path)
+    assert ds.streamed
+    assert "streamed from the files by 1 worker processes (more than half of the 0.1 MB RAM available; " \
+        "--data-in-memory auto)" in capsys.readouterr().err
+    monkeypatch.setattr(folder_module, "available_memory", lambda: 10**10)
+    assert not load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", cache_dir=tmp_path).streamed
+
+
+def test_streamed_run_equals_in_memory_run_and_resumes_mid_generation(digit_folder, tmp_path, monkeypatch):
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    args = [*_common(digit_folder, cache), "--generations", "2", "--augment", "crop", "--labels", "online"]
+    assert _run([*args, "--data-in-memory", "yes"], runs, "memory") == 0
+    with interrupt_after_first_epoch(monkeypatch, "gen-2"):
+        assert _run([*args, "--data-in-memory", "no"], runs, "streamed") == 130
+    assert (runs / "streamed" / "seed-0" / "gen-2" / "train-state.pt").exists()
+    assert not (runs / "streamed" / "seed-0" / "gen-2" / "summary.json").exists()
+    assert _run([*args, "--data-in-memory", "no"], runs, "streamed") == 0  # resumes after epoch 1 of R2
+    info = json.loads((runs / "streamed" / "run.json").read_text())
+    assert info["dataset"]["streamed"] is True and info["dataset"]["workers"] == 2
+    for g in (1, 2):
+        a = json.loads((runs / "memory" / "seed-0" / f"gen-{g}" / "summary.json").read_text())
+        b = json.loads((runs / "streamed" / "seed-0" / f"gen-{g}" / "summary.json").read_text())
+        assert (a["val_top1"], a["test_top1"]) == (b["val_top1"], b["test_top1"])
+        la = np.load(runs / "memory" / "seed-0" / f"gen-{g}" / "labels.npz")["labels"]
+        lb = np.load(runs / "streamed" / "seed-0" / f"gen-{g}" / "labels.npz")["labels"]
+        np.testing.assert_array_equal(la, lb)
+    assert a["test_top1"] > 60  # three digit classes: it learned
+
+
+def test_per_crop_labels_see_the_students_crops(digit_folder, tmp_path, monkeypatch):
+    from labelrefinery import targets as targets_module
+
+    pairs = []
+    real = targets_module.RefineryTargets.for_batch
+
+    def spy(self, index, images, student, pipeline, generator):
+        got = {}
+        hook = self.refinery.register_forward_pre_hook(lambda m, a: got.setdefault("refinery", a[0].clone()))
+        out = real(self, index, images, student, pipeline, generator)
+        hook.remove()
+
+        def once(module, args):  # the student's next forward pass is this batch's training step
+            pairs.append((got["refinery"], args[0].detach().clone(), images.shape))
+            handle.remove()
+        handle = student.register_forward_pre_hook(once)
+        return out
+
+    monkeypatch.setattr(targets_module.RefineryTargets, "for_batch", spy)
+    args = [*_common(digit_folder, tmp_path / "cache"), "--generations", "2", "--augment", "crop", "--labels",
+            "online", "--epochs", "1", "--data-in-memory", "no"]
+    assert _run(args, tmp_path / "runs", "crops") == 0
+    assert len(pairs) >= 7  # every batch of R2: 192 training images / 32
+    for refinery_input, student_input, shape in pairs:
+        assert shape[-1] == 14  # random resized crops of the 16 px images, 14 px (224/256)
+        assert torch.equal(refinery_input, student_input)
+
+
+def test_corrupt_file_named_then_skipped(digit_folder, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(digit_folder, folder)
+    bad = folder / "train" / "one" / "zz-broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    args = [*_common(folder, tmp_path / "cache"), "--generations", "1", "--epochs", "1", "--data-in-memory", "no"]
+    assert _run(args, tmp_path / "runs", "bad") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("refinery: error: cannot read image ") and str(bad) in err[-1]
+    assert "--skip-bad-images" in err[-1]
+    assert _run([*args, "--skip-bad-images"], tmp_path / "runs", "skip") == 0
+    info = json.loads((tmp_path / "runs" / "skip" / "run.json").read_text())
+    assert info["dataset"]["skipped_unreadable_files"] == 1 and info["dataset"]["train_available"] == 240
+    assert "leaving out 1 unreadable image file(s), e.g. " + str(bad) in capsys.readouterr().err
+
+
+def test_static_augment_and_unstreamable_datasets_refused(digit_folder, tmp_path, capsys):
+    args = [*_common(digit_folder, tmp_path / "cache"), "--augment", "static", "--data-in-memory", "no"]
+    assert _run(args, tmp_path / "runs", "static") == 2
+    assert "--augment static" in capsys.readouterr().err
+    assert _run(["--dataset", "digits", "--data-in-memory", "no"], tmp_path / "runs", "digits") == 2
+    assert "only folder:PATH datasets stream" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "static").exists() and not (tmp_path / "runs" / "digits").exists()
+
+
+def test_ctrl_c_stops_the_workers(digit_folder, tmp_path):
+    """SIGINT to the process group (what Ctrl-C sends): exit 130, the message, no worker process left."""
+    cmd = [sys.executable, "-m", "labelrefinery", "run", *_common(digit_folder, tmp_path / "cache"),
+           "--epochs", "50", "--data-in-memory", "no", "--threads", "1",
+           "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    while proc.poll() is None:  # stderr is not a terminal: one plain line per epoch
+        lines.append(proc.stderr.readline())
+        if "epoch 1/50:" in lines[-1]:
+            break
+    time.sleep(0.3)  # into the next epoch's pass, while its workers decode
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "interrupted; finished epochs and generations are kept" in rest
+    assert "Traceback" not in rest
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left in the group: {left}"
