@@ -175,8 +175,10 @@ def test_ctrl_c_stops_the_workers(digit_folder, tmp_path):
     cmd = [sys.executable, "-m", "labelrefinery", "run", *_common(digit_folder, tmp_path / "cache"),
            "--epochs", "50", "--data-in-memory", "no", "--threads", "1",
            "--runs-dir", str(tmp_path / "runs")]
+    # A shell's background job inherits SIGINT ignored (so would the run): restore the default, as in a terminal.
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     while proc.poll() is None:  # stderr is not a terminal: one plain line per epoch
         lines.append(proc.stderr.readline())
