@@ -24,6 +24,7 @@ processes forked from the main one share them without copy-on-read growth.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -196,6 +197,41 @@ def _failed_positions(items: list) -> list[int]:
     return [i for i, _, e in items if e is not None]
 
 
+def _start_workers(loader: torch.utils.data.DataLoader):
+    """``iter(loader)`` with SIGINT blocked while the workers are forked: Ctrl-C reaches the terminal's whole
+    process group, and a worker hit between its fork and DataLoader's worker loop would print a traceback. The
+    run itself gets the signal (a KeyboardInterrupt) as soon as the workers are started, and stops them on the
+    way out."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return iter(loader)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        it = iter(loader)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C that came meanwhile is raised here
+    except BaseException:
+        _stop_workers(it)
+        raise
+    return it
+
+
+def _stop_workers(it) -> None:
+    """Shut the worker processes of a DataLoader iterator down now (not at garbage collection)."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _worker_takes_ctrl_c(_worker_id: int) -> None:
+    """In each worker, once inside DataLoader's worker loop (which ends quietly on a KeyboardInterrupt): unblock
+    SIGINT, so Ctrl-C ends the worker without a word."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def read_batches(images: "torch.Tensor | ImageFiles", batches: Sequence[torch.Tensor],
                  views: Sequence[torch.Tensor] | None = None, crop=None) -> Iterator[torch.Tensor]:
     """The uint8 images of each index batch, in order: ``images[idx]`` for every ``idx`` in ``batches``.
@@ -231,17 +267,16 @@ def read_batches(images: "torch.Tensor | ImageFiles", batches: Sequence[torch.Te
         return
     loader = torch.utils.data.DataLoader(
         decoder, batch_sampler=order, num_workers=min(images.workers, max(1, len(order))),
-        collate_fn=_collate, pin_memory=images.pin_memory, prefetch_factor=PREFETCH_BATCHES)
-    it = iter(loader)
+        collate_fn=_collate, pin_memory=images.pin_memory, prefetch_factor=PREFETCH_BATCHES,
+        worker_init_fn=_worker_takes_ctrl_c)
+    it = _start_workers(loader)
     try:
         for batch, error in it:
             if error is not None:
                 raise DataError(error)
             yield batch
     finally:  # stop the workers at once, also when the caller stops early or Ctrl-C interrupts
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        _stop_workers(it)
 
 
 def read_all(images: "torch.Tensor | ImageFiles") -> torch.Tensor:
@@ -254,8 +289,8 @@ def find_unreadable(files: ImageFiles, batch_size: int = 64) -> list[int]:
     bad: list[int] = []
     loader = torch.utils.data.DataLoader(
         _Decoder(files), batch_size=batch_size, num_workers=files.workers,
-        collate_fn=_failed_positions,
+        collate_fn=_failed_positions, worker_init_fn=_worker_takes_ctrl_c,
         prefetch_factor=PREFETCH_BATCHES if files.workers else None)
-    for found in loader:
+    for found in _start_workers(loader):
         bad.extend(int(i) for i in found)
     return bad
