@@ -14,12 +14,13 @@ import torch
 from .data.files import read_batches
 
 
-def num_batches(n: int, batch_size: int) -> int:
-    """Optimizer steps in an epoch of ``n`` images: full batches, plus the rest when it holds 2 or more images.
+def num_batches(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in an epoch of ``n`` images: full batches of ``batch_size`` (the global batch, split over
+    ``world_size`` processes), plus the rest when it gives every process 2 or more images.
 
-    A last batch of one image is dropped: BatchNorm in train mode cannot normalise a single image.
+    A smaller last batch is dropped: BatchNorm in train mode cannot normalise a single image.
     """
-    return max(1, n // batch_size + (1 if n % batch_size >= 2 else 0))
+    return max(1, n // batch_size + (1 if n % batch_size >= 2 * world_size else 0))
 
 
 @dataclass

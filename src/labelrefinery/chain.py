@@ -21,6 +21,7 @@ from .batch import Pipeline
 from .checkpoint import load_refinery
 from .config import RunConfig, parse_label_form
 from .console import ChainClock, log
+from . import dist
 from .data import check_dataset_name
 from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
@@ -50,6 +51,12 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
         check_model_name(cfg.refinement.refinery_model)
     run_dir.check_resumable(cfg)
     device = resolve_device(cfg.execution.device)
+    world = dist.process_info().world_size
+    if cfg.execution.sync_bn and world > 1 and device.type != "cuda":
+        raise ConfigError(f"--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm), but this run uses {device}; "
+                          "leave it out on the CPU")
+    if cfg.execution.sync_bn and world == 1:
+        log("warning: --sync-bn changes nothing in a single process (start several with torchrun)")
     set_threads(cfg.execution.threads)
     amp_dtype = resolve_precision(cfg.execution.precision, device)
     d = cfg.data
@@ -185,7 +192,8 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
     rd = RunDir(run_dir)
     exp = prepare(cfg, rd)
     fresh = not rd.root.exists()
-    with rd.lock():  # one process per run directory, from here to the end
+    dist.start(exp.pipeline.device)  # under torchrun: join the other processes (a no-op for a plain run)
+    with rd.lock():  # one process per run directory (under torchrun: the main one, for all), to the end
         try:
             rd.remove_leftovers()
             resumed = rd.check_resumable(cfg)  # again: another process may have written it meanwhile
@@ -194,6 +202,7 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
                 cfg = dataclasses.replace(cfg, refinement=dataclasses.replace(cfg.refinement, controls=True))
                 exp.cfg = cfg
             _write_run_facts(exp, resumed)
+            dist.barrier()  # the other processes read the directory only once the main one has tidied it
             exp.clock = ChainClock(planned_epochs(cfg, rd))
             if cfg.execution.tensorboard:
                 rd.start_tensorboard()
@@ -201,13 +210,16 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
                 run_seed(exp, seed)
             for gens in reported_ensembles(cfg):
                 ensemble_results(rd, exp.dataset, exp.pipeline, gens, cfg.data.test_size)
+            if not rd.writer:
+                return {}  # the main process summarises and prints
             results = summarize_run(rd.root)
             rd.write_results(results, format_table([results]))
             return results
         except BaseException:
             rd.stop_tensorboard()
-            if fresh and not rd.has_finished_work():
+            if rd.writer and fresh and not rd.has_finished_work():
                 shutil.rmtree(rd.root, ignore_errors=True)  # nothing finished: leave nothing behind
             raise
         finally:
             rd.stop_tensorboard()
+            dist.stop()

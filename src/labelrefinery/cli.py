@@ -16,6 +16,7 @@ from dataclasses import MISSING
 from pathlib import Path
 
 from .config import PRESETS, RunConfig, absolute_paths, config_file_values, parse_seeds, flag_name, leaf_fields, parse_int_list, resolve_config
+from .dist import is_main_process, joined, process_info
 from .errors import ConfigError, UserError
 
 EXIT_BAD_INPUT = 2
@@ -234,8 +235,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--name must be a plain directory name, got {args.name!r}; or leave it out")
         run_dir = Path(args.runs_dir or "runs") / (args.name or default_run_name(cfg, preset))
     results = run(cfg, run_dir)
-    print(format_table([results]))
-    print(f"run directory: {run_dir}")
+    if is_main_process():  # under torchrun the main process prints for all
+        print(format_table([results]))
+        print(f"run directory: {run_dir}")
     return 0
 
 
@@ -360,11 +362,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _run(args)
     except UserError as e:
-        print(f"refinery: error: {e}", file=sys.stderr)
+        info = process_info()
+        if info.is_main:  # under torchrun every process checks the same settings: one says what is wrong
+            print(f"refinery: error: {e}", file=sys.stderr)
+        elif joined():  # one process's own trouble while training: said by it, the others stopped by torchrun
+            print(f"refinery: error (rank {info.rank}): {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("refinery: interrupted; finished epochs and generations are kept: rerun the same command to "
-              "continue", file=sys.stderr)
+        if is_main_process():
+            print("refinery: interrupted; finished epochs and generations are kept: rerun the same command to "
+                  "continue", file=sys.stderr)
         return 130
 
 

@@ -69,13 +69,16 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def parse_seeds(text: str) -> int | list[int]:
-    """``--seeds``: ``N`` (seeds 0..N-1) or ``a,b,c`` (those seeds).
+    """``--seeds``: ``N`` (seeds 0..N-1) or ``a,b,c`` (those seeds; ``a,`` is the one seed a).
 
     Raises:
         ConfigError: anything else.
     """
+    parts = text.split(",")
+    if len(parts) == 2 and parts[1] == "":
+        parts = parts[:1]
     try:
-        values = [int(x) for x in text.split(",")]
+        values = [int(x) for x in parts]
     except ValueError:
         raise ConfigError(f"--seeds {text!r} must be a count N (seeds 0..N-1) or a list like 3,7,11") from None
     return values[0] if len(values) == 1 and "," not in text else values
@@ -239,7 +242,8 @@ class TrainConfig:
     """How one generation is fitted: what :func:`labelrefinery.engine.fit` reads."""
 
     epochs: int = _f(100, "maximum epochs per generation")
-    batch_size: int = _f(250, "images per optimizer step (per process)")
+    batch_size: int = _f(250, "images per optimizer step, over all processes: under torchrun each of W processes "
+                         "takes batch_size / W of every batch, so results mean the same at any W")
     optimizer: str = _f("adam", "adam | sgd (momentum 0.9, nesterov)", choices=OPTIMIZERS)
     lr: float = _f(1e-3, "learning rate (the peak for onecycle)")
     weight_decay: float = _f(0.0, "L2 weight decay coefficient")
@@ -372,6 +376,8 @@ class ExecConfig:
                       "held in memory); 0 = one per CPU core, at most 8")
     cache_dir: str | None = _f(None, "where folder: datasets are cached as uint8 (none given: --data-dir's "
                                "labelrefinery-cache/, else ~/.cache/labelrefinery); never inside the image tree")
+    sync_bn: bool = _f(False, "under torchrun on CUDA: BatchNorm statistics over the global batch while training "
+                       "(torch.nn.SyncBatchNorm; for small per-GPU batches)")
     tensorboard: bool = _f(False, "also write per-epoch and per-generation scalars to RUN_DIR/tb/ (watch with "
                            "tensorboard --logdir RUN_DIR/tb; needs pip install tensorboard)")
 

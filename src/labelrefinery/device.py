@@ -8,19 +8,23 @@ from pathlib import Path
 import torch
 
 from .config import check_device_name
+from .dist import process_info
 from .errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``. Under torchrun ``cuda`` is
+    this process's GPU, ``cuda:LOCAL_RANK``.
 
     Raises:
         ConfigError: a name other than auto, cpu, cuda, cuda:N, mps; or CUDA (MPS) asked for and none available.
     """
     check_device_name(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None and process_info().world_size > 1:
+        dev = torch.device("cuda", process_info().local_rank)  # under torchrun: one GPU per process
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for CUDA but torch sees no CUDA device; use --device cpu")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -87,6 +91,7 @@ def precision_name(amp_dtype: torch.dtype | None) -> str:
 
 
 def set_threads(threads: int) -> int:
-    """Set torch's CPU threads (0 = every core this process may use); returns the number set."""
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    """Set torch's CPU threads (0 = every core this process may use, shared out among the processes torchrun
+    started on this machine); returns the number set."""
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // process_info().local_world_size))
     return torch.get_num_threads()

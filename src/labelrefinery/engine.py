@@ -29,8 +29,9 @@ from .batch import Pipeline, num_batches
 from .config import TrainConfig
 from .console import ChainClock, format_duration, interactive, log as log_line, progress_bar
 from .data.files import read_batches
+from .dist import all_reduce_sum, broadcast_buffers, gather_rows, process_info, shard, wrap
 from .losses import distillation_kl, distillation_loss, smooth_targets, soft_target_cross_entropy
-from .seeding import epoch_generator
+from .seeding import epoch_generator, rank_generator
 from .targets import TargetSource
 
 RECALIBRATION_IMAGES = 4096  # each epoch's BatchNorm statistics use every (N // 4096)-th training image
@@ -49,16 +50,36 @@ def predict(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_si
         batch_size: images per forward pass.
 
     Returns:
-        ``(N, K) float32`` logits on the CPU.
+        ``(N, K) float32`` logits on the CPU, in dataset order. Under torchrun each process predicts its
+        contiguous share (:func:`~labelrefinery.dist.shard`) and the shares are gathered back
+        (:func:`~labelrefinery.dist.gather_rows`): one row per image, no padding, equal on every process.
     """
     model.eval()
+    start, end = shard(len(images))  # with several processes each predicts its share; gathered in order below
     out = []
     with torch.inference_mode():
-        for x in pipeline.eval_batches(images, batch_size):
+        for x in pipeline.eval_batches(images[start:end], batch_size):
             with pipeline.autocast():
                 logits = model(x)
             out.append(logits.float().cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
+    local = torch.cat(out) if out else torch.empty(0, 0)
+    if process_info().world_size > 1:  # gathered where the processes talk: the CPU (gloo) or the GPU (NCCL)
+        local = gather_rows(_with_width(local, model, images, pipeline).to(pipeline.device), len(images)).cpu()
+    return local
+
+
+def _with_width(local: torch.Tensor, model: nn.Module, images, pipeline: Pipeline) -> torch.Tensor:
+    """``local`` logits, or for an empty shard a ``(0, K)`` tensor with the model's K (every process gathers
+    the same width)."""
+    if len(local):
+        return local
+    return torch.empty(0, predict_width(model, images, pipeline))
+
+
+def predict_width(model: nn.Module, images, pipeline: Pipeline) -> int:
+    """K, the number of logits ``model`` gives (one image run through it)."""
+    with torch.inference_mode(), pipeline.autocast():
+        return int(model(next(pipeline.eval_batches(images[:2], 2))).shape[1])
 
 
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_size: int = 1024) -> None:
@@ -70,7 +91,9 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipe
     carry little signal, which makes later generations collapse. One pass in
     train mode without gradients, averaging over all batches
     (``torch.optim.swa_utils.update_bn``; Wu & Johnson 2021, "Rethinking 'Batch'
-    in BatchNorm", the "precise BN" statistics), fixes the statistics. Weights are unchanged.
+    in BatchNorm", the "precise BN" statistics), fixes the statistics. Weights are unchanged. Under torchrun
+    every process runs the same pass (the subset is a few thousand images) and then takes rank 0's statistics,
+    so all hold identical ones and make identical refined labels.
 
     Args:
         model: trained in place (its BatchNorm buffers only); left in eval mode.
@@ -82,6 +105,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipe
 
     with torch.no_grad(), pipeline.autocast():
         update_bn(pipeline.eval_batches(images, batch_size), model)
+    broadcast_buffers(model)  # with several processes: every process holds rank 0's statistics
     model.eval()
 
 
@@ -237,13 +261,18 @@ def train_one_epoch(
     """
     model.train()
     n = len(images)
-    perm = torch.randperm(n, generator=generator)
-    steps = num_batches(n, batch_size)
-    order = [perm[b * batch_size : (b + 1) * batch_size] for b in range(steps)]
+    info = process_info()
+    perm = torch.randperm(n, generator=generator)  # the same on every process
+    steps = num_batches(n, batch_size, info.world_size)
+    # Each global batch of the epoch is split over the processes (this one takes every world_size-th image);
+    # augmentation and jitter draw from this process's own stream (the epoch's stream itself at world size 1).
+    order = [perm[b * batch_size : (b + 1) * batch_size][info.rank :: info.world_size] for b in range(steps)]
+    draws = generator if info.world_size == 1 else rank_generator(generator, info.rank)
     # An augmentation that cuts views (random resized crops) draws them all now and cuts them as the images are
     # read (for files, in the decoding workers); any other one runs on each [0, 1] batch on the device.
+    student = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # for jitter
     cut = augment if hasattr(augment, "draw") else None
-    views = None if cut is None else [cut.draw(len(idx), *images.shape[2:], generator) for idx in order]
+    views = None if cut is None else [cut.draw(len(idx), *images.shape[2:], draws) for idx in order]
     totals = torch.zeros(3, dtype=torch.float64, device=pipeline.device)  # loss, kl, correct (summed on the device)
     seen = 0
     start = time.perf_counter()
@@ -252,8 +281,8 @@ def train_one_epoch(
         idx = order[b].to(pipeline.device, non_blocking=True)
         x = pipeline.to_unit(raw)
         if augment is not None and cut is None:
-            x = augment(x, generator)
-        batch = targets.for_batch(idx, x, model, pipeline, generator)
+            x = augment(x, draws)
+        batch = targets.for_batch(idx, x, student, pipeline, draws)
         with pipeline.autocast():
             logits = model(pipeline.normalize(batch.images))
         logits = logits.float()
@@ -275,7 +304,9 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{t_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}", **(bar_info or {}))
     bar.close()
-    t_loss, t_kl, correct = totals.tolist()
+    counted = all_reduce_sum(torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64,
+                                                              device=totals.device)]))
+    t_loss, t_kl, correct, seen = counted.tolist()  # over every process
     elapsed = time.perf_counter() - start
     return {"train_loss": t_loss / seen, "train_kl": t_kl / seen, "train_top1": 100.0 * correct / seen,
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
@@ -347,6 +378,7 @@ def fit(
     log: Callable[[dict], None] | None = None,
     progress: bool = False,
     compile: bool = False,
+    sync_bn: bool = False,
     desc: str = "",
     clock: ChainClock | None = None,
 ) -> FitResult:
@@ -383,17 +415,20 @@ def fit(
             (:class:`labelrefinery.rundir.TrainStateFile`), or None.
         log: called with one metrics dict per epoch.
         progress: a progress bar per epoch on a terminal; elsewhere (a log file) one plain line per epoch.
-        compile: train and validate through ``torch.compile(model)``.
+        compile: train through ``torch.compile``.
+        sync_bn: under torchrun, BatchNorm statistics over the global batch while training
+            (``torch.nn.SyncBatchNorm``; CUDA only).
         clock: the run's :class:`~labelrefinery.console.ChainClock`: told of every epoch, its ETA shown on the
             bar and in the plain per-epoch lines.
 
     Returns:
         :class:`FitResult`.
     """
+    trainee = wrap(model, pipeline.device, sync_bn)  # DistributedDataParallel under torchrun; shares the parameters
+    trainee = torch.compile(trainee) if compile else trainee
     optimizer = build_optimizer(model, cfg)
-    schedule = LRSchedule(optimizer, cfg, num_batches(len(images), cfg.batch_size))
+    schedule = LRSchedule(optimizer, cfg, num_batches(len(images), cfg.batch_size, process_info().world_size))
     grad_scaler = torch.amp.GradScaler(pipeline.device.type) if pipeline.amp_dtype == torch.float16 else None
-    trainee = torch.compile(model) if compile else model  # shares model's parameters
     run = _resume(state_file, model, optimizer, schedule, pipeline.device)
     patience = cfg.early_stop_patience_epochs
     stopped_early = bool(patience) and run.since_best >= patience
@@ -413,8 +448,8 @@ def fit(
         if cfg.recalibrate_bn:
             # Running statistics lag behind in short runs; validation (and so best-epoch choice, plateau and
             # early stopping) would judge a miscalibrated model. Only eval-mode behaviour changes.
-            recalibrate_batchnorm(trainee, recalibration_subset(images), pipeline)
-        val = evaluate(trainee, val_images, val_labels, pipeline)
+            recalibrate_batchnorm(model, recalibration_subset(images), pipeline)
+        val = evaluate(model, val_images, val_labels, pipeline)
         stats["eval_time_s"] = time.perf_counter() - eval_start
         last_val = val["top1"]
         if clock is not None:

@@ -28,6 +28,7 @@ from .checkpoint import preprocessing_record
 from .config import RunConfig, TrainConfig
 from .console import ChainClock, log
 from .data import Dataset, stratified_folds
+from .dist import barrier
 from .errors import RunDirError
 from .engine import evaluate, fit, predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
 from .models import ModelSpec, build_model
@@ -155,7 +156,7 @@ def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: 
         images = data.images[inside.to(pipeline.device)]
         fit(model, images, targets.subset(inside), data.val_images, data.val_labels, cfg.training, pipeline,
             seed_keys=(seed, generation, CROSS_FIT, f), augment=exp.augment, progress=cfg.execution.progress,
-            desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]", clock=exp.clock)
+            sync_bn=cfg.execution.sync_bn, desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]", clock=exp.clock)
         if cfg.training.recalibrate_bn:
             recalibrate_batchnorm(model, recalibration_subset(images), pipeline)
         refined[held] = exp.recipe.refine(predict(model, data.images[held.to(pipeline.device)], pipeline))
@@ -227,7 +228,8 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     result = fit(model, data.images, targets, data.val_images, data.val_labels, training, pipeline,
                  seed_keys=(seed, generation), augment=exp.augment, state_file=state_file,
                  log=lambda r: rd.append_metrics({"kind": "epoch", "seed": seed, "generation": slot, **r}),
-                 progress=cfg.execution.progress, compile=cfg.execution.compile, desc=f"[{tag}]", clock=exp.clock)
+                 progress=cfg.execution.progress, compile=cfg.execution.compile, sync_bn=cfg.execution.sync_bn,
+                 desc=f"[{tag}]", clock=exp.clock)
     clock.lap("fit")
     if cfg.training.recalibrate_bn:  # on a subset of the images themselves (static copies left out)
         originals = data.images[(data.views.views == 0).to(pipeline.device)] if cfg.data.augment == "static" \
@@ -266,6 +268,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
         "files": files,  # SHA-256 of what this generation wrote, checked whenever they are read back
     }
     rd.finish_generation(seed, slot, summary)
+    barrier()  # under torchrun: the others see it finished only once the main process has written it
     _log_summary(tag, summary, exp.dataset.train.num_classes, previous)
     return model, summary, refined
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import io
 import json
 import math
@@ -48,6 +49,7 @@ import yaml
 
 from .checkpoint import load_model, save_checkpoint
 from .config import RunConfig, config_difference, merged_seeds
+from .dist import is_main_process
 from .errors import CheckpointError, ConfigError, RunDirError
 from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, write_json
 from .losses import ROW_SUM_TOLERANCE
@@ -67,6 +69,19 @@ def write_results_files(out_dir: Path, results: Any, markdown: str) -> None:
 _STATE_TRAILER = b"LRSHA256"  # train-state.pt ends with this tag and the SHA-256 of what precedes it
 
 
+def _main_process_writes(default: Any = None):
+    """Make a method that writes into the run directory a no-op returning ``default`` in every process but the
+    main one (rank 0 under torchrun): one writer, each file written once."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            if not self.writer:
+                return default
+            return method(self, *args, **kwargs)
+        return wrapper
+    return decorate
+
+
 class TrainStateFile:
     """A generation's epoch-level resume point (``train-state.pt``, loaded with ``weights_only=True``).
 
@@ -74,9 +89,10 @@ class TrainStateFile:
     that output, so a truncated or garbled file is refused instead of resumed.
     """
 
-    def __init__(self, path: Path, generation_dir: str = ""):
+    def __init__(self, path: Path, generation_dir: str = "", writer: bool = True):
         self.path = Path(path)
         self._where = generation_dir or str(self.path.parent)
+        self.writer = writer
 
     def _damaged(self, what: str) -> RunDirError:
         return RunDirError(f"{self.path} is damaged ({what}); delete it to restart {self._where} from its first "
@@ -112,6 +128,7 @@ class TrainStateFile:
         state = self.load()
         return None if state is None else int(state["epoch"])
 
+    @_main_process_writes()
     def save(self, state: dict) -> None:
         """Write ``state`` (a dict of tensors, state dicts and numbers) atomically, with its checksum."""
         buf = io.BytesIO()
@@ -119,6 +136,7 @@ class TrainStateFile:
         body = buf.getvalue()
         atomic_write_bytes(self.path, body + _STATE_TRAILER + bytes.fromhex(sha256_bytes(body)))
 
+    @_main_process_writes()
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
@@ -128,12 +146,16 @@ class RunDir:
 
     Args:
         root: the directory; nothing is made until something is written.
+        writer: whether this process writes (default: the main process only; under torchrun the others read,
+            and every method that writes is a no-op there).
     """
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, writer: bool | None = None):
         self.root = Path(root)
+        self.writer = is_main_process() if writer is None else writer
         self._tensorboard: TensorBoardLog | None = None
 
+    @_main_process_writes()
     def start_tensorboard(self) -> None:
         """From now on every metrics record is also written as TensorBoard scalars to ``tb/``."""
         self._tensorboard = self._tensorboard or TensorBoardLog(self.root / "tb")
@@ -171,7 +193,7 @@ class RunDir:
 
     def train_state(self, seed: int, generation: int | str) -> TrainStateFile:
         where = self.gen_dir(seed, generation)
-        return TrainStateFile(where / "train-state.pt", f"{where.parent.name}/{where.name}")
+        return TrainStateFile(where / "train-state.pt", f"{where.parent.name}/{where.name}", self.writer)
 
     def _where(self, seed: int, generation: int | str) -> str:
         return f"delete {self.gen_dir(seed, generation)} to retrain that " + (
@@ -214,6 +236,9 @@ class RunDir:
         Raises:
             RunDirError: another process holds it (the message names its PID).
         """
+        if not self.writer:  # under torchrun the main process holds the directory for all of them
+            yield
+            return
         existed = self.root.is_dir()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -242,6 +267,7 @@ class RunDir:
         finally:
             f.close()
 
+    @_main_process_writes()
     def remove_leftovers(self) -> None:
         """Remove temporary files of killed writes and resume points of generations that finished."""
         for tmp in self.root.rglob(".*.tmp"):
@@ -292,6 +318,7 @@ class RunDir:
                               "rerun with the same flags to resume it, or pick a new --name")
         return True
 
+    @_main_process_writes()
     def write_config(self, cfg: RunConfig) -> None:
         """Save ``cfg``; ``generations`` and ``seeds`` only ever extend what the directory records."""
         stored = cfg.to_dict()
@@ -302,6 +329,7 @@ class RunDir:
         body = yaml.safe_dump(stored, sort_keys=False)
         atomic_write_text(self.config_path, f"{_CONFIG_CHECKSUM}{sha256_bytes(body.encode())}\n{body}")
 
+    @_main_process_writes()
     def write_run_info(self, info: dict) -> None:
         write_json(self.root / "run.json", info)
 
@@ -315,6 +343,7 @@ class RunDir:
         return info if isinstance(info, dict) else {}
 
     # ------------------------------------------------------------------ metrics
+    @_main_process_writes()
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line (one write call, flushed to disk); also to TensorBoard once started."""
         line = (json.dumps(record) + "\n").encode("utf-8")
@@ -346,6 +375,7 @@ class RunDir:
                 continue  # a partial line left by a killed append
         return records
 
+    @_main_process_writes()
     def drop_metrics(self, seed: int, generation: int | str, after_epoch: int) -> None:
         """Remove a restarted generation's records of epochs after ``after_epoch`` (1-based) and its summary."""
         records = self.read_metrics()
@@ -355,6 +385,7 @@ class RunDir:
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ------------------------------------------------------------------ one seed
+    @_main_process_writes()
     def write_split(self, seed: int, train_idx: torch.Tensor, val_idx: torch.Tensor, val_labels: torch.Tensor,
                     test_labels: torch.Tensor, given_labels: torch.Tensor | None = None,
                     clean_labels: torch.Tensor | None = None) -> None:
@@ -438,6 +469,7 @@ class RunDir:
         return self.root / "report.html"
 
     # ------------------------------------------------------------------ one generation
+    @_main_process_writes("")
     def save_model(self, seed: int, generation: int | str, model: torch.nn.Module, classes: list[str],
                    spec: ModelSpec, extra: dict) -> str:
         """Write the generation's ``model.safetensors``; returns its SHA-256."""
@@ -482,6 +514,7 @@ class RunDir:
         """``seed-<s>/refinery``: what an external ``--refinery-checkpoint`` said before generation 1 trained."""
         return self.seed_dir(seed) / "refinery"
 
+    @_main_process_writes()
     def save_external_refinery(self, seed: int, labels: torch.Tensor, indices: torch.Tensor, views: torch.Tensor,
                                classes: list[str], summary: dict) -> None:
         """Record an external refinery's offline labels (``refinery/labels.npz``, as a generation's) and its
@@ -500,6 +533,7 @@ class RunDir:
         ok = isinstance(summary, dict) and all(_is_number(summary.get(k)) for k in ("val_top1", "test_top1"))
         return summary if ok else None
 
+    @_main_process_writes("")
     def save_labels(self, seed: int, generation: int | str, labels: torch.Tensor, indices: torch.Tensor,
                     views: torch.Tensor, classes: list[str], storage: str = "float32") -> str:
         """Save refined labels as ``labels.npz``; returns its SHA-256.
@@ -547,6 +581,7 @@ class RunDir:
             raise RunDirError(f"{path} holds unusable refined labels ({problem}); {fix}")
         return out
 
+    @_main_process_writes()
     def finish_generation(self, seed: int, generation: int | str, summary: dict) -> None:
         """Record the generation's metrics line and summary (written last), then drop its resume point.
 
@@ -594,11 +629,13 @@ class RunDir:
             raise RunDirError(f"{path} is damaged (unexpected content); {fix}")
         return entries
 
+    @_main_process_writes()
     def write_ensemble(self, entry: dict) -> None:
         """Add ``entry`` to ``ensemble.json``, replacing one for the same generations."""
         entries = [e for e in self.read_ensembles() if e["generations"] != entry["generations"]]
         write_json(self.root / "ensemble.json", entries + [entry])
 
+    @_main_process_writes()
     def write_results(self, results: dict, markdown: str) -> None:
         write_results_files(self.root, results, markdown)
 

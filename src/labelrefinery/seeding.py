@@ -16,6 +16,7 @@ MODEL_INIT = 0x1417  # torch.manual_seed before a generation's model is built
 STATIC_COPIES = 0x57A71C  # augment=static: the stored augmented copies
 EPOCH_GLOBAL = 1  # per-epoch global torch RNG (dropout and any other global-RNG use)
 CROSS_FIT = 0xC805F  # --cross-fit: fold assignment and the fold models of a generation
+RANK_STREAM = 0x4A4E  # torchrun: each process's augmentation stream within an epoch
 LABEL_NOISE = 0x401CE  # --label-noise: which labels flip and to what (the same for every run seed)
 
 
@@ -49,3 +50,10 @@ def static_copy_generator(seed: int, copy: int) -> torch.Generator:
 def label_noise_generator() -> torch.Generator:
     """The generator of injected label noise: one stream for the whole run, whatever the run seed."""
     return torch.Generator().manual_seed(derive_seed(LABEL_NOISE))
+
+
+def rank_generator(generator: torch.Generator, rank: int) -> torch.Generator:
+    """Process ``rank``'s own stream for an epoch under torchrun, seeded from one draw of the epoch's ``generator``
+    (the same draw on every process): per-process augmentation differs, and a seed still decides it all."""
+    base = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator().manual_seed(derive_seed(base, RANK_STREAM, rank))

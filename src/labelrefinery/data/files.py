@@ -30,18 +30,20 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..dist import process_info
 from ..errors import DataError
 
 PREFETCH_BATCHES = 4  # batches each worker decodes ahead
 
 
 def default_workers() -> int:
-    """Decoding worker processes when ``--workers`` is 0: the CPU cores this process may use, at most 8."""
+    """Decoding worker processes when ``--workers`` is 0: the CPU cores this process may use (shared out among
+    the processes torchrun started on this machine), at most 8."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, min(8, cores // process_info().local_world_size))
 
 
 def _to_rgb(im) -> torch.Tensor:
