@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -51,6 +52,15 @@ def _tree(pid: int) -> list[int]:
         except OSError:
             pass
     return out
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has closed its files: not alive)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except OSError:
+        return False
 
 
 def torchrun(args: list[str], procs: int = 2, **kw) -> subprocess.CompletedProcess:
@@ -117,9 +127,13 @@ def test_killed_two_process_run_resumes_under_one_and_two(tmp_path):
         seen.append(proc.stderr.readline())
         if "[seed 0 R2] epoch 2/12:" in seen[-1]:
             break
-    for pid in _tree(proc.pid):  # torchrun and its workers at once, as a crash or a lost machine would
+    pids = _tree(proc.pid)
+    for pid in pids:  # torchrun and its workers at once, as a crash or a lost machine would
         os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in pids) and time.time() < deadline:  # until their files are closed
+        time.sleep(0.1)
     killed = tmp_path / "killed"
     assert (killed / "seed-0" / "gen-1" / "summary.json").exists(), "".join(seen[-20:])
     assert (killed / "seed-0" / "gen-2" / "train-state.pt").exists()

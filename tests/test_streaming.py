@@ -195,3 +195,21 @@ def test_ctrl_c_stops_the_workers(digit_folder, tmp_path):
             and time.time() < deadline:
         time.sleep(0.2)
     assert not left, f"processes left in the group: {left}"
+
+
+def test_inspect_and_predict_a_streamed_run(digit_folder, tmp_path):
+    """The report and the saved model read a streamed run's images from their files."""
+    args = [*_common(digit_folder, tmp_path / "cache"), "--generations", "2", "--epochs", "1", "--data-in-memory",
+            "no", "--label-storage", "float16"]
+    assert _run(args, tmp_path / "runs", "s") == 0
+    run = tmp_path / "runs" / "s"
+    assert main(["inspect", str(run), "--images", "2"]) == 0
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") > 6  # plots and the images decoded from the folder's files
+    from labelrefinery.classifier import load_classifier
+
+    classifier = load_classifier(run, generation=1)
+    memory = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="yes", cache_dir=tmp_path / "cache")
+    acc = (classifier.predict_proba(memory.test.images).argmax(1) == memory.test.labels).float().mean() * 100
+    summary = json.loads((run / "seed-0" / "gen-1" / "summary.json").read_text())
+    assert abs(float(acc) - summary["test_top1"]) < 1e-6 and summary["label_storage"] == "float16"

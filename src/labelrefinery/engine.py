@@ -298,11 +298,12 @@ def train_one_epoch(
             totals += torch.stack([loss.detach().double() * len(idx), kl.double() * len(idx),
                                    (logits.argmax(1) == hard).sum().double()])
         seen += len(idx)
-        bar.update(len(idx))
+        bar.update(len(idx) * info.world_size)  # the bar (rank 0's) counts every process's images
         if not bar.disable and (b % 10 == 0 or b == steps - 1):
             t_loss, _, correct = totals.tolist()
             bar.set_postfix(loss=f"{t_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}", **(bar_info or {}))
+                            img_s=f"{seen * info.world_size / (time.perf_counter() - start):.0f}",
+                            **(bar_info or {}))
     bar.close()
     counted = all_reduce_sum(torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64,
                                                               device=totals.device)]))
