@@ -150,3 +150,9 @@ def test_image_folder_val_class_unknown(folder):
     (folder / "val" / "zebra").mkdir()
     with pytest.raises(DataError, match="zebra"):
         load_dataset(f"folder:{folder}", image_size=16)
+
+
+def test_image_folder_empty_class_refused(folder):
+    (folder / "train" / "aaempty").mkdir()
+    with pytest.raises(DataError, match=r"train/aaempty holds no images"):
+        load_dataset(f"folder:{folder}", image_size=16)

@@ -364,6 +364,9 @@ def test_numeric_flag(tmp_path, capsys, name, hint, kind):
     (["--svhn-extra"], "--svhn-extra"),
     (["--skip-bad-images"], "--skip-bad-images"),
     (["--data-in-memory", "maybe"], "--data-in-memory"),
+    (["--workers", "2"], "--workers"),
+    (["--cache-dir", "cache"], "--cache-dir"),
+    (["--label-storage", "topk:11"], "--label-storage topk:11"),
     (["--image-size", "64"], "--image-size"),
     (["--static-copies", "3"], "--static-copies"),
     (["--lr-steps", "1,2"], "--lr-steps"),
@@ -448,6 +451,10 @@ def test_sixteen_bit_grayscale_keeps_its_values(tmp_path):
     expected = torch.from_numpy((ramp.astype(np.float64) / 257).round().astype(np.uint8))
     assert (img[0].int() - expected.int()).abs().max() <= 1
     assert img.float().std() > 50  # a ramp, not clipped to white
+    from labelrefinery.classifier import read_image as read_for_predict
+
+    for channels in (3, 1):  # `refinery predict` reads the file as training did
+        assert torch.equal(read_for_predict(path, channels), img[:channels])
 
 
 @pytest.mark.parametrize("model", ["alexnet_bn", "convnet"])

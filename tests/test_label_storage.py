@@ -65,3 +65,23 @@ def test_top_j_chain_resumes_to_the_same_labels(tmp_path, monkeypatch):
     assert a.read_summary(0, 2)["label_storage"] == "topk:2"
     np.testing.assert_array_equal(a.load_labels(0, 3)["labels"], b.load_labels(0, 3)["labels"])
     assert a.read_summary(0, 3)["test_top1"] == b.read_summary(0, 3)["test_top1"]
+
+
+@pytest.mark.parametrize("storage", ["float16", "topk:3"])
+def test_the_next_generation_fits_exactly_the_stored_rows(tmp_path, monkeypatch, storage):
+    import labelrefinery.generation as generation
+
+    fitted = []
+
+    class Spy(generation.StoredTargets):
+        def __init__(self, rows, *args, **kwargs):
+            fitted.append(rows.clone())
+            super().__init__(rows, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "StoredTargets", Spy)
+    assert main(["run", "--dataset", "digits", "--model", "convnet", "--epochs", "1", "--generations", "2",
+                 "--label-storage", storage, "--no-progress", "--threads", "1", "--runs-dir", str(tmp_path)]) == 0
+    run = next(tmp_path.iterdir())
+    stored = RunDir(run).load_labels(0, 1)["labels"]
+    assert len(fitted) == 2 and fitted[0].ndim == 1  # R1 fits the given labels, R2 the refined rows
+    np.testing.assert_array_equal(fitted[1].numpy(), stored)

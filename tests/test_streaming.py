@@ -88,7 +88,7 @@ def test_auto_streams_what_does_not_fit(digit_folder, tmp_path, monkeypatch, cap
     monkeypatch.setattr(folder_module, "available_memory", lambda: 100_000)  # 100 kB: the 300 images take 230 kB
     ds = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", workers=1, cache_dir=tmp_path)
     assert ds.streamed
-    assert "streamed from the files by 1 worker processes (more than half of the 0.1 MB RAM available; " \
+    assert "streamed from the files by 1 worker process (more than half of the 0.1 MB RAM available; " \
         "--data-in-memory auto)" in capsys.readouterr().err
     monkeypatch.setattr(folder_module, "available_memory", lambda: 10**10)
     assert not load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", cache_dir=tmp_path).streamed
@@ -104,7 +104,7 @@ def test_streamed_run_equals_in_memory_run_and_resumes_mid_generation(digit_fold
     assert not (runs / "streamed" / "seed-0" / "gen-2" / "summary.json").exists()
     assert _run([*args, "--data-in-memory", "no"], runs, "streamed") == 0  # resumes after epoch 1 of R2
     info = json.loads((runs / "streamed" / "run.json").read_text())
-    assert info["dataset"]["streamed"] is True and info["dataset"]["workers"] == 2
+    assert info["dataset"]["streamed"] is True and info["dataset"]["workers_per_process"] == 2
     for g in (1, 2):
         a = json.loads((runs / "memory" / "seed-0" / f"gen-{g}" / "summary.json").read_text())
         b = json.loads((runs / "streamed" / "seed-0" / f"gen-{g}" / "summary.json").read_text())

@@ -82,6 +82,10 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     if cfg.training.batch_size > views:
         raise ConfigError(f"--batch-size {cfg.training.batch_size} exceeds the {views} training images of a seed; "
                           f"use at most {views}")
+    storage = cfg.refinement.label_storage
+    if storage.startswith("topk:") and int(storage[5:]) > dataset.train.num_classes:
+        raise ConfigError(f"--label-storage {storage} keeps more classes than {dataset.name}'s "
+                          f"{dataset.train.num_classes}; use J <= {dataset.train.num_classes} or float32")
     kind, k = parse_label_form(cfg.refinement.label_form)
     if kind == "topk" and k > dataset.train.num_classes:
         raise ConfigError(f"--label-form topk:{k} keeps more classes than {dataset.name}'s "
@@ -149,20 +153,28 @@ def _write_run_facts(exp: Experiment, resumed: bool) -> None:
     rd.write_run_info({
         "code_version": code_version(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+        "processes": dist.process_info().world_size,
         "cpu": platform.processor() or platform.machine(), "cpu_features": cpu_features(),
         "precision_reason": precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype),
         "dataset": {"name": ds.name, "source": ds.source, "train": train, "test": test,
                     "train_available": len(ds.train), "test_available": len(ds.test),
                     "classes": ds.classes, "image_shape": list(ds.image_shape), "streamed": ds.streamed,
-                    "workers": ds.train.images.workers if ds.streamed else 0, "skipped_unreadable_files": ds.skipped_files},
+                    "workers_per_process": ds.train.images.workers if ds.streamed else 0,
+                    "skipped_unreadable_files": ds.skipped_files},
     })
+    world = dist.process_info().world_size
     sizes = ", ".join(f"{used} {'' if used == have else f'of {have} '}{name}"
                       for used, have, name in ((train, len(ds.train), "train"), (test, len(ds.test), "test")))
     log(f"{'resuming' if resumed else 'starting'} {rd.root}: {cfg.data.dataset} ({sizes}), "
-        f"{cfg.model}, {cfg.generations} generations x {len(cfg.seed_values())} seeds"
+        f"{cfg.model}, {_count(cfg.generations, 'generation')} x {_count(len(cfg.seed_values()), 'seed')}"
         f"{'' if isinstance(cfg.seeds, int) else ' (' + ','.join(map(str, cfg.seeds)) + ')'}, "
-        f"augment={cfg.data.augment}, labels={cfg.refinement.labels}, {device}, "
+        f"augment={cfg.data.augment}, labels={cfg.refinement.labels}, {device}"
+        f"{'' if world == 1 else f' x {world} processes (torchrun)'}, "
         f"{precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype)}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def reported_ensembles(cfg: RunConfig) -> list[list[int]]:
@@ -219,6 +231,7 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             rd.stop_tensorboard()
             if rd.writer and fresh and not rd.has_finished_work():
                 shutil.rmtree(rd.root, ignore_errors=True)  # nothing finished: leave nothing behind
+                log(f"no epoch had finished: removed {rd.root}")
             raise
         finally:
             rd.stop_tensorboard()

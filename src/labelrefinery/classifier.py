@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import functional as F  # imported here: torch.ji
 from .augment import eval_view
 from .checkpoint import load_checkpoint, model_from_state, preprocessing_record, spec_from_dict
 from .console import interactive
+from .data.files import to_rgb
 from .errors import CheckpointError, ConfigError, DataError
 from .protocol import load_run_dataset
 from .report import best_of
@@ -184,7 +185,8 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def read_image(path: Path, channels: int) -> torch.Tensor:
-    """Decode an image file to ``(channels, H, W) uint8`` (RGB, or grayscale for 1 channel) with Pillow.
+    """Decode an image file to ``(channels, H, W) uint8`` (RGB, or grayscale for 1 channel) with Pillow, 16- and
+    32-bit images scaled to 8 bits (:func:`~labelrefinery.data.files.to_rgb`), as a folder dataset reads them.
 
     Raises:
         DataError: a file that is not a readable image (named by path).
@@ -193,9 +195,12 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
-            return F.pil_to_tensor(im.convert("L" if channels == 1 else "RGB"))
+            if channels == 1 and not (im.mode.startswith("I") or im.mode == "F"):
+                return F.pil_to_tensor(im.convert("L"))
+            rgb = to_rgb(im)  # 16- and 32-bit images scaled to 8 bits as training read them, not clipped
+            return rgb[:1] if channels == 1 else rgb
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}; remove it from the list or replace the file") from None
+        raise DataError(f"cannot read image {path}: {e}; leave it out or replace the file") from None
 
 
 def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3, batch_size: int = 64) -> str:

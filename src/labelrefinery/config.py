@@ -420,6 +420,9 @@ class RunConfig:
         else:
             _need(isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= MAX_CHAIN, "seeds",
                   seeds, f"a count in 1..{MAX_CHAIN} or a list of seeds")
+        folder = self.data.dataset.startswith("folder:")
+        _only_with(self.execution.workers != 0, "workers", folder, "--dataset folder:PATH")
+        _only_with(self.execution.cache_dir is not None, "cache_dir", folder, "--dataset folder:PATH")
         gens = self.refinement.ensemble
         if gens and (len(gens) < 2 or any(not 1 <= g <= self.generations for g in gens)):
             raise ConfigError(f"--ensemble needs two or more generations in 1..{self.generations}, got "

@@ -244,9 +244,9 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     refined = cross_fit_labels(exp, data, generation, targets) if cfg.refinement.cross_fit and control is None \
         else exp.recipe.refine(predict(model, data.images, pipeline))
     storage = label_storage(cfg.refinement.label_storage, *refined.shape)
-    refined = as_stored(refined, storage)  # what a resumed chain will read back
     files["labels.npz"] = rd.save_labels(seed, slot, refined, data.views.indices, data.views.views,
                                          exp.dataset.classes, storage)
+    refined = as_stored(refined, storage)  # the rows a chain continued from disk reads back
     clock.lap("relabel")
     val = evaluate(model, data.val_images, data.val_labels, pipeline)
     test_top1 = top1_accuracy(predict(model, data.test_images, pipeline), data.test_labels)

@@ -57,7 +57,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         name: dataset name.
         data_dir: where the dataset's files are or should be downloaded to; also decides the cache directory.
         options: ``image_size`` (pixels, ``folder:PATH``), ``svhn_extra`` (bool, ``svhn``); for ``folder:PATH``
-            also ``in_memory`` (auto | yes | no), ``workers``, ``skip_bad_images``, ``device`` and ``cache_dir``
+            also ``in_memory`` (auto | yes | no), ``workers``, ``skip_bad_images``, ``device``, ``cache_dir`` and
+            ``progress``
             (see :func:`~labelrefinery.data.folder.load_folder`). Other datasets are always held in memory.
 
     Raises:
@@ -71,7 +72,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         return load_folder(Path(name[len(FOLDER_PREFIX):]), options.get("image_size"), root,
                            in_memory=options.get("in_memory") or "yes", workers=options.get("workers") or 0,
                            skip_bad_images=bool(options.get("skip_bad_images")), device=options.get("device"),
-                           cache_root=Path(cache) if cache else None)
+                           cache_root=Path(cache) if cache else None, progress=options.get("progress", True))
     if options.get("in_memory") == "no":
         raise ConfigError(f"--data-in-memory no: {name} is read whole from its files (it fits in memory); only "
                           "folder:PATH datasets stream from disk: leave --data-in-memory at auto")

@@ -46,7 +46,7 @@ def default_workers() -> int:
     return max(1, min(8, cores // process_info().local_world_size))
 
 
-def _to_rgb(im) -> torch.Tensor:
+def to_rgb(im) -> torch.Tensor:
     """A PIL image of any mode as ``(3, H, W) uint8``, values kept: 16- and 32-bit images scaled to 8 bits.
 
     Grayscale, palette, RGBA and CMYK convert through PIL. ``I;16*`` (16-bit) is divided
@@ -72,7 +72,7 @@ def _to_rgb(im) -> torch.Tensor:
 
 
 def read_image(path: str, size: int) -> torch.Tensor:
-    """Decode one file to ``(3, size, size) uint8``: RGB (see :func:`_to_rgb`), shorter side resized, centre crop.
+    """Decode one file to ``(3, size, size) uint8``: RGB (see :func:`to_rgb`), shorter side resized, centre crop.
 
     Raises:
         DataError: the file cannot be read or decoded (the message names the path).
@@ -82,7 +82,7 @@ def read_image(path: str, size: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
-            img = _to_rgb(im)
+            img = to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}; delete or replace the file, or pass --skip-bad-images "
                         "to leave unreadable files out") from None
@@ -137,11 +137,6 @@ class ImageFiles:
         """The file of image ``i`` (0 <= i < N)."""
         return self._table[int(self._index[i])]
 
-    @property
-    def paths(self) -> list[str]:
-        """Every image's file, in order."""
-        return [self.path(i) for i in range(len(self))]
-
     def __getitem__(self, key) -> "torch.Tensor | ImageFiles":
         """An int: that image decoded, ``(3, S, S) uint8``; a slice, index tensor/array/list or bool mask: the
         images it selects as :class:`ImageFiles` (nothing decoded)."""
@@ -156,15 +151,15 @@ class ImageFiles:
         """Files stay where they are: batches move to the device as they are read."""
         return self
 
-    def with_workers(self, workers: int) -> "ImageFiles":
-        """The same images read by ``workers`` decoding processes."""
-        return ImageFiles(self._table, self.size, workers, self.pin_memory, self._index)
-
     def load(self) -> torch.Tensor:
         """Every image decoded: ``(N, 3, S, S) uint8`` (for small selections: a report's thumbnails)."""
         if len(self) == 0:
             return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
-        return next(read_batches(self, [torch.arange(len(self))]))
+        batches = read_batches(self, [torch.arange(len(self))])
+        try:
+            return next(batches)
+        finally:
+            batches.close()  # its workers stop now
 
 
 class _Decoder(torch.utils.data.Dataset):

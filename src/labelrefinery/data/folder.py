@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..config import IN_MEMORY_CHOICES
-from ..console import log
+from ..console import log, progress_bar
+from ..dist import process_info
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from .cache import cache_dir, load_cache, save_cache
@@ -99,7 +100,7 @@ def _stats(images: torch.Tensor | ImageFiles) -> tuple[tuple[float, ...], tuple[
 
 def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None = None, *,
                 in_memory: str = "yes", workers: int = 0, skip_bad_images: bool = False,
-                device: torch.device | None = None, cache_root: Path | None = None) -> Dataset:
+                device: torch.device | None = None, cache_root: Path | None = None, progress: bool = True) -> Dataset:
     """An ImageNet-layout folder ``path/train/<class>/*``, ``path/val/<class>/*`` (see module docstring).
 
     Args:
@@ -114,6 +115,7 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
             cache directory), logging their number; without it such a file stops the run, named by path.
         device: the training device (its free memory counts for ``auto``).
         cache_root: the cache directory (default :func:`~labelrefinery.data.cache.cache_dir` of ``data_dir``).
+        progress: a progress bar while converting, on a terminal.
 
     Raises:
         DataError: missing ``train``/``val`` folders, a class in ``val`` unknown to ``train``, no images,
@@ -121,7 +123,6 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
         ConfigError: an unknown ``in_memory`` choice.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-    from tqdm.auto import tqdm
 
     size = image_size or DEFAULT_FOLDER_IMAGE_SIZE
     path = Path(path)
@@ -144,6 +145,11 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
         samples[split] = make_dataset(str(path / split), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         if not samples[split]:
             raise DataError(f"{path / split} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
+    present = {label for _, label in samples["train"]}
+    empty = [c for c in classes if class_to_idx[c] not in present]
+    if empty:  # as torchvision's ImageFolder: a class needs training images
+        raise DataError(f"{path / 'train' / empty[0]} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...); add "
+                        "images of that class or remove the folder")
         for file, label in samples[split]:
             st = Path(file).stat()
             listing.update(f"{file}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -164,7 +170,9 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
     n = sum(len(v) for v in samples.values())
     held, why = decide_in_memory(in_memory, n * 3 * size * size, device, cache)
     log(f"{name}: {n:,} images of {size} x {size} px, {_gb(n * 3 * size * size)} decoded: "
-        + (f"held in memory ({why})" if held else f"streamed from the files by {workers} worker processes ({why})"))
+        + (f"held in memory ({why})" if held else
+           f"streamed from the files by {workers} worker process{'' if workers == 1 else 'es'}"
+           f"{' per training process' if process_info().world_size > 1 else ''} ({why})"))
     if not held:
         train, test = (ImageData(files[s], labels[s], list(classes)) for s in ("train", "val"))
         mean, std = _cached_stats(root / f"{key}-stats.json", train.images)
@@ -176,7 +184,7 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
         for split in ("train", "val"):
             images = torch.empty(len(samples[split]), 3, size, size, dtype=torch.uint8)
             order = [torch.arange(i, min(i + 64, len(images))) for i in range(0, len(images), 64)]
-            with tqdm(total=len(images), desc=f"converting {split} images", unit="img", leave=False) as bar:
+            with progress_bar(len(images), f"converting {split} images", progress) as bar:
                 for idx, batch in zip(order, read_batches(files[split], order)):
                     images[idx] = batch
                     bar.update(len(idx))
