@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a CUDA machine, in under 10 minutes: the throughput benchmark, a 3-generation CIFAR-sized run, and with
-# several GPUs a torchrun scaling run
+# On a CUDA machine, in under 15 minutes: the throughput benchmark, a 3-generation CIFAR-sized run, the streaming
+# benchmark and, with several GPUs, a torchrun scaling run
 # (CIFAR-10 when $DATA_DIR holds it, else generated 32x32 data). Results land in $OUT (default benchmarks/out-gpu).
 #   bash benchmarks/gpu.sh
 set -euo pipefail
@@ -20,6 +20,10 @@ timeout 150 $PY benchmarks/throughput.py --dataset "$DATASET" --data-dir "$DATA_
 timeout 130 $PY -m labelrefinery run --dataset "$DATASET" --data-dir "$DATA_DIR" --model resnet20 \
   --generations 3 --epochs 8 --augment online --batch-size 512 --lr 0.003 --lr-schedule onecycle \
   --early-stop-patience-epochs 0 --runs-dir "$OUT/runs" --name gpu-3gen --no-progress 2>&1 | tee "$OUT/run.txt"
+# Streaming an image folder (a generated 4,000-JPEG folder): loader and resnet18 training at 224 px on the GPU,
+# against torchvision ImageFolder + DataLoader with the same 8 workers (BENCHMARKS.md "Streaming an image folder").
+timeout 240 $PY benchmarks/streaming.py --root /tmp/stream-bench-gpu --images 4000 --train-images 2048 --workers 8 \
+  --device cuda --out "$OUT/streaming.json" 2>&1 | tee "$OUT/streaming.txt"
 # Scaling over every visible GPU: one generation on 1 GPU, then on all of them with torchrun (same global batch);
 # images/s per GPU and the scaling efficiency (N-GPU images/s / (N x 1-GPU images/s)) from the runs' metrics.
 NGPU=$(nvidia-smi --list-gpus | wc -l)

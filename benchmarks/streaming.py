@@ -115,7 +115,7 @@ class PeakMemory:
         return max(self.peak, _tree_memory(os.getpid()))
 
 
-def measure(kind: str, path: str, workers: int, images: int, precision: str) -> dict:
+def measure(kind: str, path: str, workers: int, images: int, precision: str, device_name: str = "cpu") -> dict:
     import torch
 
     from labelrefinery.augment import RandomResizedCrop
@@ -128,7 +128,7 @@ def measure(kind: str, path: str, workers: int, images: int, precision: str) -> 
     started = time.perf_counter()
     if kind.startswith("ours"):
         ds = load_dataset(f"folder:{path}", image_size=256, in_memory="no", workers=workers,
-                          cache_dir=os.path.join(os.path.dirname(path), "cache"))
+                          cache_dir=os.path.join(os.path.dirname(path), "cache"), device=torch.device(device_name))
         files = ds.train.images
         order = torch.randperm(len(files))[:images]
     else:
@@ -141,7 +141,7 @@ def measure(kind: str, path: str, workers: int, images: int, precision: str) -> 
         order = torch.randperm(len(folder))[:images]
         subset = torch.utils.data.Subset(folder, order.tolist())
     setup = time.perf_counter() - started
-    device = torch.device("cpu")
+    device = torch.device(device_name)
     amp = resolve_precision(precision, device)
     gen = torch.Generator().manual_seed(0)
     crop = RandomResizedCrop(224)
@@ -162,28 +162,32 @@ def measure(kind: str, path: str, workers: int, images: int, precision: str) -> 
         from labelrefinery.engine import train_one_epoch
         from labelrefinery.targets import StoredTargets
 
-        model = resnet18(num_classes=CLASSES).to(memory_format=torch.channels_last)
+        model = resnet18(num_classes=CLASSES).to(device, memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         if kind == "ours-train":
             pipeline = Pipeline.create(device, ds.mean, ds.std, amp)
             picked = files[order]
-            targets = StoredTargets(ds.train.labels[order], num_classes=CLASSES)
+            targets = StoredTargets(ds.train.labels[order].to(device), num_classes=CLASSES)
             stats = train_one_epoch(model, opt, picked, targets, pipeline, batch_size=BATCH // 2, generator=gen,
                                     augment=crop)
             count = int(round(stats["images_per_s"] * stats["epoch_time_s"]))
         else:
-            loader = torch.utils.data.DataLoader(subset, batch_size=BATCH // 2, num_workers=workers, drop_last=True)
+            loader = torch.utils.data.DataLoader(subset, batch_size=BATCH // 2, num_workers=workers, drop_last=True,
+                                                 pin_memory=device.type == "cuda")
             model.train()
             for x, y in loader:
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                y = y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss = torch.nn.functional.cross_entropy(model(x).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 count += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    return {"kind": kind, "folder": path, "workers": workers, "images": count, "seconds": elapsed,
+    return {"kind": kind, "device": device_name, "folder": path, "workers": workers, "images": count, "seconds": elapsed,
             "images_per_s": count / elapsed, "setup_s": setup, "peak_memory_mb": peak.stop() / 2**20}
 
 
@@ -200,12 +204,13 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=512, help="images per training measurement")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--out", type=Path, default=None, help="write every figure to this JSON file")
-    parser.add_argument("--one", nargs=5, metavar=("KIND", "PATH", "WORKERS", "IMAGES", "PRECISION"),
+    parser.add_argument("--device", default="cpu", help="training device of the train measurements (cpu, cuda)")
+    parser.add_argument("--one", nargs=6, metavar=("KIND", "PATH", "WORKERS", "IMAGES", "PRECISION", "DEVICE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        kind, path, workers, images, precision = args.one
-        print(json.dumps(measure(kind, path, int(workers), int(images), precision)))
+        kind, path, workers, images, precision, device = args.one
+        print(json.dumps(measure(kind, path, int(workers), int(images), precision, device)))
         return
 
     from labelrefinery.device import cpu_features
@@ -217,7 +222,7 @@ def main() -> None:
 
     def one(kind: str, folder: Path, images: int) -> dict:
         out = subprocess.run([sys.executable, __file__, "--one", kind, str(folder), str(args.workers), str(images),
-                              args.precision], capture_output=True, text=True, check=True).stdout
+                              args.precision, args.device], capture_output=True, text=True, check=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)
         print(f"{kind:20s} {folder.name:8s} {row['images']:6d} images  {row['images_per_s']:7.1f} images/s  "
@@ -231,7 +236,7 @@ def main() -> None:
             one(kind, folder, min(n, sizes[folder]))
     for kind in ("ours-train", "conventional-train"):
         one(kind, full, args.train_images)
-    result = {"cpu_features": cpu_features(), "workers": args.workers, "precision": args.precision,
+    result = {"cpu_features": cpu_features(), "workers": args.workers, "precision": args.precision, "device": args.device,
               "folder_images": {str(k): v for k, v in sizes.items()}, "make_folder_s": made, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
