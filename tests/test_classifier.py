@@ -313,3 +313,24 @@ def test_predict_on_the_test_set_as_files_gives_the_runs_accuracy(run_dir, tmp_p
     summary = json.loads((run_dir / "seed-0/gen-2/summary.json").read_text())
     assert len(rows) == len(ds.test.labels)
     assert 100 * right / len(rows) == pytest.approx(summary["test_top1"], abs=0.3)
+
+
+def test_a_crop_trained_model_exports_and_teaches_with_its_own_view(tmp_path):
+    """A generation trained with random crops: TorchScript export keeps its centre crop, and as
+    --refinery-checkpoint of a run without crops it is fed its own view, scoring what load_classifier scores."""
+    import json
+
+    common = ["--dataset", "digits", "--model", "convnet", "--epochs", "2", "--generations", "1", "--no-progress",
+              "--threads", "1", "--runs-dir", str(tmp_path)]
+    assert main(["run", *common, "--augment", "crop", "--name", "crop"]) == 0
+    teacher = tmp_path / "crop"
+    ds = load_dataset("digits")
+    x = ds.test.images.float() / 255
+    want = load_classifier(teacher, generation=1)(x)
+    assert main(["export", str(teacher), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert torch.allclose(torch.jit.load(str(tmp_path / "m.pt"))(x), want, atol=1e-4)
+    accuracy = 100 * (want.argmax(1) == ds.test.labels).float().mean().item()
+    assert main(["run", *common, "--refinery-checkpoint", str(teacher / "seed-0/gen-1/model.safetensors"),
+                 "--name", "student"]) == 0
+    record = json.loads((tmp_path / "student/seed-0/refinery/summary.json").read_text())
+    assert abs(record["test_top1"] - accuracy) < 0.3, (record["test_top1"], accuracy)

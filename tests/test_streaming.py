@@ -213,3 +213,14 @@ def test_inspect_and_predict_a_streamed_run(digit_folder, tmp_path):
     acc = (classifier.predict_proba(memory.test.images).argmax(1) == memory.test.labels).float().mean() * 100
     summary = json.loads((run / "seed-0" / "gen-1" / "summary.json").read_text())
     assert abs(float(acc) - summary["test_top1"]) < 1e-6 and summary["label_storage"] == "float16"
+
+
+def test_config_file_yes_no_and_a_test_size_that_drops_classes(digit_folder, tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("data_in_memory: no\nworkers: 1\n")  # YAML reads bare no as false
+    args = [*_common(digit_folder, tmp_path / "cache"), "--generations", "1", "--epochs", "1", "--test-size", "20",
+            "--config", str(tmp_path / "c.yaml")]
+    args[args.index("--workers") : args.index("--workers") + 2] = []
+    assert _run(args, tmp_path / "runs", "cfg") == 0
+    err = capsys.readouterr().err
+    assert "streamed from the files by 1 worker process" in err
+    assert "warning: --test-size 20 keeps the first 20 test images, which hold only 1 of the test split's 3" in err

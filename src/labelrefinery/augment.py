@@ -198,7 +198,7 @@ class CenterCropView:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, C, round(H * 7/8), round(W * 7/8))``."""
-        _, _, h, w = x.shape
+        h, w = int(x.shape[2]), int(x.shape[3])  # plain ints also while tracing (TorchScript export)
         ch, cw = max(1, round(h * self.fraction)), max(1, round(w * self.fraction))
         top, left = (h - ch) // 2, (w - cw) // 2
         return x[:, :, top : top + ch, left : left + cw]

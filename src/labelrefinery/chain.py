@@ -69,6 +69,11 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
         if size is not None and size > have:
             raise DataError(f"--{name}-size {size} exceeds the {have} {name} images of {dataset.name}; "
                             f"use at most {have} or leave it out")
+    if d.test_size is not None:
+        kept, have = dataset.test.labels[: d.test_size].unique().numel(), dataset.test.labels.unique().numel()
+        if kept < have:
+            log(f"warning: --test-size {d.test_size} keeps the first {d.test_size} test images, which hold only {kept} "
+                f"of the test split's {have} classes (its images are in class order); leave it out or raise it")
     if len(dataset.train) < 20:
         raise DataError(f"{d.dataset} has only {len(dataset.train)} training images; at least 20 are needed")
     train_idx, _ = seed_split(dataset, cfg, 0)  # raises if the validation split cannot hold every class

@@ -276,6 +276,32 @@ class Renormalized(torch.nn.Module):
         return self.model(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
 
 
+class TeacherView(torch.nn.Module):
+    """``model`` fed the view of each image it was trained on, whatever side the run's images have.
+
+    ``forward(x)``: ``x`` ``(N, C, S, S)``. A full stored view (S equal to the checkpoint's stored size) of a model
+    trained with random crops gets its evaluation centre crop (:class:`~labelrefinery.augment.CenterCropView`);
+    then an input whose side is not the model's own input side is resized to it (bilinear, antialiased; on
+    normalised values, which resizing leaves normalised). Per-crop inputs of the model's own side pass unchanged.
+    """
+
+    def __init__(self, model: torch.nn.Module, stored_size: int, augment: str):
+        super().__init__()
+        from .augment import eval_view, input_size
+
+        self.model, self.stored_size = model, int(stored_size)
+        self.view = eval_view(augment)
+        self.side = input_size(augment, self.stored_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.view is not None and x.shape[-1] == self.stored_size:
+            x = self.view(x)
+        if x.shape[-1] != self.side or x.shape[-2] != self.side:
+            x = torch.nn.functional.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        return self.model(x)
+
+
 def refinery_statistics(setting: str, stored: dict | None, dataset: Dataset,
                         written_here: bool = False) -> tuple[list[float], list[float], str]:
     """The mean and std (C floats, [0, 1] pixel units) an external refinery was trained with, and how they were
@@ -320,7 +346,9 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
 
     The model is fed each batch normalised as it was trained (``normalization``, see
     :func:`refinery_statistics`): wrapped in :class:`Renormalized` when that differs from the dataset's own
-    statistics, which the run normalises with. A line says which statistics were chosen.
+    statistics, which the run normalises with. A line says which statistics were chosen. A checkpoint of this
+    tool that stores another image size or an evaluation crop is also wrapped in :class:`TeacherView`, so it
+    sees its own view at its own size (said in a line).
 
     Args:
         image_size: side in pixels of the images the refinery will see.
@@ -350,6 +378,15 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
     mean, std, how = refinery_statistics(normalization, extra.get("preprocessing"), dataset, spec is not None)
     log(f"refinery {path}: input normalised with {how} (mean {', '.join(f'{m:.3f}' for m in mean)}, std "
         f"{', '.join(f'{v:.3f}' for v in std)}); set --refinery-normalization if it was trained otherwise")
+    stored = extra.get("preprocessing")
+    if stored is not None and "stored_size" in stored:  # this tool's checkpoint: its own image size and view
+        from .augment import input_size
+
+        augment = str(stored.get("augment", "none"))
+        if input_size(augment, int(stored["stored_size"])) != image_size:
+            model = TeacherView(model, int(stored["stored_size"]), augment).to(device).eval()
+            log(f"refinery {path}: trained on {stored['stored_size']} px images (augment={augment}); its input is "
+                f"brought to its own view and size, {model.side} px, from this run's {image_size} px")
     if torch.allclose(torch.tensor(mean), torch.tensor(dataset.mean, dtype=torch.float32), atol=1e-6) and \
             torch.allclose(torch.tensor(std), torch.tensor(dataset.std, dtype=torch.float32), atol=1e-6):
         return model

@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                 from .fileio import atomic_write_text
 
                 atomic_write_text(args.out, text)
-                print(f"{args.out}: {text.count(chr(10)) - 1} images")
+                n = text.count(chr(10)) - 1
+                print(f"{args.out}: {n} image{'' if n == 1 else 's'}")
             return 0
         if args.command == "inspect":
             from .inspection import inspect_runs

@@ -592,7 +592,10 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"--config {path} names unknown setting(s) {', '.join(unknown)}; see refinery run --help")
     hints = {f.name: hint for f, hint in leaf_fields()}
+    choices = {f.name: f.metadata.get("choices", ()) for f, _ in leaf_fields()}
     for name, value in values.items():
+        if isinstance(value, bool) and {"yes", "no"} <= set(choices[name]):  # YAML reads a bare yes/no as a bool
+            values[name] = value = "yes" if value else "no"
         problem = _type_problem(value, hints[name])
         if problem:
             raise ConfigError(f"--config {path}: {name} must be {problem}, got {value!r}")
