@@ -22,7 +22,7 @@ from .checkpoint import load_refinery
 from .config import RunConfig, parse_label_form
 from .console import ChainClock, log
 from . import dist
-from .data import check_dataset_name
+from .data import Dataset, check_dataset_name
 from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
 from .evaluate import ensemble_results
@@ -65,6 +65,28 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
         raise ConfigError("--augment static stores augmented copies of every image in memory, but this dataset is "
                           "streamed from its files; use --augment online or crop, or --data-in-memory yes")
     dataset, noise = with_label_noise(dataset, d.label_noise)
+    _check_against_data(cfg, dataset)
+    side = input_size(d.augment, dataset.image_shape[1])
+    spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
+    build_model(spec)
+    ref = cfg.refinement
+    _warn_unused(cfg)
+    external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device,
+                             ref.refinery_normalization) \
+        if ref.refinery_checkpoint else None
+    pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype, eval_view(d.augment))
+    return Experiment(cfg, dataset, run_dir, pipeline, spec,
+                      make_augment(d.augment, dataset.hflip_keeps_class, dataset.image_shape[1]),
+                      LabelRecipe(ref.temperature, ref.label_form, ref.gt_weight), external, noise)
+
+
+def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
+    """Settings that only the loaded data can judge: subset sizes, folds, batch size, top-k forms.
+
+    Raises:
+        ConfigError, DataError: a setting the data cannot satisfy (the message names the flag and the fix).
+    """
+    d = cfg.data
     for name, size, have in (("train", d.train_size, len(dataset.train)), ("test", d.test_size, len(dataset.test))):
         if size is not None and size > have:
             raise DataError(f"--{name}-size {size} exceeds the {have} {name} images of {dataset.name}; "
@@ -95,18 +117,6 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     if kind == "topk" and k > dataset.train.num_classes:
         raise ConfigError(f"--label-form topk:{k} keeps more classes than {dataset.name}'s "
                           f"{dataset.train.num_classes}; use K <= {dataset.train.num_classes} or soft")
-    side = input_size(d.augment, dataset.image_shape[1])
-    spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
-    build_model(spec)
-    ref = cfg.refinement
-    _warn_unused(cfg)
-    external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device,
-                             ref.refinery_normalization) \
-        if ref.refinery_checkpoint else None
-    pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype, eval_view(d.augment))
-    return Experiment(cfg, dataset, run_dir, pipeline, spec,
-                      make_augment(d.augment, dataset.hflip_keeps_class, dataset.image_shape[1]),
-                      LabelRecipe(ref.temperature, ref.label_form, ref.gt_weight), external, noise)
 
 
 def _warn_unused(cfg: RunConfig) -> None:
