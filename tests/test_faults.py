@@ -463,7 +463,7 @@ def test_a_batch_of_one_never_reaches_batchnorm_in_train_mode(tmp_path, model):
     # 1221 training views; batch 1220 leaves a last batch of 1 (dropped) and jitter picks ~1 image per batch
     assert main(["run", "--dataset", "digits", "--model", model, "--epochs", "1", "--generations", "2",
                  "--labels", "online", "--adversarial-jitter", "0.002", "--batch-size", "1220", "--no-progress",
-                 "--threads", "1", "--runs-dir", str(tmp_path)]) == 0
+                 "--threads", "2", "--runs-dir", str(tmp_path)]) == 0
 
 
 def test_class_with_a_single_image_is_one_line(tmp_path, capsys):
