@@ -279,7 +279,8 @@ class Renormalized(torch.nn.Module):
 class TeacherView(torch.nn.Module):
     """``model`` fed the view of each image it was trained on, whatever side the run's images have.
 
-    ``forward(x)``: ``x`` ``(N, C, S, S)``. A full stored view (S equal to the checkpoint's stored size) of a model
+    ``forward(x)``: ``x`` ``(N, C, S, S)`` float, normalised; returns the model's ``(N, K)`` logits. A full stored
+    view (S equal to the checkpoint's stored size) of a model
     trained with random crops gets its evaluation centre crop (:class:`~labelrefinery.augment.CenterCropView`);
     then an input whose side is not the model's own input side is resized to it (bilinear, antialiased; on
     normalised values, which resizing leaves normalised). Per-crop inputs of the model's own side pass unchanged.
@@ -375,10 +376,10 @@ def load_refinery(path: str | Path, model_name: str | None, dataset: Dataset, im
     model = model_from_state(state, spec_obj, device, f"refinery {path} (check --refinery-model)")
     if classes is None:
         log(f"note: {path} stores no class names; assuming they are {dataset.name}'s, in order")
-    mean, std, how = refinery_statistics(normalization, extra.get("preprocessing"), dataset, spec is not None)
+    stored = extra.get("preprocessing")
+    mean, std, how = refinery_statistics(normalization, stored, dataset, spec is not None)
     log(f"refinery {path}: input normalised with {how} (mean {', '.join(f'{m:.3f}' for m in mean)}, std "
         f"{', '.join(f'{v:.3f}' for v in std)}); set --refinery-normalization if it was trained otherwise")
-    stored = extra.get("preprocessing")
     if stored is not None and "stored_size" in stored:  # this tool's checkpoint: its own image size and view
         from .augment import input_size
 

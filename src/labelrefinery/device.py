@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from .config import check_device_name
-from .dist import process_info
+from .dist import cores_per_process, process_info
 from .errors import ConfigError
 
 
@@ -93,5 +92,5 @@ def precision_name(amp_dtype: torch.dtype | None) -> str:
 def set_threads(threads: int) -> int:
     """Set torch's CPU threads (0 = every core this process may use, shared out among the processes torchrun
     started on this machine); returns the number set."""
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // process_info().local_world_size))
+    torch.set_num_threads(threads or cores_per_process())
     return torch.get_num_threads()

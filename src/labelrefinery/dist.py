@@ -45,6 +45,15 @@ def process_info() -> ProcessInfo:
                        int(env.get("LOCAL_WORLD_SIZE", world)))
 
 
+def cores_per_process() -> int:
+    """The CPU cores this process may use, shared out among the processes torchrun started on this machine (>= 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // process_info().local_world_size)
+
+
 def is_main_process() -> bool:
     """True on rank 0."""
     return process_info().is_main

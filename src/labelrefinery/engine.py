@@ -262,7 +262,7 @@ def train_one_epoch(
     model.train()
     n = len(images)
     info = process_info()
-    perm = torch.randperm(n, generator=generator)  # the same on every process
+    perm = torch.randperm(n, generator=generator).to(images.device)  # the same on every process; moved once
     steps = num_batches(n, batch_size, info.world_size)
     # Each global batch of the epoch is split over the processes (this one takes every world_size-th image);
     # augmentation and jitter draw from this process's own stream (the epoch's stream itself at world size 1).

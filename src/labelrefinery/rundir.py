@@ -683,34 +683,35 @@ def as_stored(labels: torch.Tensor, storage: str) -> torch.Tensor:
     continues from the same rows whether or not it was interrupted."""
     if storage == "float32":
         return labels
-    buf = _labels_file(labels, torch.zeros(len(labels), dtype=torch.int64), torch.zeros(len(labels), dtype=torch.int64),
-                       [str(k) for k in range(labels.shape[1])], storage)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as z:
-        return torch.from_numpy(_decode_labels(z, storage, labels.shape[1]))
+    return torch.from_numpy(_decode_labels(_encode_labels(labels, storage), storage, labels.shape[1]))
+
+
+def _encode_labels(labels: torch.Tensor, storage: str) -> dict[str, np.ndarray]:
+    """The arrays of ``labels.npz`` that hold ``labels: (M, K) float`` rows in ``storage``."""
+    rows = labels.float()
+    if storage == "float32":
+        return {"labels": rows.numpy()}
+    if storage == "float16":
+        return {"labels": rows.half().numpy()}
+    if storage.startswith("topk:"):
+        values, top = rows.topk(int(storage[5:]), dim=1)
+        return {"topk_indices": top.numpy().astype(np.int64), "topk_values": values.half().numpy()}
+    raise ValueError(f"unknown label storage {storage!r}")
 
 
 def _labels_file(labels: torch.Tensor, indices: torch.Tensor, views: torch.Tensor, classes: list[str],
                  storage: str) -> io.BytesIO:
     """The bytes of a ``labels.npz`` holding ``labels: (M, K) float`` rows in ``storage``."""
-    rows = labels.float()
-    if storage == "float32":
-        arrays = {"labels": rows.numpy()}
-    elif storage == "float16":
-        arrays = {"labels": rows.half().numpy()}
-    elif storage.startswith("topk:"):
-        values, top = rows.topk(int(storage[5:]), dim=1)
-        arrays = {"topk_indices": top.numpy().astype(np.int64), "topk_values": values.half().numpy()}
-    else:
-        raise ValueError(f"unknown label storage {storage!r}")
     buf = io.BytesIO()
-    np.savez(buf, **arrays, indices=indices.numpy().astype(np.int64), views=views.numpy().astype(np.int64),
-             classes=np.array(classes), refinery_only=np.array(True), storage=np.array(storage))
+    np.savez(buf, **_encode_labels(labels, storage), indices=indices.numpy().astype(np.int64),
+             views=views.numpy().astype(np.int64), classes=np.array(classes), refinery_only=np.array(True),
+             storage=np.array(storage))
     return buf
 
 
 def _decode_labels(z, storage: str, num_classes: int) -> np.ndarray:
-    """``(M, K) float32`` rows from an open ``labels.npz`` in ``storage``; float16 and top-J rows renormalised."""
+    """``(M, K) float32`` rows from the arrays of a ``labels.npz`` (an open file, or :func:`_encode_labels`'s dict)
+    in ``storage``; float16 and top-J rows renormalised."""
     if storage == "float32":
         return z["labels"]
     if storage == "float16":

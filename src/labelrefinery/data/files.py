@@ -13,9 +13,11 @@ files, ``torch.utils.data.DataLoader`` worker processes decode each batch (Pillo
 shorter side resized with antialiasing and centre-cropped to S, exactly as the
 in-memory conversion does, so both paths see the same pixels) while the main process
 trains on the one before; batches arrive in the order asked for, so a seed gives the
-same epochs whichever path holds the images. Augmentation then runs on the decoded
-batch on the training device (:mod:`labelrefinery.augment`), so per-crop refined
-labels see exactly the student's crops.
+same epochs whichever path holds the images. Random resized crops, drawn by the
+training process, are cut where the images are read (in the workers for files);
+other augmentations run on the decoded batch on the training device
+(:mod:`labelrefinery.augment`). Either way per-crop refined labels see exactly the
+student's crops.
 
 Paths are held as one byte buffer plus offsets (numpy), not as Python strings: worker
 processes forked from the main one share them without copy-on-read growth.
@@ -23,27 +25,22 @@ processes forked from the main one share them without copy-on-read growth.
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..dist import process_info
+from ..dist import cores_per_process
 from ..errors import DataError
 
 PREFETCH_BATCHES = 4  # batches each worker decodes ahead
 
 
 def default_workers() -> int:
-    """Decoding worker processes when ``--workers`` is 0: the CPU cores this process may use (shared out among
-    the processes torchrun started on this machine), at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores // process_info().local_world_size))
+    """Decoding worker processes when ``--workers`` is 0: this process's share of the CPU cores
+    (:func:`~labelrefinery.dist.cores_per_process`), at most 8."""
+    return min(8, cores_per_process())
 
 
 def to_rgb(im) -> torch.Tensor:
