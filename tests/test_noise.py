@@ -296,3 +296,100 @@ def test_controls_cannot_be_dropped(tmp_path, capsys):
     assert RunDir(tmp_path / "k").read_config().refinement.controls
     assert RunDir(tmp_path / "k").finished_controls(1) == ["equal-compute", "label-smoothing"]
     assert "of 2 seeds]" not in (tmp_path / "k/results.md").read_text()
+
+
+def _noisy_rows(clean: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
+    """What a refinery sure of each image's true class predicts after fitting labels with symmetric noise."""
+    rows = torch.full((len(clean), num_classes), rate / (num_classes - 1))
+    return rows.scatter_(1, clean.view(-1, 1), 1 - rate)
+
+
+def test_symmetric_noise_estimate():
+    from labelrefinery.targets import estimate_symmetric_noise
+
+    clean = torch.arange(500) % 10
+    given = clean.clone()
+    given[:250] = (clean[:250] + 3) % 10  # half the given labels wrong: the cap (disputed share) is 0.5
+    assert estimate_symmetric_noise(_noisy_rows(clean, 0.4, 10), given) == pytest.approx(0.4, abs=1e-5)
+    assert estimate_symmetric_noise(_noisy_rows(clean, 0.1, 10), given) == pytest.approx(0.1, abs=1e-5)
+    assert estimate_symmetric_noise(torch.eye(10)[clean], given) == 0.0  # memorised: nothing to estimate
+    # an ambiguous second class on every image does not move the estimate
+    rows = _noisy_rows(clean, 0.4, 10)
+    rows[torch.arange(500), (clean + 1) % 10] += 0.2
+    rows[torch.arange(500), clean] -= 0.2
+    assert estimate_symmetric_noise(rows, given) == pytest.approx(0.4, abs=1e-5)
+    # an under-trained refinery, unsure of every image but disputing only 2% of the labels: capped at 0.02
+    unsure = _noisy_rows(clean, 0.6, 10)
+    assert estimate_symmetric_noise(unsure, torch.where(torch.arange(500) < 10, (clean + 1) % 10, clean)) == \
+        pytest.approx(0.02)
+
+
+def test_noisy_label_posterior_hand_made():
+    from labelrefinery.targets import noisy_label_posterior
+
+    # K = 3, r = 0.3: T[c, y] = 0.7 if c == y else 0.15.
+    refined = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]])
+    given = torch.tensor([0, 1])
+    q = noisy_label_posterior(refined, given, 0.3, denoise=False)
+    expected = torch.tensor([[0.6 * 0.7, 0.3 * 0.15, 0.1 * 0.15], [0.6 * 0.15, 0.3 * 0.7, 0.1 * 0.15]])
+    assert torch.allclose(q, expected / expected.sum(1, keepdim=True))
+    assert q[1].argmax() == 1  # the refinery's 0.6 does not overrule a given label it gives 0.3
+    # rows of a refinery that fitted noisy labels map back to the true class before Bayes' rule
+    noisy = _noisy_rows(torch.tensor([2, 2]), 0.3, 3)
+    q = noisy_label_posterior(noisy, torch.tensor([2, 0]), 0.3, denoise=True)
+    assert q[0, 2] > 0.999 and q[1].argmax() == 2  # a wrong given label is corrected
+    assert torch.allclose(q.sum(1), torch.ones(2))
+    with pytest.raises(ValueError, match="noise rate must be in"):
+        noisy_label_posterior(refined, given, 0.7, denoise=False)
+
+
+def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
+    """--noise-prior auto: R1 records its estimate, R2 fits the posterior of R1's de-noised labels at that rate,
+    R3 the posterior of R2's labels as they are."""
+    from labelrefinery.targets import LabelRecipe
+
+    calls = []
+    original = LabelRecipe.mix
+
+    def spy(self, refined, ground_truth, noise_rate=0.0, denoise=False):
+        calls.append((refined.clone(), ground_truth.clone(), noise_rate, denoise))
+        return original(self, refined, ground_truth, noise_rate, denoise)
+
+    monkeypatch.setattr(LabelRecipe, "mix", spy)
+    assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "np", "--generations", "3", "--epochs", "1",
+                 "--label-noise", "symmetric:0.4", "--noise-prior", "auto"]) == 0
+    rd = RunDir(tmp_path / "np")
+    estimate = rd.read_summary(0, 1)["symmetric_noise_estimate"]
+    assert 0 < estimate < 0.9
+    assert [(rate, denoise) for *_, rate, denoise in calls] == [(estimate, True), (estimate, False)]
+    r1 = torch.from_numpy(rd.load_labels(0, 1)["labels"])
+    assert torch.allclose(calls[0][0], r1)
+    assert "symmetric_noise_estimate" not in rd.read_summary(0, 2)
+    assert f"suggest about {100 * estimate:.0f}% of the given labels are wrong" in (tmp_path / "np/results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise-prior", "x"], "--noise-prior must be auto or a share P"),
+    (["--noise-prior", "0.95"], "is not below 1 - 1/K = 0.9"),
+    (["--noise-prior", "0.2", "--labels", "online", "--augment", "online"], "got --labels online"),
+    (["--noise-prior", "0.2", "--label-form", "hard"], "needs --label-form soft"),
+    (["--noise-prior", "0.2", "--temperature", "3"], "needs --temperature 1"),
+    (["--noise-prior", "0.2", "--gt-weight", "0.3"], "use one of them"),
+    (["--noise-prior", "0.2", "--label-storage", "topk:3"], "use --label-storage auto, float32 or float16"),
+    (["--noise-prior", "0.2", "--label-smoothing", "0.1"], "leave out --label-smoothing 0.1"),
+    (["--noise-prior", "auto", "--cross-fit", "2"], "read too noisy; give P"),
+])
+def test_bad_noise_prior_exit_2_and_write_nothing(tmp_path, capsys, args, message):
+    assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "bad", "--generations", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_noise_prior_from_yaml_number_and_its_canonical_text(tmp_path):
+    from labelrefinery.config import config_file_values
+
+    (tmp_path / "c.yaml").write_text("noise_prior: 0.25\n")
+    assert resolve_config("quick", config_file_values(tmp_path / "c.yaml")).refinement.noise_prior == "0.25"
+    for given, stored in (("-0", "0"), ("0.0", "0"), ("0.123456789", "0.123456789"), ("auto", "auto")):
+        assert resolve_config("quick", {"noise_prior": given}).refinement.noise_prior == stored

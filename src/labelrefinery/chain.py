@@ -19,7 +19,7 @@ import torch
 from .augment import eval_view, input_size, make_augment
 from .batch import Pipeline
 from .checkpoint import load_refinery
-from .config import RunConfig, parse_label_form
+from .config import RunConfig, parse_label_form, parse_noise_prior
 from .console import ChainClock, log
 from . import dist
 from .data import Dataset, check_dataset_name
@@ -113,6 +113,10 @@ def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
     if storage.startswith("topk:") and int(storage[5:]) > dataset.train.num_classes:
         raise ConfigError(f"--label-storage {storage} keeps more classes than {dataset.name}'s "
                           f"{dataset.train.num_classes}; use J <= {dataset.train.num_classes} or float32")
+    prior, bound = parse_noise_prior(cfg.refinement.noise_prior), 1 - 1 / dataset.train.num_classes
+    if prior is not None and prior >= bound:
+        raise ConfigError(f"--noise-prior {prior:g} is not below 1 - 1/K = {bound:.3g} for {dataset.name}'s "
+                          f"{dataset.train.num_classes} classes; give a smaller share or auto")
     kind, k = parse_label_form(cfg.refinement.label_form)
     if kind == "topk" and k > dataset.train.num_classes:
         raise ConfigError(f"--label-form topk:{k} keeps more classes than {dataset.name}'s "
@@ -123,7 +127,8 @@ def _warn_unused(cfg: RunConfig) -> None:
     """Warn about settings that have no effect in this run (values that differ from the defaults)."""
     ref, default = cfg.refinement, type(cfg.refinement)()
     if cfg.generations == 1 and ref.refinery_checkpoint is None:
-        unused = [f"--{n.replace('_', '-')}" for n in ("labels", "temperature", "label_form", "gt_weight")
+        unused = [f"--{n.replace('_', '-')}" for n in ("labels", "temperature", "label_form", "gt_weight",
+                                                       "noise_prior")
                   if getattr(ref, n) != getattr(default, n)]
         if unused:
             log(f"warning: {', '.join(unused)} change(s) nothing: with --generations 1 and no --refinery-checkpoint "

@@ -181,6 +181,24 @@ def parse_label_noise(spec: str) -> tuple[str, float]:
     return kind, p
 
 
+def parse_noise_prior(text: str) -> float | None:
+    """Parse ``--noise-prior``: a share P in [0, 1) of given labels believed wrong, or ``auto`` (None: estimated
+    from generation 1's refined labels). The bound 1 - 1/K needs K and is checked with the data.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if str(text) == "auto":
+        return None
+    try:
+        p = float(text)
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"--noise-prior must be auto or a share P with 0 <= P < 1 - 1/K (e.g. 0.2), got {text!r}")
+    return p
+
+
 def check_device_name(name: str) -> None:
     """Raise :class:`ConfigError` unless ``name`` is auto, cpu, cuda, cuda:N or mps (availability is checked
     later)."""
@@ -300,6 +318,11 @@ class RefineConfig:
     temperature: float = _f(1.0, "softmax temperature T of refined labels; the soft loss is scaled by T^2")
     label_form: str = _f("soft", "refined label form: soft | hard | topk:K")
     gt_weight: float = _f(0.0, "alpha: targets = alpha * one-hot ground truth + (1 - alpha) * refined labels")
+    noise_prior: str = _f("0", "P | auto: the share of given labels believed wrong (symmetric noise: a wrong "
+                          "label is any other class alike); the next generation then fits P(true class | refined "
+                          "labels, given label) by Bayes' rule, with R1's labels first mapped back through the "
+                          "noise (needs --labels offline, --label-form soft); auto: P estimated from R1's refined "
+                          "labels (run summaries: symmetric_noise_estimate); 0 = off")
     refinery_checkpoint: str | None = _f(None, "a trained model that makes generation 1's labels instead of the "
                                          "ground truth (a model.safetensors of this tool, or a torchvision/timm "
                                          "state dict with --refinery-model)")
@@ -355,6 +378,31 @@ class RefineConfig:
               "label_storage", self.label_storage, f"one of {', '.join(LABEL_STORAGES)} or topk:J with J >= 1")
         _need(len(set(self.ensemble)) == len(self.ensemble), "ensemble", ",".join(map(str, self.ensemble)),
               "distinct generations")
+        self._check_noise_prior()
+
+    def _check_noise_prior(self) -> None:
+        prior = parse_noise_prior(self.noise_prior)
+        self.noise_prior = "auto" if prior is None else format(prior + 0.0, ".15g")  # -0 is 0; keeps every digit
+        if prior == 0.0:
+            return
+        flag = f"--noise-prior {self.noise_prior}"
+        for name, value, needed in (("labels", self.labels, "offline"), ("label_form", self.label_form, "soft"),
+                                    ("temperature", format(self.temperature, "g"), "1")):
+            if value != needed:  # the posterior and the noise estimate read calibrated soft rows of every image
+                raise ConfigError(f"{flag} needs {flag_name(name)} {needed} (calibrated soft refined labels, made "
+                                  f"once per image), got {flag_name(name)} {value}")
+        if self.label_storage.startswith("topk:"):
+            raise ConfigError(f"{flag} needs every class's refined probability, which --label-storage "
+                              f"{self.label_storage} drops; use --label-storage auto, float32 or float16")
+        if self.gt_weight > 0:
+            raise ConfigError(f"{flag} and --gt-weight {self.gt_weight:g} both anchor the targets to the given "
+                              "labels; use one of them")
+        if prior is None and self.refinery_checkpoint is not None:
+            raise ConfigError(f"{flag} estimates the noise from an R1 trained on the given labels; with "
+                              "--refinery-checkpoint there is none: give P")
+        if prior is None and self.cross_fit:
+            raise ConfigError(f"{flag} estimates the noise from R1's labels, but with --cross-fit {self.cross_fit} "
+                              "they come from weaker fold models and read too noisy; give P")
 
 
 @dataclass
@@ -423,6 +471,9 @@ class RunConfig:
         folder = self.data.dataset.startswith("folder:")
         _only_with(self.execution.workers != 0, "workers", folder, "--dataset folder:PATH")
         _only_with(self.execution.cache_dir is not None, "cache_dir", folder, "--dataset folder:PATH")
+        if self.refinement.noise_prior != "0" and self.training.label_smoothing > 0:
+            raise ConfigError(f"--noise-prior {self.refinement.noise_prior} makes soft targets from the given labels "
+                              f"already; leave out --label-smoothing {self.training.label_smoothing:g}")
         gens = self.refinement.ensemble
         if gens and (len(gens) < 2 or any(not 1 <= g <= self.generations for g in gens)):
             raise ConfigError(f"--ensemble needs two or more generations in 1..{self.generations}, got "
@@ -596,6 +647,8 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
     for name, value in values.items():
         if isinstance(value, bool) and {"yes", "no"} <= set(choices[name]):  # YAML reads a bare yes/no as a bool
             values[name] = value = "yes" if value else "no"
+        if hints[name] is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[name] = value = str(value)  # YAML reads noise_prior: 0.2 as a number; a text setting takes it
         problem = _type_problem(value, hints[name])
         if problem:
             raise ConfigError(f"--config {path}: {name} must be {problem}, got {value!r}")

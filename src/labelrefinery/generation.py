@@ -25,7 +25,7 @@ from torch import nn
 
 from .batch import Pipeline
 from .checkpoint import preprocessing_record
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, parse_label_form, parse_noise_prior
 from .console import ChainClock, log
 from .data import Dataset, stratified_folds
 from .dist import barrier
@@ -36,7 +36,8 @@ from .noise import LabelNoise, label_quality
 from .protocol import SeedData
 from .rundir import RunDir, as_stored, label_storage
 from .seeding import CROSS_FIT, derive_seed, seed_model_init
-from .targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource
+from .targets import (FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource,
+                      estimate_symmetric_noise)
 
 COLLAPSE_MARGIN_POINTS = 5.0  # validation top-1 within this many points of chance counts as collapsed
 COLLAPSE_DROP_POINTS = 10.0  # ... and so does a drop of more than this many points from the previous generation
@@ -126,8 +127,27 @@ def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn
                                jitter_prob=ref.adversarial_jitter, jitter_eps=ref.jitter_eps)
     if stored is None:  # the external refinery's offline labels, made once on the stored views
         stored = exp.recipe.refine(predict(exp.external, data.images, pipeline))
-    mixed = exp.recipe.mix(stored.to(pipeline.device), data.ground_truth)
+    # R1 fitted the given labels, so its labels predict their noise; later refineries fitted posteriors.
+    mixed = exp.recipe.mix(stored.to(pipeline.device), data.ground_truth, noise_rate(exp, data),
+                           denoise=generation == 2 and exp.external is None)
     return StoredTargets(mixed, exp.recipe.temperature)
+
+
+def noise_rate(exp: Experiment, data: SeedData) -> float:
+    """The ``--noise-prior`` share of wrong given labels for ``data.seed``: as set, or (``auto``) R1's estimate
+    recorded in its summary (``symmetric_noise_estimate``); 0 when off.
+
+    Raises:
+        RunDirError: ``auto`` on a run whose R1 summary holds no estimate (written by an older version).
+    """
+    prior = parse_noise_prior(exp.cfg.refinement.noise_prior)
+    if prior is not None:
+        return prior
+    estimate = exp.run_dir.read_summary(data.seed, 1).get("symmetric_noise_estimate")
+    if estimate is None:
+        raise RunDirError(f"seed {data.seed}'s R1 summary holds no symmetric_noise_estimate (an older version "
+                          "wrote it); give --noise-prior P or start a new --name")
+    return float(estimate)
 
 
 def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: TargetSource) -> torch.Tensor:
@@ -251,17 +271,13 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     val = evaluate(model, data.val_images, data.val_labels, pipeline)
     test_top1 = top1_accuracy(predict(model, data.test_images, pipeline), data.test_labels)
     clock.lap("evaluate")
-    originals_mask = (data.views.views == 0).cpu()  # label statistics count each training image once
     summary = {
         "seed": seed, "generation": slot, "val_top1": val["top1"], "test_top1": test_top1,
         "best_epoch": result.best_epoch + 1, "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "train_time_s": clock.phases["fit"] + clock.phases["recalibrate"],
         "phase_time_s": clock.phases,  # seconds of this session's fit, recalibration, relabelling, evaluation
-        "refined_label_entropy": max(0.0, float(-(torch.xlogy(refined, refined)).sum(1).mean())),  # no -0.0
-        "refined_label_agreement": top1_accuracy(refined, data.views.labels),
-        "label_quality": label_quality(refined[originals_mask], data.views.labels[originals_mask],
-                                       None if data.clean_labels is None else data.clean_labels[originals_mask]),
+        **_label_statistics(exp, data, refined, fitted_given=generation == 1 and control is None),
         "label_storage": storage,
         "collapsed": is_collapsed(val["top1"], exp.dataset.train.num_classes,
                                   previous["val_top1"] if previous else None),
@@ -273,11 +289,34 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     return model, summary, refined
 
 
+def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fitted_given: bool) -> dict:
+    """What a generation's ``(M, K)`` refined labels say, each training image counted once: entropy (nats),
+    agreement with the given labels (%), label quality (:func:`labelrefinery.noise.label_quality`), and for
+    a model that fitted the given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1,
+    no label smoothing and no cross-fit, the share of given labels they suggest are wrong
+    (:func:`estimate_symmetric_noise`)."""
+    ref = exp.cfg.refinement
+    originals = (data.views.views == 0).cpu()
+    clean = None if data.clean_labels is None else data.clean_labels[originals]
+    calibrated = (parse_label_form(ref.label_form)[0] == "soft" and not ref.label_storage.startswith("topk:")
+                  and ref.temperature == 1 and exp.cfg.training.label_smoothing == 0 and not ref.cross_fit)
+    return {
+        "refined_label_entropy": max(0.0, float(-(torch.xlogy(refined, refined)).sum(1).mean())),  # no -0.0
+        "refined_label_agreement": top1_accuracy(refined, data.views.labels),
+        "label_quality": label_quality(refined[originals], data.views.labels[originals], clean),
+        **({"symmetric_noise_estimate": estimate_symmetric_noise(refined[originals], data.views.labels[originals])}
+           if fitted_given and exp.external is None and calibrated else {}),
+    }
+
+
 def _log_summary(tag: str, s: dict, num_classes: int, previous: dict | None) -> None:
     log(f"[{tag}] val {s['val_top1']:.2f}%  test {s['test_top1']:.2f}%  ({s['epochs_run']} "
         f"epoch{'s' if s['epochs_run'] != 1 else ''}, "
         f"best {s['best_epoch']}, {s['train_time_s']:.0f} s; refined labels agree with the given labels on "
         f"{s['refined_label_agreement']:.1f}%, entropy {s['refined_label_entropy']:.3f} nats)")
+    if s.get("symmetric_noise_estimate") is not None:
+        log(f"[{tag}] its refined labels suggest about {100 * s['symmetric_noise_estimate']:.0f}% of the given labels "
+            "are wrong (symmetric-noise estimate; --noise-prior auto uses it)")
     q = s.get("label_quality") or {}
     if q.get("corrected") is not None:
         f1 = "n/a" if q["detection_f1"] is None else f"{q['detection_f1']:.3f}"

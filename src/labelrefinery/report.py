@@ -32,7 +32,8 @@ def summarize_run(run_dir: Path) -> dict:
     Returns:
         ``{"run_dir", "config" (flat, by field name), "per_seed": {seed: [summary per generation]},
         "generations": [{"generation", "test_top1_mean", "test_top1_std", "val_top1_mean", "n_seeds",
-        "collapsed_seeds", "gain_over_r1", "label_quality"}], "best_by_validation": {...},
+        "collapsed_seeds", "gain_over_r1", "label_quality", and for R1 "symmetric_noise_estimate" when its
+        summaries hold one}], "best_by_validation": {...},
         "ensemble": [...], "controls": {name: {...}}, "external_refinery": None or {"per_seed",
         "test_top1_mean", "test_top1_std"}}`` (the ``--refinery-checkpoint`` model's own top-1); gains are ``{"mean", "std", "n_seeds"}`` in points.
 
@@ -61,6 +62,7 @@ def summarize_run(run_dir: Path) -> dict:
             "gain_over_r1": _paired_gain(per_seed, lambda gens, g=g: gens[g - 1]["test_top1"] if len(gens) >= g
                                          else None),
             "label_quality": _mean_quality([r.get("label_quality") or {} for r in rows]),
+            **_mean_of(rows, "symmetric_noise_estimate"),
         })
     best = {seed: best_of(gens) for seed, gens in per_seed.items()}
     best_test = np.array([b["test_top1"] for b in best.values()])
@@ -137,6 +139,12 @@ QUALITY_COLUMNS = (("disputed", "disputed"), ("corrected", "flipped corrected"),
                    ("detection_f1", "detection F1"))
 
 
+def _mean_of(rows: list[dict], key: str) -> dict:
+    """``{key: mean over the rows that hold it}``, or ``{}`` when none does."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return {key: float(np.mean(values))} if values else {}
+
+
 def _label_table(r: dict, name: str) -> list[str]:
     """The refined-label table of one run: per generation, mean over seeds of each label-quality share (%)."""
     gens = [g for g in r["generations"] if g.get("label_quality")]
@@ -150,6 +158,10 @@ def _label_table(r: dict, name: str) -> list[str]:
         q = g["label_quality"]
         lines.append(f"| R{g['generation']} | " + " | ".join(
             "" if q.get(k) is None else f"{100 * q[k]:.1f}" for k, _ in cols) + " |")
+    estimate = r["generations"][0].get("symmetric_noise_estimate") if r["generations"] else None
+    if estimate is not None:
+        lines += ["", f"R1's refined labels suggest about {100 * estimate:.0f}% of the given labels are wrong "
+                  "(symmetric-noise estimate, mean over seeds; what `--noise-prior auto` uses)."]
     return [*lines, ""]
 
 
