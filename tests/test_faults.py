@@ -457,13 +457,29 @@ def test_sixteen_bit_grayscale_keeps_its_values(tmp_path):
         assert torch.equal(read_for_predict(path, channels), img[:channels])
 
 
-@pytest.mark.parametrize("model", ["alexnet_bn", "convnet"])
-def test_a_batch_of_one_never_reaches_batchnorm_in_train_mode(tmp_path, model):
-    """Jitter subsets of one image, a last batch of one and recalibration tails of one all run."""
-    # 1221 training views; batch 1220 leaves a last batch of 1 (dropped) and jitter picks ~1 image per batch
-    assert main(["run", "--dataset", "digits", "--model", model, "--epochs", "1", "--generations", "2",
-                 "--labels", "online", "--adversarial-jitter", "0.002", "--batch-size", "1220", "--no-progress",
+def batchnorm1d_head(num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+    """A small model with alexnet_bn's kind of head (Linear - BatchNorm1d - ReLU - Linear), where a batch of one
+    in train mode raises; built through ``--model tests.test_faults:batchnorm1d_head``."""
+    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                               torch.nn.Linear(32, 16, bias=False), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, num_classes))
+
+
+@pytest.mark.parametrize("model", ["tests.test_faults:batchnorm1d_head", "convnet"])
+def test_a_batch_of_one_never_reaches_batchnorm_in_train_mode(tmp_path, model, monkeypatch):
+    """Jitter subsets of one image and a last batch of one all run."""
+    import labelrefinery.targets as targets
+
+    sizes = []
+    jitter = targets.adversarial_jitter
+    monkeypatch.setattr(targets, "adversarial_jitter", lambda student, refinery, x, *a: sizes.append(len(x)) or
+                        jitter(student, refinery, x, *a))
+    # 1221 training views; batch 1220 leaves a last batch of 1 (dropped); this seed's jitter picks one image
+    assert main(["run", "--dataset", "digits", "--model", model, "--epochs", "2", "--generations", "2",
+                 "--labels", "online", "--adversarial-jitter", "0.001", "--batch-size", "1220", "--no-progress",
                  "--threads", "2", "--runs-dir", str(tmp_path)]) == 0
+    assert 1 in sizes
 
 
 def test_class_with_a_single_image_is_one_line(tmp_path, capsys):
