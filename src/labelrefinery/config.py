@@ -321,8 +321,9 @@ class RefineConfig:
     noise_prior: str = _f("0", "P | auto: the share of given labels believed wrong (symmetric noise: a wrong "
                           "label is any other class alike); the next generation then fits P(true class | refined "
                           "labels, given label) by Bayes' rule, with R1's labels first mapped back through the "
-                          "noise (needs --labels offline, --label-form soft); auto: P estimated from R1's refined "
-                          "labels (run summaries: symmetric_noise_estimate); 0 = off")
+                          "noise (needs calibrated soft labels: --labels offline, --label-form soft, --temperature 1, "
+                          "no top-k --label-storage, no --label-smoothing); auto: P estimated from R1's refined "
+                          "labels (R1's summary.json: symmetric_noise_estimate); 0 = off")
     refinery_checkpoint: str | None = _f(None, "a trained model that makes generation 1's labels instead of the "
                                          "ground truth (a model.safetensors of this tool, or a torchvision/timm "
                                          "state dict with --refinery-model)")
