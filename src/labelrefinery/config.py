@@ -480,6 +480,14 @@ class RunConfig:
             raise ConfigError(f"--ensemble needs two or more generations in 1..{self.generations}, got "
                               f"{','.join(map(str, gens))!r}")
 
+    def calibrated_refined_labels(self) -> bool:
+        """Whether stored refined labels are calibrated probabilities of every class, one row per image: soft
+        form at T = 1, not top-k storage, no label smoothing, not cross-fitted (what the noise estimate reads)."""
+        ref = self.refinement
+        return (parse_label_form(ref.label_form)[0] == "soft" and ref.temperature == 1
+                and not ref.label_storage.startswith("topk:") and self.training.label_smoothing == 0
+                and not ref.cross_fit)
+
     def seed_values(self) -> list[int]:
         """The seeds the run trains, in order: ``0..N-1`` for a count N, else the list given."""
         return list(self.seeds) if isinstance(self.seeds, list) else list(range(self.seeds))

@@ -95,12 +95,17 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def _shard_sizes(n: int) -> list[int]:
+    """Rows of each rank's :func:`shard` of ``n``, in rank order: sizes differ by at most one."""
+    base, extra = divmod(n, process_info().world_size)
+    return [base + (1 if r < extra else 0) for r in range(process_info().world_size)]
+
+
 def shard(n: int) -> tuple[int, int]:
     """This process's contiguous share ``[start, end)`` of ``n`` rows: sizes differ by at most one, rank order."""
-    info = process_info()
-    base, extra = divmod(n, info.world_size)
-    start = info.rank * base + min(info.rank, extra)
-    return start, start + base + (1 if info.rank < extra else 0)
+    sizes, rank = _shard_sizes(n), process_info().rank
+    start = sum(sizes[:rank])
+    return start, start + sizes[rank]
 
 
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
@@ -115,12 +120,11 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     """
     if not distributed():
         return local
-    world = process_info().world_size
-    sizes = [(n // world) + (1 if r < n % world else 0) for r in range(world)]
+    sizes = _shard_sizes(n)
     width = max(sizes)
     padded = local.new_zeros((width, *local.shape[1:]))
     padded[: len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
+    parts = [torch.empty_like(padded) for _ in sizes]
     torch.distributed.all_gather(parts, padded.contiguous())
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 

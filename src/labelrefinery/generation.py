@@ -25,7 +25,7 @@ from torch import nn
 
 from .batch import Pipeline
 from .checkpoint import preprocessing_record
-from .config import RunConfig, TrainConfig, parse_label_form, parse_noise_prior
+from .config import RunConfig, TrainConfig, parse_noise_prior
 from .console import ChainClock, log
 from .data import Dataset, stratified_folds
 from .dist import barrier
@@ -295,17 +295,14 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
     a model that fitted the given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1,
     no label smoothing and no cross-fit, the share of given labels they suggest are wrong
     (:func:`estimate_symmetric_noise`)."""
-    ref = exp.cfg.refinement
     originals = (data.views.views == 0).cpu()
     clean = None if data.clean_labels is None else data.clean_labels[originals]
-    calibrated = (parse_label_form(ref.label_form)[0] == "soft" and not ref.label_storage.startswith("topk:")
-                  and ref.temperature == 1 and exp.cfg.training.label_smoothing == 0 and not ref.cross_fit)
     return {
         "refined_label_entropy": max(0.0, float(-(torch.xlogy(refined, refined)).sum(1).mean())),  # no -0.0
         "refined_label_agreement": top1_accuracy(refined, data.views.labels),
         "label_quality": label_quality(refined[originals], data.views.labels[originals], clean),
         **({"symmetric_noise_estimate": estimate_symmetric_noise(refined[originals], data.views.labels[originals])}
-           if fitted_given and exp.external is None and calibrated else {}),
+           if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels() else {}),
     }
 
 
