@@ -2,7 +2,8 @@
 
 Each candidate is a :class:`labelrefinery.models.ConvNet` variant (width, convs per stage)
 trained as generation R1 of the quick preset (Adam, one-cycle lr 3e-3, batch 256,
-weight decay 5e-4, no augmentation, 15% validation) for a number of epochs, through the
+weight decay 5e-4, no augmentation, 15% validation) for a number of epochs, optionally with
+progressive resizing (``--train-scale-start``; the preset's own value is not applied), through the
 library's own ``engine.fit``. Reported per candidate: multiply-adds per image, training
 images/s, wall time of the generation (fit + BatchNorm recalibration + test prediction)
 and test top-1. In the same run, one epoch of the conventional pipeline (torchvision
@@ -69,9 +70,11 @@ def macs_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return total
 
 
-def train_candidate(name: str, epochs: int, ds, pipe, seed: int, batch_size: int = 256) -> dict:
+def train_candidate(name: str, epochs: int, ds, pipe, seed: int, batch_size: int = 256,
+                    train_scale_start: float = 1.0) -> dict:
     width, stages, stem_stride = CANDIDATES[name]
-    run_cfg = resolve_config("quick", {"epochs": epochs, "batch_size": batch_size})
+    run_cfg = resolve_config("quick", {"epochs": epochs, "batch_size": batch_size,
+                                       "train_scale_start": train_scale_start})
     train_idx, val_idx = seed_split(ds, run_cfg, seed)
     torch.manual_seed(seed)
     model = ConvNet(10, 1, width, stages, stem_stride).to(memory_format=torch.channels_last)
@@ -85,8 +88,8 @@ def train_candidate(name: str, epochs: int, ds, pipe, seed: int, batch_size: int
     test_top1 = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
     wall = time.perf_counter() - start
     return {"candidate": name, "width": width, "stages": list(stages), "stem_stride": stem_stride, "seed": seed,
-            "epochs": epochs, "batch_size": batch_size,
-            "macs_per_image": macs,
+            "epochs": epochs, "batch_size": batch_size, "train_scale_start": train_scale_start,
+            "epoch_times_s": epoch_times, "macs_per_image": macs,
             "train_images_per_s": len(images) * len(epoch_times) / sum(epoch_times), "wall_s": wall,
             "test_top1": test_top1}
 
@@ -106,7 +109,8 @@ def conventional_epoch_time(ds, pipe, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", default="convnet:4,slim:4,slim-w48:4,mid:4,w24:4",
-                        help="comma-separated NAME:EPOCHS[:BATCH] (batch default 256; names: "
+                        help="comma-separated NAME:EPOCHS[:BATCH[:START]] (batch default 256; START: "
+                        "--train-scale-start, default 1 = full size every epoch; names: "
                         + ", ".join(CANDIDATES) + ")")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds: each candidate is trained once per seed")
     parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
@@ -125,12 +129,14 @@ def main() -> None:
     rows = []
     jobs = [(int(seed), item) for seed in args.seeds.split(",") for item in args.candidates.split(",")]
     for seed, item in jobs:
-        name, epochs, *batch = item.split(":")
-        row = train_candidate(name, int(epochs), ds, pipe, seed, int(batch[0]) if batch else 256)
+        name, epochs, *rest = item.split(":")
+        row = train_candidate(name, int(epochs), ds, pipe, seed, int(rest[0]) if rest else 256,
+                              float(rest[1]) if len(rest) > 1 else 1.0)
         row["wall_over_conventional_epoch"] = row["wall_s"] / conv
         rows.append(row)
         print(f"seed {seed} {name:9s} {row['macs_per_image'] / 1e6:5.1f} M MAC  {epochs} epochs  "
-              f"batch {row['batch_size']}  {row['train_images_per_s']:6.0f} img/s  {row['wall_s']:6.1f} s "
+              f"batch {row['batch_size']}  start {row['train_scale_start']:g}  "
+              f"{row['train_images_per_s']:6.0f} img/s  {row['wall_s']:6.1f} s "
               f"({row['wall_over_conventional_epoch']:.2f} conventional epochs)  test {row['test_top1']:.2f}%",
               flush=True)
     if args.out:

@@ -283,7 +283,12 @@ def test_user_factory_model_runs_resumes_and_evaluates(tmp_path, monkeypatch, ca
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("mymodels", None)
     args = ["run", "--dataset", "digits", "--model", "mymodels:tiny", "--epochs", "2", "--batch-size", "64",
-            "--no-progress", "--runs-dir", str(tmp_path / "runs"), "--name", "u"]
+            "--train-scale-start", "1", "--no-progress", "--runs-dir", str(tmp_path / "runs"), "--name", "u"]
+    # the quick preset's progressive resizing needs a model that takes smaller images; this one flattens 8 x 8 px
+    assert main([*args[:9], *args[11:-1], "fixed"]) == 2
+    assert capsys.readouterr().err.startswith("refinery: error: --train-scale-start 0.72 trains at 6 x 6 px, which "
+                                              "mymodels:tiny cannot take (")
+    assert not (tmp_path / "runs/fixed").exists()
     assert main([*args, "--generations", "1"]) == 0
     assert main([*args, "--generations", "2"]) == 0  # extends the run: R1 is kept, R2 trained
     assert "resuming" in capsys.readouterr().err

@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from labelrefinery.batch import Pipeline
+from labelrefinery.batch import Pipeline, rescale
 from labelrefinery.config import resolve_config
 from labelrefinery.data import load_digits
 from labelrefinery.device import resolve_precision
-from labelrefinery.engine import evaluate, fit, predict, recalibrate_batchnorm, train_one_epoch
+from labelrefinery.engine import evaluate, fit, predict, recalibrate_batchnorm, train_one_epoch, train_scale
 from labelrefinery.errors import ConfigError
 from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.rundir import TrainStateFile
@@ -93,8 +93,9 @@ def test_recalibrate_batchnorm_restores_confidence(digits):
 
 def test_fit_resume_matches_uninterrupted(digits, tmp_path):
     ds = digits
+    # stopped early by lowering cfg.epochs: nothing here may depend on it (one-cycle, progressive resizing)
     cfg = resolve_config("quick", {"epochs": 4, "lr_schedule": "plateau", "plateau_patience_epochs": 1,
-                                   "batch_size": 128}).training
+                                   "batch_size": 128, "train_scale_start": 1.0}).training
     p = _pipeline(ds)
     imgs, labels = ds.train.images[:600], StoredTargets(ds.train.labels[:600])
     vi, vl = ds.train.images[600:800], ds.train.labels[600:800]
@@ -129,3 +130,94 @@ def test_early_stopping_and_restore_best(digits):
     assert res.stopped_early and res.epochs_run == 3  # a 50-point min_delta: only epoch 1 counts
     assert evaluate(model, ds.train.images[500:700], ds.train.labels[500:700], p)["top1"] == pytest.approx(
         res.best_val_top1)
+
+
+# --------------------------------------------------------------------------- progressive resizing
+
+@pytest.mark.parametrize("start,epochs,want", [
+    (0.72, 4, [0.72, 0.86, 1, 1]),
+    (0.5, 5, [0.5, 0.75, 1, 1, 1]),
+    (0.5, 1, [1]),
+    (0.6, 2, [0.6, 1]),
+    (1.0, 4, [1, 1, 1, 1]),
+])
+def test_train_scale_ramps_over_the_first_half(start, epochs, want):
+    cfg = resolve_config("quick", {"epochs": epochs, "train_scale_start": start}).training
+    assert [train_scale(cfg, e) for e in range(epochs)] == pytest.approx(want)
+
+
+def test_rescale_sizes_and_identity():
+    x = torch.rand(3, 1, 28, 28)
+    assert rescale(x, 1.0) is x
+    assert rescale(x, 0.72).shape == (3, 1, 20, 20) and rescale(x, 0.86).shape == (3, 1, 24, 24)
+    assert rescale(torch.rand(2, 3, 32, 48), 0.5).shape == (2, 3, 16, 24)
+    flat = torch.full((1, 1, 28, 28), 0.3)  # antialiased bilinear keeps a constant image constant
+    assert torch.allclose(rescale(flat, 0.72), torch.full((1, 1, 20, 20), 0.3))
+
+
+class SideSpy(nn.Module):
+    """A tiny classifier that records the side of every batch it sees, in train and in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 10)
+        self.sides = {True: [], False: []}
+
+    def forward(self, x):
+        self.sides[self.training].append(x.shape[-1])
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class TargetSpy(StoredTargets):
+    def __init__(self, labels):
+        super().__init__(labels, num_classes=10)
+        self.sides = []
+
+    def for_batch(self, idx, x, student, pipeline, generator):
+        self.sides.append(x.shape[-1])
+        return super().for_batch(idx, x, student, pipeline, generator)
+
+
+def test_fit_trains_small_then_full_and_evaluates_full(digits):
+    """digits are 8 px: start 0.5 over 4 epochs trains at 4, 6, 8, 8 px; targets are made for the view the student
+    trains on; recalibration and validation always see 8 px."""
+    ds = digits
+    cfg = resolve_config("quick", {"epochs": 4, "batch_size": 100, "train_scale_start": 0.5}).training
+    model, targets = SideSpy(), TargetSpy(ds.train.labels[:300])
+    epochs = []
+    fit(model, ds.train.images[:300], targets, ds.train.images[300:400], ds.train.labels[300:400], cfg,
+        _pipeline(ds), seed_keys=(0, 1), log=epochs.append)
+    assert targets.sides == [4] * 3 + [6] * 3 + [8] * 6
+    trained = [s for s in model.sides[True] if s != 8]  # recalibration runs train mode at 8 px
+    assert trained == [4] * 3 + [6] * 3
+    assert set(model.sides[False]) == {8} and len(epochs) == 4
+
+
+class StopAfterFirstSave(TrainStateFile):
+    def save(self, state):
+        super().save(state)
+        raise KeyboardInterrupt
+
+
+def test_resume_in_the_middle_of_the_ramp_matches_uninterrupted(digits, tmp_path):
+    """Interrupted after epoch 1 of 4 (trained at 4 px; epoch 2 trains at 6 px): the resumed fit ends with the
+    uninterrupted one's weights."""
+    ds = digits
+    cfg = resolve_config("quick", {"epochs": 4, "batch_size": 100, "train_scale_start": 0.5}).training
+    p = _pipeline(ds)
+    imgs, labels = ds.train.images[:400], StoredTargets(ds.train.labels[:400])
+    vi, vl = ds.train.images[400:500], ds.train.labels[400:500]
+
+    def new_model():
+        torch.manual_seed(2)
+        return build_model(ModelSpec("convnet", 10, 1, 8))
+
+    a = new_model()
+    fit(a, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1))
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1),
+            state_file=StopAfterFirstSave(tmp_path / "state.pt"))
+    b = new_model()
+    fit(b, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_file=TrainStateFile(tmp_path / "state.pt"))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k

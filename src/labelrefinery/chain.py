@@ -68,7 +68,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     _check_against_data(cfg, dataset)
     side = input_size(d.augment, dataset.image_shape[1])
     spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
-    build_model(spec)
+    _check_smallest_input(build_model(spec), cfg, spec)
     ref = cfg.refinement
     _warn_unused(cfg)
     external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device,
@@ -78,6 +78,9 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     return Experiment(cfg, dataset, run_dir, pipeline, spec,
                       make_augment(d.augment, dataset.hflip_keeps_class, dataset.image_shape[1]),
                       LabelRecipe(ref.temperature, ref.label_form, ref.gt_weight), external, noise)
+
+
+MIN_TRAIN_SIDE = 4  # px: the smallest side --train-scale-start may train at (two 2x2 poolings leave 1 px)
 
 
 def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
@@ -109,6 +112,11 @@ def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
     if cfg.training.batch_size > views:
         raise ConfigError(f"--batch-size {cfg.training.batch_size} exceeds the {views} training images of a seed; "
                           f"use at most {views}")
+    start = cfg.training.train_scale_start
+    smallest_side = round(min(input_size(d.augment, side) for side in dataset.image_shape[1:]) * start)
+    if smallest_side < MIN_TRAIN_SIDE:
+        raise ConfigError(f"--train-scale-start {start:g} trains {dataset.name}'s images at {smallest_side} px; "
+                          f"use a fraction that keeps at least {MIN_TRAIN_SIDE} px")
     storage = cfg.refinement.label_storage
     if storage.startswith("topk:") and int(storage[5:]) > dataset.train.num_classes:
         raise ConfigError(f"--label-storage {storage} keeps more classes than {dataset.name}'s "
@@ -121,6 +129,27 @@ def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
     if kind == "topk" and k > dataset.train.num_classes:
         raise ConfigError(f"--label-form topk:{k} keeps more classes than {dataset.name}'s "
                           f"{dataset.train.num_classes}; use K <= {dataset.train.num_classes} or soft")
+
+
+def _check_smallest_input(model: torch.nn.Module, cfg: RunConfig, spec: ModelSpec) -> None:
+    """With progressive resizing, run ``model`` once on two blank images of its smallest training size.
+
+    Raises:
+        ConfigError: the model takes only full-size images (a flattening layer sized for them, a fixed-size
+            transformer): the message names the size and the fix, --train-scale-start 1.
+    """
+    start = cfg.training.train_scale_start
+    if start == 1:
+        return
+    side = round(spec.image_size * start)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, spec.in_channels, side, side))
+    except (RuntimeError, ValueError, AssertionError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"--train-scale-start {start:g} trains at {side} x {side} px, which {cfg.model} cannot "
+                          f"take ({first}); add --train-scale-start 1 (full size every epoch)") from None
 
 
 def _warn_unused(cfg: RunConfig) -> None:

@@ -277,6 +277,11 @@ class TrainConfig:
     restore_best: bool = _f(True, "end each generation with its best-validation weights")
     label_smoothing: float = _f(0.0, "epsilon: every generation's targets become (1 - epsilon) * targets + "
                                 "epsilon / K (Szegedy et al. 2016, section 7)")
+    train_scale_start: float = _f(1.0, "progressive resizing: the first half of the epochs (epochs // 2) train on "
+                                  "images resized to a side that grows linearly from this fraction of the full "
+                                  "side; the rest at full size (0.72 with 4 epochs: 20, 24, 28, 28 px on 28-px "
+                                  "images). Validation, refined labels, BatchNorm recalibration and test always "
+                                  "see the full size. 1 = full size every epoch")
     recalibrate_bn: bool = _f(True, "recompute BatchNorm statistics after every epoch and generation, over every "
                               "(N // 4096)-th training image (keeps short runs calibrated, so refined labels do "
                               "not collapse)")
@@ -307,6 +312,8 @@ class TrainConfig:
         _only_with(bool(self.lr_steps), "lr_steps", self.lr_schedule == "steps", "--lr-schedule steps")
         _need(all(0 <= e < self.epochs for e in self.lr_steps), "lr_steps", ",".join(map(str, self.lr_steps)),
               f"epochs in [0, --epochs {self.epochs})")
+        _need(0 < self.train_scale_start <= 1, "train_scale_start", self.train_scale_start,
+              "a fraction of the image side in (0, 1] (1 = no progressive resizing)")
 
 
 @dataclass
@@ -592,10 +599,12 @@ def config_difference(saved: RunConfig, new: RunConfig) -> str | None:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU default: full Fashion-MNIST, small fast convnet, 3 generations, 1 seed, short schedule. Model, epochs
-    # and batch chosen by accuracy per second on an fp32 AVX2 path (BENCHMARKS.md, benchmarks/quick_frontier.py).
+    # batch and progressive resizing chosen by accuracy per second on an fp32 AVX2 path (BENCHMARKS.md,
+    # benchmarks/quick_frontier.py).
     "quick": dict(
         model="convnet", generations=3, seeds=1, augment="none", epochs=4, batch_size=128,
         optimizer="adam", lr=3e-3, weight_decay=5e-4, lr_schedule="onecycle", early_stop_patience_epochs=0,
+        train_scale_start=0.72,
     ),
     # Refinement that pays, from the evidence (BENCHMARKS.md, "A recipe that pays"; chosen on validation on a
     # 12,000-image Fashion-MNIST subset): patient generations (each trained long enough to fit its targets,

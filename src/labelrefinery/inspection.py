@@ -39,7 +39,7 @@ from .data import read_all
 from .errors import ConfigError, RunDirError, UserError
 from .fileio import atomic_write_text
 from .htmlreport import render
-from .labelissues import issue_rows, own_labels, split_labels
+from .labelissues import given_label_scores, issue_rows, own_labels, split_labels
 from .labelstats import class_overlap, confusion, crop_disagreement, generation_label_stats, pick_images, top_k
 from .noise import label_quality
 from .protocol import load_run_dataset, with_label_noise
@@ -207,7 +207,7 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
     step()
     best_probs = label_sets[gens.index(best)]
     rows = issue_rows(best_probs, given, indices, classes, clean, limit=ISSUE_ROWS)
-    disputed = int((best_probs.argmax(1) != given).sum())
+    disputed = int((given_label_scores(best_probs, given)[1] < 0).sum())
     step()
     return {
         "title": str(run_dir), "notes": notes, "results": results, "epochs": epochs, "seed": seed,

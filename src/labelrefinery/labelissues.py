@@ -4,12 +4,12 @@
 refinery's own labels, on each training image itself, not on stored augmented
 copies) and the seed's ``split.npz``, and writes:
 
-- ``label_issues.csv``: one row per disputed image (refined argmax differs from the
-  given label; ``--all`` for every image), most disputed first: ranked by the
+- ``label_issues.csv``: one row per disputed image (another class has a larger refined
+  probability than the given label; ``--all`` for every image), most disputed first: ranked by the
   refined probability of the given label, ascending (the order of cleanlab's
   ``rank_by="self_confidence"``), ties by margin.
   Columns: ``rank``, ``index`` (position in the dataset's training split), ``given_label``,
-  ``suggested_label`` (refined argmax), ``p_given``, ``p_suggested``, ``margin``
+  ``suggested_label`` (refined argmax; the given label where it ties with the top), ``p_given``, ``p_suggested``, ``margin``
   (p_given minus the largest other probability: negative when disputed), ``top3``
   (``class:probability`` thrice, ``;``-separated) and, with injected noise,
   ``clean_label`` and ``flipped``.
@@ -101,9 +101,9 @@ def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classe
     """
     p_given, margin = given_label_scores(probs, given)
     ranked = _most_disputed_first(p_given, margin)
-    suggested = probs.argmax(1)
+    suggested = np.where(margin < 0, probs.argmax(1), given)  # a given label tied with the top one stands
     if not include_all:
-        ranked = ranked[suggested[ranked] != given[ranked]]
+        ranked = ranked[margin[ranked] < 0]
     ranked = ranked[:limit]
     top3 = np.argsort(-probs[ranked], axis=1, kind="stable")[:, :3]
     rows = []

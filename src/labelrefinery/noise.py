@@ -43,6 +43,20 @@ class LabelNoise:
         return self.noisy != self.clean
 
 
+
+def disputes(refined: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """``(N,) bool``: another class has a strictly larger refined probability than the given label.
+
+    Args:
+        refined: ``(N, K)`` refined labels (probabilities or logits).
+        given: ``(N,) int64`` the given labels.
+
+    A given label tied with the top class (rows stored in float16 tie now and then) is not disputed, whatever
+    the class order, unlike ``argmax != given``.
+    """
+    p_given = refined.gather(1, given.to(refined.device).view(-1, 1)).squeeze(1)
+    return refined.max(1).values > p_given
+
 def max_noise_rate(num_classes: int) -> float:
     """The largest admissible P (exclusive): 1 - 1/K, beyond which a wrong class is as likely as the right one."""
     return 1.0 - 1.0 / num_classes
@@ -84,16 +98,16 @@ def label_quality(refined: torch.Tensor, given: torch.Tensor,
         clean: ``(N,) int64`` the true labels when noise was injected, else None.
 
     Returns:
-        ``disputed``: share of images whose refined argmax differs from the given label.
+        ``disputed``: share of images whose given label another class outranks (:func:`disputes`).
         With ``clean``: ``flipped`` (share of given labels that are wrong), ``corrected`` (share of
         flipped images whose refined argmax is the clean class), ``harmed`` (share of unflipped images
-        whose refined argmax differs from the given label), and ``detection_precision``,
+        that are disputed), and ``detection_precision``,
         ``detection_recall``, ``detection_f1`` of "disputed" as a detector of flipped labels.
         Shares are fractions in [0, 1]; a share of an empty set (e.g. recall with nothing flipped) is None.
     """
     top = refined.argmax(1).cpu()
     given = given.cpu()
-    disputed = top != given
+    disputed = disputes(refined, given).cpu()
     out = {"disputed": _ratio(int(disputed.sum()), len(given))}
     if clean is None:
         return out

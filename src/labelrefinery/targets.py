@@ -33,6 +33,7 @@ from torch import nn
 from .batch import Pipeline
 from .config import parse_label_form
 from .losses import check_targets, soft_target_cross_entropy
+from .noise import disputes
 
 
 def refined_labels(
@@ -106,7 +107,7 @@ def estimate_symmetric_noise(refined: torch.Tensor, given: torch.Tensor) -> floa
     num_classes = refined.shape[1]
     rest = refined.float().sort(dim=1, descending=True).values[:, 1:]
     floor = float(rest.median(dim=1).values.median()) * (num_classes - 1)
-    disputed = float((refined.argmax(1) != given.to(refined.device)).float().mean())
+    disputed = float(disputes(refined, given).float().mean())
     return min(max(min(floor, disputed), 0.0), (1 - 1 / num_classes) * 0.99)
 
 
