@@ -25,6 +25,21 @@ def _pipeline(ds, amp=None):
     return Pipeline.create(CPU, ds.mean, ds.std, amp)
 
 
+def _fit_data(ds, n: int, m: int):
+    """The first n training images of ``ds`` with their labels as targets, then the next m as validation."""
+    return (ds.train.images[:n], StoredTargets(ds.train.labels[:n]), ds.train.images[n:n + m],
+            ds.train.labels[n:n + m])
+
+
+def _seeded_convnet(seed: int):
+    """A factory of identical 8-px ``convnet`` models (torch seeded with ``seed`` before each)."""
+    def new_model():
+        torch.manual_seed(seed)
+        return build_model(ModelSpec("convnet", 10, 1, 8))
+
+    return new_model
+
+
 def test_derive_seed_stable_and_distinct():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
     assert len({derive_seed(0, g, e) for g in range(5) for e in range(5)}) == 25
@@ -97,13 +112,8 @@ def test_fit_resume_matches_uninterrupted(digits, tmp_path):
     cfg = resolve_config("quick", {"epochs": 4, "lr_schedule": "plateau", "plateau_patience_epochs": 1,
                                    "batch_size": 128, "train_scale_start": 1.0}).training
     p = _pipeline(ds)
-    imgs, labels = ds.train.images[:600], StoredTargets(ds.train.labels[:600])
-    vi, vl = ds.train.images[600:800], ds.train.labels[600:800]
-
-    def new_model():
-        torch.manual_seed(1)
-        return build_model(ModelSpec("convnet", 10, 1, 8))
-
+    imgs, labels, vi, vl = _fit_data(ds, 600, 200)
+    new_model = _seeded_convnet(1)
     a = new_model()
     res_a = fit(a, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1))
     b = new_model()
@@ -205,13 +215,8 @@ def test_resume_in_the_middle_of_the_ramp_matches_uninterrupted(digits, tmp_path
     ds = digits
     cfg = resolve_config("quick", {"epochs": 4, "batch_size": 100, "train_scale_start": 0.5}).training
     p = _pipeline(ds)
-    imgs, labels = ds.train.images[:400], StoredTargets(ds.train.labels[:400])
-    vi, vl = ds.train.images[400:500], ds.train.labels[400:500]
-
-    def new_model():
-        torch.manual_seed(2)
-        return build_model(ModelSpec("convnet", 10, 1, 8))
-
+    imgs, labels, vi, vl = _fit_data(ds, 400, 100)
+    new_model = _seeded_convnet(2)
     a = new_model()
     fit(a, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1))
     with pytest.raises(KeyboardInterrupt):
