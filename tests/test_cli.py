@@ -290,3 +290,22 @@ def test_explicit_seed_list(tmp_path, capsys):
     for bad in ("3,3", "-1,2", "x", "0"):
         assert main([*base, "--seeds", bad]) == 2
         assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_run_made_before_a_preset_changed_continues_with_resume(tmp_path, capsys):
+    """A quick-preset run directory of a version without --train-scale-start (its config.yaml lacks the key,
+    which reads as 1, full size): the same flags are refused naming --resume, which continues it."""
+    import yaml
+
+    args = ["run", "--dataset", "digits", "--epochs", "1", "--generations", "1"]
+    assert run_cli([*args, "--name", "old"], tmp_path) == 0
+    path = tmp_path / "runs/old/config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    assert saved["training"].pop("train_scale_start") == 0.72
+    path.write_text(yaml.safe_dump(saved))  # as older versions wrote it: no checksum line, no key
+    capsys.readouterr()
+    assert run_cli([*args[:-1], "2", "--name", "old"], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "(train_scale_start: 1.0 -> 0.72)" in err and "refinery run --resume" in err
+    assert main(["run", "--resume", str(tmp_path / "runs/old"), "--generations", "2", "--no-progress"]) == 0
+    assert (tmp_path / "runs/old/seed-0/gen-2/summary.json").is_file()

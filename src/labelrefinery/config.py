@@ -598,7 +598,7 @@ def config_difference(saved: RunConfig, new: RunConfig) -> str | None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU default: full Fashion-MNIST, small fast convnet, 3 generations, 1 seed, short schedule. Model, epochs
+    # CPU default: full Fashion-MNIST, small fast convnet, 3 generations, 1 seed, short schedule. Model, epochs,
     # batch and progressive resizing chosen by accuracy per second on an fp32 AVX2 path (BENCHMARKS.md,
     # benchmarks/quick_frontier.py).
     "quick": dict(

@@ -315,7 +315,9 @@ class RunDir:
         diff = config_difference(self.read_config(), cfg)
         if diff is not None:
             raise RunDirError(f"run directory {self.root} was made with a different configuration ({diff}); "
-                              "rerun with the same flags to resume it, or pick a new --name")
+                              f"rerun with the same flags, or `refinery run --resume {self.root}` to continue it with "
+                              "its saved settings (a preset's values can change between versions), or pick a new "
+                              "--name")
         return True
 
     @_main_process_writes()
