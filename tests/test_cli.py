@@ -33,7 +33,7 @@ def run_cli(args, tmp_path):
     (["--name", ""], "--name must be a plain directory name"),
     (["--train-scale-start", "1.5"], "--train-scale-start must be a fraction of the image side in (0, 1]"),
     (["--dataset", "digits", "--train-scale-start", "0.4"],
-     "--train-scale-start 0.4 trains digits's images at 3 px; use a fraction that keeps at least 4 px"),
+     "--train-scale-start 0.4 trains the digits images at 3 px; use a fraction that keeps at least 4 px"),
 ])
 def test_bad_flags_exit_2_one_line_no_files(args, message, tmp_path, capsys):
     assert run_cli(["run", *args], tmp_path) == 2

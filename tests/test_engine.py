@@ -226,3 +226,29 @@ def test_resume_in_the_middle_of_the_ramp_matches_uninterrupted(digits, tmp_path
     fit(b, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_file=TrainStateFile(tmp_path / "state.pt"))
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
+
+
+class NanAfterFirstStep(nn.Module):
+    """Finite logits for the first batch, NaN after (as a diverging bf16 run would give)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.calls = nn.Linear(1, 10), 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.fc(x.mean((2, 3)))
+        return out if self.calls == 1 or not self.training else out * float("nan")
+
+
+def test_a_diverged_epoch_stops_before_its_weights_are_used(digits, tmp_path):
+    from labelrefinery.errors import DivergedError
+
+    ds = digits
+    cfg = resolve_config("quick", {"epochs": 2, "batch_size": 100}).training
+    imgs, labels, vi, vl = _fit_data(ds, 300, 100)
+    state = TrainStateFile(tmp_path / "state.pt")
+    with pytest.raises(DivergedError, match=r"the training loss became nan in epoch 1 .*lower --lr"):
+        fit(NanAfterFirstStep(), imgs, labels, vi, vl, cfg, _pipeline(ds), seed_keys=(0, 1), state_file=state,
+            desc="[seed 0 R1]")
+    assert state.load(CPU) is None  # nothing saved from the diverged epoch

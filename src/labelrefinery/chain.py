@@ -68,12 +68,14 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     _check_against_data(cfg, dataset)
     side = input_size(d.augment, dataset.image_shape[1])
     spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
-    _check_smallest_input(build_model(spec), cfg, spec)
     ref = cfg.refinement
     _warn_unused(cfg)
     external = load_refinery(ref.refinery_checkpoint, ref.refinery_model, dataset, side, device,
                              ref.refinery_normalization) \
         if ref.refinery_checkpoint else None
+    _check_smallest_input(build_model(spec), cfg, spec, cfg.model)
+    if external is not None and ref.labels == "online":  # it labels the resized views the student trains on
+        _check_smallest_input(external, cfg, spec, f"the refinery {ref.refinery_checkpoint}", device)
     pipeline = Pipeline.create(device, dataset.mean, dataset.std, amp_dtype, eval_view(d.augment))
     return Experiment(cfg, dataset, run_dir, pipeline, spec,
                       make_augment(d.augment, dataset.hflip_keeps_class, dataset.image_shape[1]),
@@ -114,8 +116,8 @@ def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
                           f"use at most {views}")
     start = cfg.training.train_scale_start
     smallest_side = round(min(input_size(d.augment, side) for side in dataset.image_shape[1:]) * start)
-    if smallest_side < MIN_TRAIN_SIDE:
-        raise ConfigError(f"--train-scale-start {start:g} trains {dataset.name}'s images at {smallest_side} px; "
+    if cfg.training.epochs // 2 and smallest_side < MIN_TRAIN_SIDE:
+        raise ConfigError(f"--train-scale-start {start:g} trains the {dataset.name} images at {smallest_side} px; "
                           f"use a fraction that keeps at least {MIN_TRAIN_SIDE} px")
     storage = cfg.refinement.label_storage
     if storage.startswith("topk:") and int(storage[5:]) > dataset.train.num_classes:
@@ -131,25 +133,40 @@ def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
                           f"{dataset.train.num_classes}; use K <= {dataset.train.num_classes} or soft")
 
 
-def _check_smallest_input(model: torch.nn.Module, cfg: RunConfig, spec: ModelSpec) -> None:
-    """With progressive resizing, run ``model`` once on two blank images of its smallest training size.
+def _check_smallest_input(model: torch.nn.Module, cfg: RunConfig, spec: ModelSpec, name: str,
+                          device: torch.device = torch.device("cpu")) -> None:
+    """With progressive resizing, run ``model`` once on two blank images of the smallest training size.
 
     Raises:
         ConfigError: the model takes only full-size images (a flattening layer sized for them, a fixed-size
-            transformer): the message names the size and the fix, --train-scale-start 1.
+            transformer): the message names the size and, when the model works at full size, the fix,
+            --train-scale-start 1.
     """
-    start = cfg.training.train_scale_start
-    if start == 1:
+    t = cfg.training
+    if t.epochs // 2 == 0 or t.train_scale_start == 1:
         return
-    side = round(spec.image_size * start)
+    side = round(spec.image_size * t.train_scale_start)
+    problem = _forward_problem(model, spec.in_channels, side, device)
+    if problem is not None:
+        fix = "add --train-scale-start 1 (full size every epoch)" \
+            if _forward_problem(model, spec.in_channels, spec.image_size, device) is None else \
+            f"it cannot take the full {spec.image_size} x {spec.image_size} px either: choose another --model"
+        raise ConfigError(f"--train-scale-start {t.train_scale_start:g} trains at {side} x {side} px, which "
+                          f"{name} cannot take ({problem}); {fix}")
+
+
+def _forward_problem(model: torch.nn.Module, channels: int, side: int, device: torch.device) -> str | None:
+    """The first line of the error ``model`` raises on two blank ``side`` x ``side`` images, or None."""
+    was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(2, spec.in_channels, side, side))
+            model(torch.zeros(2, channels, side, side, device=device))
     except (RuntimeError, ValueError, AssertionError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"--train-scale-start {start:g} trains at {side} x {side} px, which {cfg.model} cannot "
-                          f"take ({first}); add --train-scale-start 1 (full size every epoch)") from None
+        return (str(e).splitlines() or [type(e).__name__])[0]
+    finally:
+        model.train(was_training)
+    return None
 
 
 def _warn_unused(cfg: RunConfig) -> None:

@@ -29,6 +29,7 @@ from .batch import Pipeline, num_batches, rescale
 from .config import TrainConfig
 from .console import ChainClock, format_duration, interactive, log as log_line, progress_bar
 from .data.files import read_batches
+from .errors import DivergedError
 from .dist import all_reduce_sum, broadcast_buffers, gather_rows, process_info, shard, wrap
 from .losses import distillation_kl, distillation_loss, smooth_targets, soft_target_cross_entropy
 from .seeding import epoch_generator, rank_generator
@@ -411,7 +412,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` for up to ``cfg.epochs`` epochs, tracking validation top-1 accuracy.
 
-    Learning-rate schedule per :class:`LRSchedule`; early stopping when
+    Learning-rate schedule per :class:`LRSchedule`; the side of the training images per :func:`train_scale`
+    (progressive resizing; validation at full size); early stopping when
     validation top-1 has not improved by more than ``cfg.early_stop_min_delta``
     points for ``cfg.early_stop_patience_epochs`` epochs (0 = never); at the end
     the best-validation weights are restored when ``cfg.restore_best``. With
@@ -472,6 +474,10 @@ def fit(
             progress=progress,
             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", bar_info=info,
         )
+        if not math.isfinite(stats["train_loss"]):  # weights are NaN now: stop before they become refined labels
+            raise DivergedError(f"{desc.strip() or 'training'}: the training loss became {stats['train_loss']} in "
+                                f"epoch {epoch + 1} (at {train_scale(cfg, epoch):g} of the image side); lower --lr, "
+                                "use --precision fp32, or a larger --train-scale-start; finished generations are kept")
         eval_start = time.perf_counter()
         if cfg.recalibrate_bn:
             # Running statistics lag behind in short runs; validation (and so best-epoch choice, plateau and
@@ -485,7 +491,8 @@ def fit(
         schedule.after_epoch(val["top1"])
         run.update(model, epoch, val["top1"], cfg.early_stop_min_delta)
         if log is not None:
-            log({"epoch": epoch + 1, "lr": lr, **stats, "val_top1": val["top1"], "val_loss": val["loss"]})
+            log({"epoch": epoch + 1, "lr": lr, "train_scale": train_scale(cfg, epoch), **stats,
+                 "val_top1": val["top1"], "val_loss": val["loss"]})
         if progress and not interactive():  # a log file: one plain line per epoch instead of a bar
             left = (cfg.epochs - epoch - 1) * (stats["epoch_time_s"] + stats["eval_time_s"])
             eta = f"about {format_duration(left)} left in this fit" + ("" if clock is None else

@@ -25,5 +25,9 @@ class CheckpointError(UserError):
     """A model file that cannot be read, or does not fit the model or the dataset."""
 
 
+class DivergedError(UserError):
+    """Training whose loss became NaN or infinite: a setting (learning rate, precision, image size) to change."""
+
+
 class RunDirError(UserError):
     """A run directory that cannot be made, written or continued with the given configuration."""
