@@ -290,6 +290,14 @@ def test_user_factory_model_runs_resumes_and_evaluates(tmp_path, monkeypatch, ca
                                               "mymodels:tiny cannot take (")
     assert not (tmp_path / "runs/fixed").exists()
     assert main([*args, "--generations", "1"]) == 0
+    teacher = str(tmp_path / "runs/u/seed-0/gen-1/model.safetensors")  # labelling per crop, it sees small views
+    capsys.readouterr()
+    assert main(["run", "--dataset", "digits", "--epochs", "2", "--generations", "1", "--refinery-checkpoint",
+                 teacher, "--labels", "online", "--no-progress", "--runs-dir", str(tmp_path / "runs"),
+                 "--name", "t"]) == 2
+    err = capsys.readouterr().err
+    assert f"trains at 6 x 6 px, which the refinery {teacher} cannot take" in err
+    assert err.strip().endswith("add --train-scale-start 1 (full size every epoch)")
     assert main([*args, "--generations", "2"]) == 0  # extends the run: R1 is kept, R2 trained
     assert "resuming" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "runs/u"), "--ensemble", "1,2"]) == 0
