@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .augment import eval_view, input_size, make_augment
-from .batch import Pipeline
+from .batch import Pipeline, scaled_side
 from .checkpoint import load_refinery
 from .config import RunConfig, parse_label_form, parse_noise_prior
 from .console import ChainClock, log
@@ -115,7 +115,7 @@ def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
         raise ConfigError(f"--batch-size {cfg.training.batch_size} exceeds the {views} training images of a seed; "
                           f"use at most {views}")
     start = cfg.training.train_scale_start
-    smallest_side = round(min(input_size(d.augment, side) for side in dataset.image_shape[1:]) * start)
+    smallest_side = scaled_side(min(input_size(d.augment, side) for side in dataset.image_shape[1:]), start)
     if cfg.training.epochs // 2 and smallest_side < MIN_TRAIN_SIDE:
         raise ConfigError(f"--train-scale-start {start:g} trains the {dataset.name} images at {smallest_side} px; "
                           f"use a fraction that keeps at least {MIN_TRAIN_SIDE} px")
@@ -145,7 +145,7 @@ def _check_smallest_input(model: torch.nn.Module, cfg: RunConfig, spec: ModelSpe
     t = cfg.training
     if t.epochs // 2 == 0 or t.train_scale_start == 1:
         return
-    side = round(spec.image_size * t.train_scale_start)
+    side = scaled_side(spec.image_size, t.train_scale_start)
     problem = _forward_problem(model, spec.in_channels, side, device)
     if problem is not None:
         fix = "add --train-scale-start 1 (full size every epoch)" \

@@ -46,7 +46,7 @@ def prediction_batch_size(device: torch.device) -> int:
 
     On a 2-core CPU ``convnet`` predicts 1.8-2.0x faster in batches of 128 than of 1024 (a batch's activations
     stay in cache): 4468 against 2484 images/s on AVX2 fp32 kernels, 12634 against 6478 in bf16 on AVX512-BF16
-    (avx2 fma avx512f avx512_vnni avx512_bf16; ``benchmarks/predict_batch.py``, BENCHMARKS.md).
+    (a 2-core AMD EPYC with avx2 avx512_bf16 avx512f; ``benchmarks/predict_batch.py``, BENCHMARKS.md).
     """
     return 128 if device.type == "cpu" else 1024
 
@@ -464,19 +464,19 @@ def fit(
     epoch = run.next_epoch - 1
     last_val = None
     for epoch in range(run.next_epoch, cfg.epochs if not stopped_early else 0):
-        lr = optimizer.param_groups[0]["lr"]
+        lr, scale = optimizer.param_groups[0]["lr"], train_scale(cfg, epoch)
         info = {"lr": f"{lr:.2g}", **({} if last_val is None else {"val": f"{last_val:.2f}"}),
                 **({} if clock is None else {"eta": clock.eta_text().removeprefix("chain ETA ")})}
         stats = train_one_epoch(
             trainee, optimizer, images, targets, pipeline, batch_size=cfg.batch_size,
             generator=epoch_generator(seed_keys, epoch), augment=augment, schedule=schedule,
-            grad_scaler=grad_scaler, label_smoothing=cfg.label_smoothing, input_scale=train_scale(cfg, epoch),
+            grad_scaler=grad_scaler, label_smoothing=cfg.label_smoothing, input_scale=scale,
             progress=progress,
             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", bar_info=info,
         )
         if not math.isfinite(stats["train_loss"]):  # weights are NaN now: stop before they become refined labels
             raise DivergedError(f"{desc.strip() or 'training'}: the training loss became {stats['train_loss']} in "
-                                f"epoch {epoch + 1} (at {train_scale(cfg, epoch):g} of the image side); lower --lr, "
+                                f"epoch {epoch + 1} (at {scale:g} of the image side); lower --lr, "
                                 "use --precision fp32, or a larger --train-scale-start; finished generations are kept")
         eval_start = time.perf_counter()
         if cfg.recalibrate_bn:
@@ -491,7 +491,7 @@ def fit(
         schedule.after_epoch(val["top1"])
         run.update(model, epoch, val["top1"], cfg.early_stop_min_delta)
         if log is not None:
-            log({"epoch": epoch + 1, "lr": lr, "train_scale": train_scale(cfg, epoch), **stats,
+            log({"epoch": epoch + 1, "lr": lr, "train_scale": scale, **stats,
                  "val_top1": val["top1"], "val_loss": val["loss"]})
         if progress and not interactive():  # a log file: one plain line per epoch instead of a bar
             left = (cfg.epochs - epoch - 1) * (stats["epoch_time_s"] + stats["eval_time_s"])

@@ -34,7 +34,8 @@ from .rundir import RunDir
 
 def given_label_scores(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(p_given, margin)``, each ``(M,) float``: the refined probability of the given label, and it minus the
-    largest other probability (negative when the refined argmax disputes the label).
+    largest other probability (negative exactly when :func:`~labelrefinery.noise.disputes` holds: another class
+    has a strictly larger probability; a tie with the top class is 0, no dispute).
 
     Args:
         probs: ``(M, K)`` refined labels (rows of probabilities).
