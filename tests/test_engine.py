@@ -203,6 +203,24 @@ def test_fit_trains_small_then_full_and_evaluates_full(digits):
     assert set(model.sides[False]) == {8} and len(epochs) == 4
 
 
+def test_early_stop_before_full_size_warns(digits, capsys):
+    """Early stopping at epoch 2 of 4 with --train-scale-start 0.5 ends while training at 6 of 8 px: a warning
+    names the fix; a stop after the ramp says nothing."""
+    ds = digits
+    imgs, labels, vi, vl = _fit_data(ds, 300, 100)
+    never_better = {"epochs": 4, "batch_size": 100, "train_scale_start": 0.5, "early_stop_patience_epochs": 1,
+                    "early_stop_min_delta": 100.0}
+    result = fit(_seeded_convnet(0)(), imgs, labels, vi, vl, resolve_config("quick", never_better).training,
+                 _pipeline(ds), seed_keys=(0, 1))
+    assert result.stopped_early and result.epochs_run == 2
+    err = capsys.readouterr().err
+    assert "stopped early at epoch 2 while still training on images resized to 0.75" in err
+    assert "--train-scale-start 1" in err
+    fit(_seeded_convnet(0)(), imgs, labels, vi, vl,
+        resolve_config("quick", {**never_better, "train_scale_start": 1.0}).training, _pipeline(ds), seed_keys=(0, 1))
+    assert "resized" not in capsys.readouterr().err
+
+
 class StopAfterFirstSave(TrainStateFile):
     def save(self, state):
         super().save(state)

@@ -391,6 +391,15 @@ def _resume(state_file, model: nn.Module, optimizer, schedule: LRSchedule, devic
                      int(state["since_best"]), int(state["epoch"]) + 1)
 
 
+def _warn_if_resized(desc: str, epoch: int, scale: float, cfg: TrainConfig) -> None:
+    """Warn when early stopping ends a fit at 0-based ``epoch`` while it still trains at ``scale`` < 1."""
+    if scale < 1:
+        log_line(f"warning: {desc.strip() or 'training'} stopped early at epoch {epoch + 1} while still training on "
+                 f"images resized to {scale:.2f} of their side (--train-scale-start reaches full size at epoch "
+                 f"{cfg.epochs // 2 + 1}); its model never trained at the size it is evaluated at: raise "
+                 "--early-stop-patience-epochs or use --train-scale-start 1")
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -471,8 +480,7 @@ def fit(
             trainee, optimizer, images, targets, pipeline, batch_size=cfg.batch_size,
             generator=epoch_generator(seed_keys, epoch), augment=augment, schedule=schedule,
             grad_scaler=grad_scaler, label_smoothing=cfg.label_smoothing, input_scale=scale,
-            progress=progress,
-            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", bar_info=info,
+            progress=progress, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", bar_info=info,
         )
         if not math.isfinite(stats["train_loss"]):  # weights are NaN now: stop before they become refined labels
             raise DivergedError(f"{desc.strip() or 'training'}: the training loss became {stats['train_loss']} in "
@@ -507,6 +515,7 @@ def fit(
                              "since_best": run.since_best, "epoch": epoch})
         if patience and run.since_best >= patience:
             stopped_early = True
+            _warn_if_resized(desc, epoch, scale, cfg)
             break
     if clock is not None and stopped_early:
         clock.skip(cfg.epochs - (epoch + 1))
