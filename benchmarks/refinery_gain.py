@@ -65,6 +65,7 @@ VARIANTS = {  # name: extra run settings of the refinery's label variant, on top
     "hard-cf4": {"cross_fit": 4, "label_form": "hard"},
     "soft-npauto": {"noise_prior": "auto"},  # posterior with the given label, noise rate estimated from R1
     "soft-np0.4": {"noise_prior": "0.4"},  # ... with the rate given
+    "soft-npclass": {"noise_prior": "classwise"},  # ... under a K x K noise matrix estimated from R1
 }
 
 

@@ -325,22 +325,65 @@ def test_symmetric_noise_estimate():
 
 
 def test_noisy_label_posterior_hand_made():
-    from labelrefinery.targets import noisy_label_posterior
+    from labelrefinery.targets import noisy_label_posterior, symmetric_transition
 
     # K = 3, r = 0.3: T[c, y] = 0.7 if c == y else 0.15.
+    t = symmetric_transition(3, 0.3)
+    assert torch.allclose(t, torch.tensor([[0.7, 0.15, 0.15], [0.15, 0.7, 0.15], [0.15, 0.15, 0.7]]))
     refined = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]])
     given = torch.tensor([0, 1])
-    q = noisy_label_posterior(refined, given, 0.3, denoise=False)
+    q = noisy_label_posterior(refined, given, t, denoise=False)
     expected = torch.tensor([[0.6 * 0.7, 0.3 * 0.15, 0.1 * 0.15], [0.6 * 0.15, 0.3 * 0.7, 0.1 * 0.15]])
     assert torch.allclose(q, expected / expected.sum(1, keepdim=True))
     assert q[1].argmax() == 1  # the refinery's 0.6 does not overrule a given label it gives 0.3
     # rows of a refinery that fitted noisy labels map back to the true class before Bayes' rule
     noisy = _noisy_rows(torch.tensor([2, 2]), 0.3, 3)
-    q = noisy_label_posterior(noisy, torch.tensor([2, 0]), 0.3, denoise=True)
+    q = noisy_label_posterior(noisy, torch.tensor([2, 0]), t, denoise=True)
     assert q[0, 2] > 0.999 and q[1].argmax() == 2  # a wrong given label is corrected
     assert torch.allclose(q.sum(1), torch.ones(2))
+    # the closed form of the symmetric inverse: p_c = (p~_c - r/(K-1)) / (1 - r K/(K-1)), clipped, renormalised
+    soft = torch.tensor([[0.5, 0.3, 0.2]])
+    back = ((soft - 0.15) / (1 - 0.3 * 3 / 2)).clamp_min(1e-4)
+    back = back / back.sum()
+    lik = torch.tensor([[0.15, 0.15, 0.7]])
+    assert torch.allclose(noisy_label_posterior(soft, torch.tensor([2]), t, denoise=True),
+                          back * lik / (back * lik).sum(), atol=1e-6)
     with pytest.raises(ValueError, match="noise rate must be in"):
-        noisy_label_posterior(refined, given, 0.7, denoise=False)
+        symmetric_transition(3, 0.7)
+    with pytest.raises(ValueError, match="must be 3 x 3"):
+        noisy_label_posterior(refined, given, torch.eye(4), denoise=False)
+
+
+def _pairflip_rows(clean: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
+    """What a refinery sure of each image's true class predicts after fitting labels with pair-flip noise."""
+    rows = torch.zeros(len(clean), num_classes)
+    rows[torch.arange(len(clean)), clean] = 1 - rate
+    rows[torch.arange(len(clean)), (clean + 1) % num_classes] += rate
+    return rows
+
+
+def test_noise_transition_estimate_class_by_class():
+    from labelrefinery.targets import estimate_noise_transition, largest_transitions, noisy_label_posterior
+
+    clean = torch.arange(1000) % 10
+    given = torch.where(torch.arange(1000) % 100 < 30, (clean + 1) % 10, clean)  # 30% pair flips
+    t = estimate_noise_transition(_pairflip_rows(clean, 0.3, 10), given)
+    expected = 0.7 * torch.eye(10) + 0.3 * torch.roll(torch.eye(10), 1, dims=1)
+    assert torch.allclose(t, expected, atol=1e-6)
+    assert all(y == (c + 1) % 10 and v == 0.3 for c, y, v in largest_transitions(t, 3))
+    # symmetric noise reads as the symmetric matrix
+    sym = _noisy_rows(clean, 0.4, 10)
+    given_sym = torch.where(torch.arange(1000) % 100 < 40, (clean + 3) % 10, clean)
+    assert torch.allclose(estimate_noise_transition(sym, given_sym),
+                          0.6 * torch.eye(10) + 0.4 / 9 * (1 - torch.eye(10)), atol=1e-6)
+    # memorised labels: nothing to estimate; an unsure refinery disputing 2% of labels is capped at 2%
+    assert torch.equal(estimate_noise_transition(torch.eye(10)[clean], given), torch.eye(10))
+    unsure = estimate_noise_transition(_pairflip_rows(clean, 0.4, 10),
+                                       torch.where(torch.arange(1000) < 20, (clean + 1) % 10, clean))
+    assert float((1 - unsure.diagonal()).mean()) == pytest.approx(0.02, abs=1e-6)
+    # the posterior with the estimate corrects a pair-flipped label, which symmetric noise cannot
+    q = noisy_label_posterior(_pairflip_rows(torch.tensor([4]), 0.3, 10), torch.tensor([5]), t, denoise=True)
+    assert q.argmax() == 4 and q[0, 4] > 0.99
 
 
 def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
@@ -351,9 +394,9 @@ def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
     calls = []
     original = LabelRecipe.mix
 
-    def spy(self, refined, ground_truth, noise_rate=0.0, denoise=False):
-        calls.append((refined.clone(), ground_truth.clone(), noise_rate, denoise))
-        return original(self, refined, ground_truth, noise_rate, denoise)
+    def spy(self, refined, ground_truth, transition=None, denoise=False):
+        calls.append((refined.clone(), ground_truth.clone(), transition, denoise))
+        return original(self, refined, ground_truth, transition, denoise)
 
     monkeypatch.setattr(LabelRecipe, "mix", spy)
     assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "np", "--generations", "3", "--epochs", "1",
@@ -361,15 +404,51 @@ def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
     rd = RunDir(tmp_path / "np")
     estimate = rd.read_summary(0, 1)["symmetric_noise_estimate"]
     assert 0 < estimate < 0.9
-    assert [(rate, denoise) for *_, rate, denoise in calls] == [(estimate, True), (estimate, False)]
+    from labelrefinery.targets import symmetric_transition
+
+    assert [denoise for *_, denoise in calls] == [True, False]
+    assert all(torch.allclose(t, symmetric_transition(10, estimate)) for *_, t, _ in calls)
     r1 = torch.from_numpy(rd.load_labels(0, 1)["labels"])
     assert torch.allclose(calls[0][0], r1)
     assert "symmetric_noise_estimate" not in rd.read_summary(0, 2)
     assert f"suggest about {100 * estimate:.0f}% of the given labels are wrong" in (tmp_path / "np/results.md").read_text()
 
 
+def test_classwise_noise_prior_run(tmp_path, monkeypatch):
+    """--noise-prior classwise: R2 and R3 fit posteriors under the matrix estimated from R1's stored labels
+    (R3's read back from disk), and R1's summary and results.md report the estimate."""
+    from labelrefinery.targets import LabelRecipe, estimate_noise_transition
+
+    calls = []
+    original = LabelRecipe.mix
+
+    def spy(self, refined, ground_truth, transition=None, denoise=False):
+        calls.append((transition, denoise))
+        return original(self, refined, ground_truth, transition, denoise)
+
+    monkeypatch.setattr(LabelRecipe, "mix", spy)
+    assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "cw", "--generations", "3", "--epochs", "2",
+                 "--label-noise", "pairflip:0.3", "--noise-prior", "classwise"]) == 0
+    rd = RunDir(tmp_path / "cw")
+    saved, split = rd.load_labels(0, 1), rd.read_split(0)
+    by_index = torch.full((int(split["train_indices"].max()) + 1,), -1)
+    by_index[torch.from_numpy(split["train_indices"])] = torch.from_numpy(split["train_labels"])
+    given = by_index[torch.from_numpy(saved["indices"])]
+    assert [denoise for _, denoise in calls] == [True, False]
+    assert torch.allclose(calls[0][0], estimate_noise_transition(torch.from_numpy(saved["labels"]), given))
+    assert torch.equal(calls[0][0], calls[1][0])  # R3's matrix, from R1's labels read back, is R2's
+    t = calls[0][0]
+    shares = torch.bincount(given, minlength=10).float() / len(given)
+    estimate = rd.read_summary(0, 1)["classwise_noise_estimate"]
+    assert estimate["rate"] == pytest.approx(float((shares * (1 - t.diagonal())).sum()))
+    assert len(estimate["largest"]) == 5 and all(t[c, y] == pytest.approx(v, abs=1e-4)
+                                                 for c, y, v in estimate["largest"])
+    assert "classwise_noise_estimate" not in rd.read_summary(0, 2)
+    assert "Class by class (`--noise-prior classwise`)" in (tmp_path / "cw/results.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--noise-prior", "x"], "--noise-prior must be auto or a share P"),
+    (["--noise-prior", "x"], "--noise-prior must be auto, classwise or a share P"),
     (["--noise-prior", "0.95"], "is not below 1 - 1/K = 0.9"),
     (["--noise-prior", "0.2", "--labels", "online", "--augment", "online"], "got --labels online"),
     (["--noise-prior", "0.2", "--label-form", "hard"], "needs --label-form soft"),
@@ -391,8 +470,16 @@ def test_noise_prior_from_yaml_number_and_its_canonical_text(tmp_path):
 
     (tmp_path / "c.yaml").write_text("noise_prior: 0.25\n")
     assert resolve_config("quick", config_file_values(tmp_path / "c.yaml")).refinement.noise_prior == "0.25"
-    for given, stored in (("-0", "0"), ("0.0", "0"), ("0.123456789", "0.123456789"), ("auto", "auto")):
+    for given, stored in (("-0", "0"), ("0.0", "0"), ("0.123456789", "0.123456789"), ("auto", "auto"),
+                          ("classwise", "classwise")):
         assert resolve_config("quick", {"noise_prior": given}).refinement.noise_prior == stored
+    # YAML 1.1 reads an exponent without a dot as text; a number setting takes it as the number it is
+    (tmp_path / "e.yaml").write_text("lr: 3e-3\nweight_decay: 1E-4\n")
+    cfg = resolve_config("quick", config_file_values(tmp_path / "e.yaml"))
+    assert (cfg.training.lr, cfg.training.weight_decay) == (0.003, 0.0001)
+    (tmp_path / "bad.yaml").write_text("lr: fast\n")
+    with pytest.raises(ConfigError, match="lr must be a number, got 'fast'"):
+        config_file_values(tmp_path / "bad.yaml")
 
 
 def test_a_given_label_tied_with_the_top_class_is_not_disputed():
@@ -408,3 +495,17 @@ def test_a_given_label_tied_with_the_top_class_is_not_disputed():
     assert [r["index"] for r in rows] == [2]
     every = issue_rows(probs, given, np.arange(3), ["a", "b", "c"], include_all=True)
     assert {r["index"]: r["suggested_label"] for r in every} == {0: "b", 1: "a", 2: "a"}
+
+
+def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetric_one():
+    from labelrefinery.report import _label_table
+
+    def table(symmetric, classwise, prior="0"):
+        r = {"config": {"noise_prior": prior}, "generations": [
+            {"generation": 1, "label_quality": {"disputed": 0.1}, "symmetric_noise_estimate": symmetric,
+             "classwise_noise_rate": classwise}]}
+        return "\n".join(_label_table(r, "x"))
+
+    assert "Class by class" not in table(0.0, 0.034)  # clean labels: classes the model finds alike
+    assert "they suggest 29%" in table(0.01, 0.29)  # pair flips: the symmetric estimate misses them
+    assert "they suggest 3%" in table(0.0, 0.034, prior="classwise")  # always when used

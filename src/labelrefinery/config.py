@@ -181,21 +181,26 @@ def parse_label_noise(spec: str) -> tuple[str, float]:
     return kind, p
 
 
+ESTIMATED_NOISE_PRIORS = ("auto", "classwise")
+
+
 def parse_noise_prior(text: str) -> float | None:
-    """Parse ``--noise-prior``: a share P in [0, 1) of given labels believed wrong, or ``auto`` (None: estimated
-    from generation 1's refined labels). The bound 1 - 1/K needs K and is checked with the data.
+    """Parse ``--noise-prior``: a share P in [0, 1) of given labels believed wrong, or ``auto`` / ``classwise``
+    (None: estimated from generation 1's refined labels, as one symmetric rate or class by class). The bound
+    1 - 1/K needs K and is checked with the data.
 
     Raises:
         ConfigError: anything else.
     """
-    if str(text) == "auto":
+    if str(text) in ESTIMATED_NOISE_PRIORS:
         return None
     try:
         p = float(text)
     except ValueError:
         p = -1.0
     if not 0.0 <= p < 1.0:
-        raise ConfigError(f"--noise-prior must be auto or a share P with 0 <= P < 1 - 1/K (e.g. 0.2), got {text!r}")
+        raise ConfigError(f"--noise-prior must be auto, classwise or a share P with 0 <= P < 1 - 1/K (e.g. 0.2), "
+                          f"got {text!r}")
     return p
 
 
@@ -325,12 +330,15 @@ class RefineConfig:
     temperature: float = _f(1.0, "softmax temperature T of refined labels; the soft loss is scaled by T^2")
     label_form: str = _f("soft", "refined label form: soft | hard | topk:K")
     gt_weight: float = _f(0.0, "alpha: targets = alpha * one-hot ground truth + (1 - alpha) * refined labels")
-    noise_prior: str = _f("0", "P | auto: the share of given labels believed wrong (symmetric noise: a wrong "
-                          "label is any other class alike); the next generation then fits P(true class | refined "
-                          "labels, given label) by Bayes' rule, with R1's labels first mapped back through the "
-                          "noise (needs calibrated soft labels: --labels offline, --label-form soft, --temperature 1, "
-                          "no top-k --label-storage, no --label-smoothing); auto: P estimated from R1's refined "
-                          "labels (R1's summary.json: symmetric_noise_estimate); 0 = off")
+    noise_prior: str = _f("0", "P | auto | classwise: the share of given labels believed wrong (symmetric "
+                          "noise: a wrong label is any other class alike); the next generation then fits "
+                          "P(true class | refined labels, given label) by Bayes' rule, with R1's labels first mapped "
+                          "back through the noise (needs calibrated soft labels: --labels offline, --label-form "
+                          "soft, --temperature 1, no top-k --label-storage, no --label-smoothing); auto: P estimated "
+                          "from R1's refined labels (R1's summary.json: symmetric_noise_estimate); classwise: a "
+                          "wrong label's class depends on the true one (e.g. a 3 often given as 5), the K x K noise "
+                          "matrix estimated from R1's refined labels (summary.json: classwise_noise_estimate); "
+                          "0 = off")
     refinery_checkpoint: str | None = _f(None, "a trained model that makes generation 1's labels instead of the "
                                          "ground truth (a model.safetensors of this tool, or a torchvision/timm "
                                          "state dict with --refinery-model)")
@@ -390,7 +398,7 @@ class RefineConfig:
 
     def _check_noise_prior(self) -> None:
         prior = parse_noise_prior(self.noise_prior)
-        self.noise_prior = "auto" if prior is None else format(prior + 0.0, ".15g")  # -0 is 0; keeps every digit
+        self.noise_prior = str(self.noise_prior) if prior is None else format(prior + 0.0, ".15g")  # -0 is 0
         if prior == 0.0:
             return
         flag = f"--noise-prior {self.noise_prior}"
@@ -667,6 +675,11 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
             values[name] = value = "yes" if value else "no"
         if hints[name] is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             values[name] = value = str(value)  # YAML reads noise_prior: 0.2 as a number; a text setting takes it
+        if _accepts(hints[name], float) and isinstance(value, str):
+            try:  # YAML 1.1 reads an exponent without a dot (lr: 3e-3) as text
+                values[name] = value = float(value)
+            except ValueError:
+                pass
         problem = _type_problem(value, hints[name])
         if problem:
             raise ConfigError(f"--config {path}: {name} must be {problem}, got {value!r}")

@@ -37,7 +37,8 @@ from .protocol import SeedData
 from .rundir import RunDir, as_stored, label_storage
 from .seeding import CROSS_FIT, derive_seed, seed_model_init
 from .targets import (FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource,
-                      estimate_symmetric_noise)
+                      estimate_noise_transition, estimate_symmetric_noise, largest_transitions,
+                      symmetric_transition)
 
 COLLAPSE_MARGIN_POINTS = 5.0  # validation top-1 within this many points of chance counts as collapsed
 COLLAPSE_DROP_POINTS = 10.0  # ... and so does a drop of more than this many points from the previous generation
@@ -128,26 +129,40 @@ def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn
     if stored is None:  # the external refinery's offline labels, made once on the stored views
         stored = exp.recipe.refine(predict(exp.external, data.images, pipeline))
     # R1 fitted the given labels, so its labels predict their noise; later refineries fitted posteriors.
-    mixed = exp.recipe.mix(stored.to(pipeline.device), data.ground_truth, noise_rate(exp, data),
-                           denoise=generation == 2 and exp.external is None)
+    denoise = generation == 2 and exp.external is None
+    mixed = exp.recipe.mix(stored.to(pipeline.device), data.ground_truth,
+                           noise_transition(exp, data, stored if denoise else None), denoise=denoise)
     return StoredTargets(mixed, exp.recipe.temperature)
 
 
-def noise_rate(exp: Experiment, data: SeedData) -> float:
-    """The ``--noise-prior`` share of wrong given labels for ``data.seed``: as set, or (``auto``) R1's estimate
-    recorded in its summary (``symmetric_noise_estimate``); 0 when off.
+def noise_transition(exp: Experiment, data: SeedData, r1_labels: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The ``(K, K) float32`` noise transition matrix T[c, y] = P(given y | true c) that ``--noise-prior`` sets
+    for ``data.seed``, or None when it is off: symmetric with the share given, or with R1's estimate recorded
+    in its summary (``auto``: ``symmetric_noise_estimate``), or estimated class by class from R1's refined
+    labels (``classwise``: :func:`estimate_noise_transition`; ``r1_labels`` are R1's ``(M, K)`` rows when in
+    memory, else they are read back from the run directory).
 
     Raises:
-        RunDirError: ``auto`` on a run whose R1 summary holds no estimate (written by an older version).
+        RunDirError: ``auto`` on a run whose R1 summary holds no estimate (written by an older version), or R1's
+            labels missing or damaged.
     """
-    prior = parse_noise_prior(exp.cfg.refinement.noise_prior)
+    text, num_classes = exp.cfg.refinement.noise_prior, exp.dataset.train.num_classes
+    prior = parse_noise_prior(text)
+    if prior == 0.0:
+        return None
     if prior is not None:
-        return prior
+        return symmetric_transition(num_classes, prior)
+    if text == "classwise":
+        if r1_labels is None:
+            r1_labels = torch.from_numpy(exp.run_dir.load_labels(data.seed, 1, len(data.views.indices),
+                                                                 num_classes)["labels"])
+        originals = (data.views.views == 0).cpu()
+        return estimate_noise_transition(r1_labels.cpu()[originals], data.views.labels.cpu()[originals])
     estimate = exp.run_dir.read_summary(data.seed, 1).get("symmetric_noise_estimate")
     if estimate is None:
         raise RunDirError(f"seed {data.seed}'s R1 summary holds no symmetric_noise_estimate (an older version "
                           "wrote it); give --noise-prior P or start a new --name")
-    return float(estimate)
+    return symmetric_transition(num_classes, float(estimate))
 
 
 def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: TargetSource) -> torch.Tensor:
@@ -285,7 +300,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     }
     rd.finish_generation(seed, slot, summary)
     barrier()  # under torchrun: the others see it finished only once the main process has written it
-    _log_summary(tag, summary, exp.dataset.train.num_classes, previous)
+    _log_summary(tag, summary, exp.dataset.classes, previous, exp.cfg.refinement.noise_prior == "classwise")
     return model, summary, refined
 
 
@@ -294,19 +309,37 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
     agreement with the given labels (%), label quality (:func:`labelrefinery.noise.label_quality`), and for
     a model that fitted the given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1,
     no label smoothing and no cross-fit, the share of given labels they suggest are wrong
-    (:func:`estimate_symmetric_noise`)."""
+    (:func:`estimate_symmetric_noise`) and the class-conditional estimate (:func:`classwise_noise_summary`)."""
     originals = (data.views.views == 0).cpu()
     clean = None if data.clean_labels is None else data.clean_labels[originals]
-    return {
+    stats = {
         "refined_label_entropy": max(0.0, float(-(torch.xlogy(refined, refined)).sum(1).mean())),  # no -0.0
         "refined_label_agreement": top1_accuracy(refined, data.views.labels),
         "label_quality": label_quality(refined[originals], data.views.labels[originals], clean),
-        **({"symmetric_noise_estimate": estimate_symmetric_noise(refined[originals], data.views.labels[originals])}
-           if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels() else {}),
     }
+    if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels():
+        given = data.views.labels[originals]
+        stats["symmetric_noise_estimate"] = estimate_symmetric_noise(refined[originals], given)
+        stats["classwise_noise_estimate"] = classwise_noise_summary(refined[originals], given)
+    return stats
 
 
-def _log_summary(tag: str, s: dict, num_classes: int, previous: dict | None) -> None:
+def classwise_noise_summary(refined: torch.Tensor, given: torch.Tensor) -> dict:
+    """What :func:`estimate_noise_transition` reads in ``(N, K)`` refined labels of the given ``(N,) int64``
+    labels, in a form small enough for ``summary.json`` whatever K: ``rate``, the share of wrong labels T
+    implies (sum_c pi_c (1 - T[c, c]), pi the given labels' class shares), and ``largest``, its five largest
+    off-diagonal entries as ``[true class, given class, P(given | true)]``."""
+    transition = estimate_noise_transition(refined, given)
+    shares = torch.bincount(given.cpu(), minlength=len(transition)).float() / len(given)
+    return {"rate": float((shares * (1 - transition.diagonal())).sum()),
+            "largest": largest_transitions(transition)}
+
+
+def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, classwise_prior: bool) -> None:
+    """Log a finished generation: top-1, its refined labels, the noise they suggest, a collapse. The
+    class-by-class noise estimate is logged when ``--noise-prior classwise`` uses it or a confusion reaches 10%
+    (below that, on clean labels, it mostly reads classes the model finds alike: Shirt and Coat at 7%)."""
+    num_classes = len(classes)
     log(f"[{tag}] val {s['val_top1']:.2f}%  test {s['test_top1']:.2f}%  ({s['epochs_run']} "
         f"epoch{'s' if s['epochs_run'] != 1 else ''}, "
         f"best {s['best_epoch']}, {s['train_time_s']:.0f} s; refined labels agree with the given labels on "
@@ -314,6 +347,11 @@ def _log_summary(tag: str, s: dict, num_classes: int, previous: dict | None) -> 
     if s.get("symmetric_noise_estimate") is not None:
         log(f"[{tag}] its refined labels suggest about {100 * s['symmetric_noise_estimate']:.0f}% of the given labels "
             "are wrong (symmetric-noise estimate; --noise-prior auto uses it)")
+    classwise = s.get("classwise_noise_estimate")
+    if classwise and classwise["largest"] and (classwise_prior or classwise["largest"][0][2] >= 0.1):
+        pairs = [f"{classes[c]} given as {classes[y]} ({100 * v:.0f}%)" for c, y, v in classwise["largest"][:3]]
+        log(f"[{tag}] class by class they suggest {100 * classwise['rate']:.0f}% are wrong; most often true class "
+            f"{', '.join(pairs)} (--noise-prior classwise uses these)")
     q = s.get("label_quality") or {}
     if q.get("corrected") is not None:
         f1 = "n/a" if q["detection_f1"] is None else f"{q['detection_f1']:.3f}"

@@ -32,8 +32,8 @@ def summarize_run(run_dir: Path) -> dict:
     Returns:
         ``{"run_dir", "config" (flat, by field name), "per_seed": {seed: [summary per generation]},
         "generations": [{"generation", "test_top1_mean", "test_top1_std", "val_top1_mean", "n_seeds",
-        "collapsed_seeds", "gain_over_r1", "label_quality", and for R1 "symmetric_noise_estimate" when its
-        summaries hold one}], "best_by_validation": {...},
+        "collapsed_seeds", "gain_over_r1", "label_quality", and for R1 "symmetric_noise_estimate" and
+        "classwise_noise_rate" when its summaries hold them}], "best_by_validation": {...},
         "ensemble": [...], "controls": {name: {...}}, "external_refinery": None or {"per_seed",
         "test_top1_mean", "test_top1_std"}}`` (the ``--refinery-checkpoint`` model's own top-1); gains are ``{"mean", "std", "n_seeds"}`` in points.
 
@@ -63,6 +63,8 @@ def summarize_run(run_dir: Path) -> dict:
                                          else None),
             "label_quality": _mean_quality([r.get("label_quality") or {} for r in rows]),
             **_mean_of(rows, "symmetric_noise_estimate"),
+            **_mean_of([{"classwise_noise_rate": (r.get("classwise_noise_estimate") or {}).get("rate")} for r in rows],
+                       "classwise_noise_rate"),
         })
     best = {seed: best_of(gens) for seed, gens in per_seed.items()}
     best_test = np.array([b["test_top1"] for b in best.values()])
@@ -162,6 +164,13 @@ def _label_table(r: dict, name: str) -> list[str]:
     if estimate is not None:
         lines += ["", f"R1's refined labels suggest about {100 * estimate:.0f}% of the given labels are wrong "
                   "(symmetric-noise estimate, mean over seeds; what `--noise-prior auto` uses)."]
+    classwise = r["generations"][0].get("classwise_noise_rate") if r["generations"] else None
+    # shown when used, or when it reads 5 points more than the symmetric estimate: wrong labels that depend on
+    # the true class (on clean labels it reads a few % of classes the model finds alike)
+    if classwise is not None and (r["config"].get("noise_prior") == "classwise"
+                                  or classwise >= (estimate or 0.0) + 0.05):
+        lines += ["", f"Class by class (`--noise-prior classwise`), they suggest {100 * classwise:.0f}% (mean over "
+                  "seeds; each seed's largest confusions: its R1 `summary.json`, `classwise_noise_estimate`)."]
     return [*lines, ""]
 
 
