@@ -384,6 +384,11 @@ def test_noise_transition_estimate_class_by_class():
     # the posterior with the estimate corrects a pair-flipped label, which symmetric noise cannot
     q = noisy_label_posterior(_pairflip_rows(torch.tensor([4]), 0.3, 10), torch.tensor([5]), t, denoise=True)
     assert q.argmax() == 4 and q[0, 4] > 0.99
+    # a singular estimate (two classes' rows alike) still gives probability rows, not an error
+    singular = t.clone()
+    singular[1] = singular[0]
+    q = noisy_label_posterior(_pairflip_rows(clean[:20], 0.3, 10), given[:20], singular, denoise=True)
+    assert torch.isfinite(q).all() and torch.allclose(q.sum(1), torch.ones(20))
 
 
 def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
@@ -509,3 +514,30 @@ def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetri
     assert "Class by class" not in table(0.0, 0.034)  # clean labels: classes the model finds alike
     assert "they suggest 29%" in table(0.01, 0.29)  # pair flips: the symmetric estimate misses them
     assert "they suggest 3%" in table(0.0, 0.034, prior="classwise")  # always when used
+
+
+def test_an_estimate_of_no_noise_leaves_the_refined_labels_as_they_are():
+    """auto reading 0, or classwise reading T = I (an R1 that memorised its labels): no posterior, as with
+    --noise-prior 0; a non-zero estimate gives its matrix."""
+    from types import SimpleNamespace
+
+    from labelrefinery.generation import noise_transition
+    from labelrefinery.targets import symmetric_transition
+
+    def exp(prior, estimate=0.0):
+        return SimpleNamespace(cfg=SimpleNamespace(refinement=SimpleNamespace(noise_prior=prior)),
+                               dataset=SimpleNamespace(train=SimpleNamespace(num_classes=10)),
+                               run_dir=SimpleNamespace(read_summary=lambda seed, g: {"symmetric_noise_estimate":
+                                                                                       estimate}))
+
+    labels = torch.arange(100) % 10
+    data = SimpleNamespace(seed=0, views=SimpleNamespace(views=torch.zeros(100, dtype=torch.long), labels=labels))
+    assert noise_transition(exp("0"), data) is None
+    assert noise_transition(exp("auto", 0.0), data) is None
+    assert torch.equal(noise_transition(exp("auto", 0.2), data), symmetric_transition(10, 0.2))
+    assert noise_transition(exp("classwise"), data, torch.eye(10)[labels]) is None
+    assert noise_transition(exp("classwise"), data, _pairflip_rows(labels, 0.3, 10)) is None  # disputes nothing
+    flipped = torch.where(torch.arange(100) < 30, (labels + 1) % 10, labels)
+    data.views.labels = flipped
+    t = noise_transition(exp("classwise"), data, _pairflip_rows(labels, 0.3, 10))
+    assert t is not None and t[0, 1] == pytest.approx(0.3, abs=1e-6)

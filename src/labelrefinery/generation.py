@@ -140,7 +140,8 @@ def noise_transition(exp: Experiment, data: SeedData, r1_labels: torch.Tensor | 
     for ``data.seed``, or None when it is off: symmetric with the share given, or with R1's estimate recorded
     in its summary (``auto``: ``symmetric_noise_estimate``), or estimated class by class from R1's refined
     labels (``classwise``: :func:`estimate_noise_transition`; ``r1_labels`` are R1's ``(M, K)`` rows when in
-    memory, else they are read back from the run directory).
+    memory, else they are read back from the run directory). An estimate of no noise at all (T = I) is None
+    too: the refined labels are then used as they are, as with ``--noise-prior 0``.
 
     Raises:
         RunDirError: ``auto`` on a run whose R1 summary holds no estimate (written by an older version), or R1's
@@ -157,12 +158,13 @@ def noise_transition(exp: Experiment, data: SeedData, r1_labels: torch.Tensor | 
             r1_labels = torch.from_numpy(exp.run_dir.load_labels(data.seed, 1, len(data.views.indices),
                                                                  num_classes)["labels"])
         originals = (data.views.views == 0).cpu()
-        return estimate_noise_transition(r1_labels.cpu()[originals], data.views.labels.cpu()[originals])
+        transition = estimate_noise_transition(r1_labels.cpu()[originals], data.views.labels.cpu()[originals])
+        return None if torch.equal(transition, torch.eye(num_classes)) else transition
     estimate = exp.run_dir.read_summary(data.seed, 1).get("symmetric_noise_estimate")
     if estimate is None:
         raise RunDirError(f"seed {data.seed}'s R1 summary holds no symmetric_noise_estimate (an older version "
                           "wrote it); give --noise-prior P or start a new --name")
-    return symmetric_transition(num_classes, float(estimate))
+    return symmetric_transition(num_classes, float(estimate)) if estimate > 0 else None
 
 
 def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: TargetSource) -> torch.Tensor:

@@ -135,8 +135,7 @@ def estimate_noise_transition(refined: torch.Tensor, given: torch.Tensor) -> tor
     renormalised: the anchor-point estimator of T in Patrini et al. 2017 ("Making deep neural networks robust
     to label noise: a loss correction approach"; row c = the noisy-label prediction on an image surely of class
     c), with the median over the images the refinery puts in class c in place of their single image at the 97th
-    percentile of p~_c. A class that no image's argmax
-    picks keeps the identity row. As with :func:`estimate_symmetric_noise`, the share of wrong labels T implies,
+    percentile of p~_c. A class that no image's argmax picks keeps the identity row. As with :func:`estimate_symmetric_noise`, the share of wrong labels T implies,
     sum_c pi_c (1 - T[c, c]) with pi the given labels' class shares, is capped at the share of given labels
     the refinery disputes (T shrunk towards the identity): an unsure refinery does not read as noise.
     Measured on Fashion-MNIST (12,000 images, ``convnet``, 8 epochs): BENCHMARKS.md, "Class-conditional noise".
@@ -165,9 +164,9 @@ def estimate_noise_transition(refined: torch.Tensor, given: torch.Tensor) -> tor
     return transition
 
 
-def largest_transitions(transition: torch.Tensor, count: int = 5) -> list[list[float]]:
+def largest_transitions(transition: torch.Tensor, count: int = 5) -> list[list]:
     """The ``count`` largest off-diagonal entries of a ``(K, K)`` transition matrix, largest first, as
-    ``[true class, given class, P(given | true)]`` rows (class indices as floats, for JSON)."""
+    ``[true class (int), given class (int), P(given | true) (float, 4 decimals)]`` rows."""
     off = transition.float().clone()
     off.fill_diagonal_(-1.0)
     values, flat = off.flatten().topk(min(count, off.numel() - len(off)))
@@ -182,7 +181,8 @@ def noisy_label_posterior(refined: torch.Tensor, given: torch.Tensor, transition
     The noise model: T[c, y] = P(given label y | true class c) (:func:`symmetric_transition` for symmetric noise
     of rate r, :func:`estimate_noise_transition` for class-conditional noise). With ``denoise`` the refined rows
     come from a refinery trained on the given labels, so they estimate the *noisy* label distribution
-    p~ = p T (row vectors); they are first mapped back, p = p~ T^-1, clipped at 1e-4 and renormalised (the
+    p~ = p T (row vectors); they are first mapped back, p = p~ T^-1 (the pseudo-inverse, should an estimated T
+    be singular), clipped at 1e-4 and renormalised (the
     backward correction of Patrini et al. 2017, "Making deep neural networks robust to label noise: a loss
     correction approach", section 3; for symmetric noise p_c = (p~_c - r / (K - 1)) / (1 - r K / (K - 1))).
     Then Bayes' rule with the given label y: q_c proportional to p_c T[c, y]. The given label keeps its class
@@ -192,7 +192,7 @@ def noisy_label_posterior(refined: torch.Tensor, given: torch.Tensor, transition
     Args:
         refined: ``(N, K) float32`` refined labels (rows summing to 1).
         given: ``(N,) int64`` given labels.
-        transition: ``(K, K) float`` T, rows summing to 1, invertible.
+        transition: ``(K, K) float`` T, rows summing to 1.
         denoise: whether the refinery fitted the given labels (generation 1 of a chain).
 
     Returns:
@@ -207,7 +207,7 @@ def noisy_label_posterior(refined: torch.Tensor, given: torch.Tensor, transition
     p = refined.float()
     t = transition.to(device=p.device, dtype=torch.float64)
     if denoise:
-        p = torch.linalg.solve(t, p.double(), left=False).float().clamp_min(1e-4)
+        p = (p.double() @ torch.linalg.pinv(t)).float().clamp_min(1e-4)
         p = p / p.sum(1, keepdim=True)
     q = p * t.float().T[given.to(p.device)]
     return q / q.sum(1, keepdim=True)
