@@ -461,7 +461,7 @@ def test_classwise_noise_prior_run(tmp_path, monkeypatch):
     (["--noise-prior", "0.2", "--gt-weight", "0.3"], "use one of them"),
     (["--noise-prior", "0.2", "--label-storage", "topk:3"], "use --label-storage auto, float32 or float16"),
     (["--noise-prior", "0.2", "--label-smoothing", "0.1"], "leave out --label-smoothing 0.1"),
-    (["--noise-prior", "auto", "--cross-fit", "2"], "read too noisy; give P"),
+    (["--noise-prior", "auto", "--cross-fit", "2"], "read too noisy; give the share you believe, e.g. --noise-prior 0.2"),
 ])
 def test_bad_noise_prior_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "bad", "--generations", "2", *args]) == 2
@@ -513,7 +513,10 @@ def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetri
 
     assert "Class by class" not in table(0.0, 0.034)  # clean labels: classes the model finds alike
     assert "they suggest 29%" in table(0.01, 0.29)  # pair flips: the symmetric estimate misses them
+    assert "depend on the true class; try `--noise-prior classwise`." in table(0.01, 0.29)
+    assert "depend on the true class." in table(0.01, 0.29, prior="classwise")
     assert "they suggest 3%" in table(0.0, 0.034, prior="classwise")  # always when used
+    assert "depend on" not in table(0.0, 0.034, prior="classwise")
 
 
 def test_an_estimate_of_no_noise_leaves_the_refined_labels_as_they_are():
@@ -541,3 +544,11 @@ def test_an_estimate_of_no_noise_leaves_the_refined_labels_as_they_are():
     data.views.labels = flipped
     t = noise_transition(exp("classwise"), data, _pairflip_rows(labels, 0.3, 10))
     assert t is not None and t[0, 1] == pytest.approx(0.3, abs=1e-6)
+
+
+def test_resume_names_an_invalid_value_before_comparing_settings(tmp_path, capsys):
+    assert main([*COMMON, "--runs-dir", str(tmp_path), "--name", "r", "--generations", "1", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(tmp_path / "r"), "--noise-prior", "bogus", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--noise-prior must be auto, classwise or a share P" in err and "would change" not in err

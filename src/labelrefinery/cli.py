@@ -269,16 +269,17 @@ def _resume_settings(args: argparse.Namespace, overrides: dict) -> tuple[RunConf
     if clashing:
         raise ConfigError(f"--resume takes its settings and place from {args.resume}; leave out {', '.join(clashing)}")
     saved = RunDir(args.resume).read_config()
+    merged = {**saved.flat(), **absolute_paths(overrides)}
+    if "ensemble" not in overrides and any(g > merged["generations"] for g in merged["ensemble"]):
+        merged["ensemble"] = []  # an --ensemble beyond the generations this command runs: reported when they exist
+    cfg = RunConfig.from_flat(merged)  # a value that is invalid in itself is named as such first
     old, new = absolute_paths(saved.flat()), absolute_paths(overrides)
     changed = sorted(k for k, v in new.items() if k not in RESUMABLE_CHANGES and old[k] != v)
     if changed:
         raise ConfigError(f"--resume keeps the run's settings, but {', '.join(flag_name(k) for k in changed)} would "
                           f"change what its finished generations mean; to try them, start a new run: --config "
                           f"{args.resume / 'config.yaml'} --name NEW_NAME plus those flags")
-    merged = {**saved.flat(), **absolute_paths(overrides)}
-    if "ensemble" not in overrides and any(g > merged["generations"] for g in merged["ensemble"]):
-        merged["ensemble"] = []  # an --ensemble beyond the generations this command runs: reported when they exist
-    return RunConfig.from_flat(merged), args.resume
+    return cfg, args.resume
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -415,10 +415,12 @@ class RefineConfig:
                               "labels; use one of them")
         if prior is None and self.refinery_checkpoint is not None:
             raise ConfigError(f"{flag} estimates the noise from an R1 trained on the given labels; with "
-                              "--refinery-checkpoint there is none: give P")
+                              "--refinery-checkpoint there is none: give the share you believe, e.g. "
+                              "--noise-prior 0.2")
         if prior is None and self.cross_fit:
             raise ConfigError(f"{flag} estimates the noise from R1's labels, but with --cross-fit {self.cross_fit} "
-                              "they come from weaker fold models and read too noisy; give P")
+                              "they come from weaker fold models and read too noisy; give the share you believe, e.g. "
+                              "--noise-prior 0.2")
 
 
 @dataclass

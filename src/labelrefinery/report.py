@@ -167,10 +167,13 @@ def _label_table(r: dict, name: str) -> list[str]:
     classwise = r["generations"][0].get("classwise_noise_rate") if r["generations"] else None
     # shown when used, or when it reads 5 points more than the symmetric estimate: wrong labels that depend on
     # the true class (on clean labels it reads a few % of classes the model finds alike)
-    if classwise is not None and (r["config"].get("noise_prior") == "classwise"
-                                  or classwise >= (estimate or 0.0) + 0.05):
+    used = r["config"].get("noise_prior") == "classwise"
+    if classwise is not None and (used or classwise >= (estimate or 0.0) + 0.05):
+        above = classwise >= (estimate or 0.0) + 0.05
+        hint = ("" if not above else " That is well above the symmetric estimate: the wrong labels seem to depend "
+                "on the true class" + ("." if used else "; try `--noise-prior classwise`."))
         lines += ["", f"Class by class (`--noise-prior classwise`), they suggest {100 * classwise:.0f}% (mean over "
-                  "seeds; each seed's largest confusions: its R1 `summary.json`, `classwise_noise_estimate`)."]
+                  "seeds; each seed's largest confusions: its R1 `summary.json`, `classwise_noise_estimate`)." + hint]
     return [*lines, ""]
 
 
