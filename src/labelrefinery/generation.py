@@ -37,8 +37,8 @@ from .protocol import SeedData
 from .rundir import RunDir, as_stored, label_storage
 from .seeding import CROSS_FIT, derive_seed, seed_model_init
 from .targets import (FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource,
-                      estimate_noise_transition, estimate_symmetric_noise, largest_transitions,
-                      symmetric_transition)
+                      estimate_noise_transition, estimate_symmetric_noise, implied_noise_rate,
+                      largest_transitions, symmetric_transition)
 
 COLLAPSE_MARGIN_POINTS = 5.0  # validation top-1 within this many points of chance counts as collapsed
 COLLAPSE_DROP_POINTS = 10.0  # ... and so does a drop of more than this many points from the previous generation
@@ -329,12 +329,10 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
 def classwise_noise_summary(refined: torch.Tensor, given: torch.Tensor) -> dict:
     """What :func:`estimate_noise_transition` reads in ``(N, K)`` refined labels of the given ``(N,) int64``
     labels, in a form small enough for ``summary.json`` whatever K: ``rate``, the share of wrong labels T
-    implies (sum_c pi_c (1 - T[c, c]), pi the given labels' class shares), and ``largest``, its five largest
+    implies (:func:`implied_noise_rate`), and ``largest``, its five largest
     off-diagonal entries as ``[true class, given class, P(given | true)]``."""
     transition = estimate_noise_transition(refined, given)
-    shares = torch.bincount(given.cpu(), minlength=len(transition)).float() / len(given)
-    return {"rate": float((shares * (1 - transition.diagonal())).sum()),
-            "largest": largest_transitions(transition)}
+    return {"rate": implied_noise_rate(transition, given), "largest": largest_transitions(transition)}
 
 
 def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, classwise_prior: bool) -> None:

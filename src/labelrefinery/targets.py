@@ -156,12 +156,18 @@ def estimate_noise_transition(refined: torch.Tensor, given: torch.Tensor) -> tor
         if len(rows):
             median = rows.median(dim=0).values.clamp_min(0)
             transition[c] = median / median.sum() if median.sum() > 0 else transition[c]
-    shares = torch.bincount(given, minlength=num_classes).float() / len(given)
-    implied = float((shares * (1 - transition.diagonal())).sum())
+    implied = implied_noise_rate(transition, given)
     disputed = float(disputes(p, given).float().mean())
     if implied > disputed:
         transition = torch.eye(num_classes) + (disputed / implied) * (transition - torch.eye(num_classes))
     return transition
+
+
+def implied_noise_rate(transition: torch.Tensor, given: torch.Tensor) -> float:
+    """The share of wrong labels a ``(K, K)`` transition matrix T implies for the ``(N,) int64`` given labels:
+    sum_c pi_c (1 - T[c, c]), pi the given labels' class shares (a fraction in [0, 1])."""
+    shares = torch.bincount(given.cpu(), minlength=len(transition)).float() / len(given)
+    return float((shares * (1 - transition.float().cpu().diagonal())).sum())
 
 
 def largest_transitions(transition: torch.Tensor, count: int = 5) -> list[list]:
