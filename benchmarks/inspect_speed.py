@@ -4,7 +4,7 @@ Times ``refinery inspect RUN_DIR --out TMP/report.html`` as a user runs it (a fr
 torch and matplotlib imports included) ``--repeats`` times, and :func:`labelrefinery.inspection.inspect_runs`
 in this process (the report alone); prints medians, the run's size and the machine's CPU features.
 
-    .venv/bin/python benchmarks/inspect_speed.py runs/readme-report --out benchmarks/inspect-speed.json
+    .venv/bin/python benchmarks/inspect_speed.py runs/readme-report --out benchmarks/results/inspect-speed.json
 
 Target (issue: "a 60,000-image run in under 30 s on 2 CPU cores"). Run nothing else on the machine meanwhile.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmeta import run_metadata
 from labelrefinery.device import cpu_features
 from labelrefinery.inspection import inspect_runs
 from labelrefinery.rundir import RunDir
@@ -41,6 +42,7 @@ def main() -> None:
              "dataset": info.get("dataset", {}).get("name"), "dataset_train_images": info.get("dataset", {}).get("train"),
              "training_images_after_split": int(len(split["train_indices"])), "generations": gens}
     print(json.dumps(facts), flush=True)
+    meta = run_metadata()
     refinery = Path(sys.executable).with_name("refinery")
     command, in_process = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,8 +55,9 @@ def main() -> None:
             _, seconds = inspect_runs([args.run_dir], out)
             in_process.append(seconds)
         size = out.stat().st_size
-    result = {**facts, "command_s": command, "report_s": in_process, "command_median_s": statistics.median(command),
-              "report_median_s": statistics.median(in_process), "page_bytes": size}
+    result = {"meta": meta, **facts, "command_s": command, "report_s": in_process,
+              "command_median_s": statistics.median(command), "report_median_s": statistics.median(in_process),
+              "page_bytes": size}
     print(f"refinery inspect (whole command): median {result['command_median_s']:.1f} s of {command}; "
           f"the report alone: median {result['report_median_s']:.1f} s; page {size / 1e6:.2f} MB", flush=True)
     if args.out:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmeta import run_metadata
 from labelrefinery.batch import Pipeline
 from labelrefinery.device import cpu_features, precision_name, resolve_precision, set_threads
 from labelrefinery.engine import predict
@@ -45,6 +46,7 @@ def main() -> None:
              "precision": precision_name(amp), "threads": torch.get_num_threads(), "torch": torch.__version__,
              "model": args.model, "images": args.images}
     print(json.dumps(facts), flush=True)
+    meta = run_metadata()
     predict(model, images, pipe)  # warm-up
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     times: dict[int, list[float]] = {bs: [] for bs in sizes}
@@ -57,7 +59,7 @@ def main() -> None:
     for bs, rate in rates.items():
         print(f"batch {bs:5d}: {rate:7.0f} images/s", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({**facts, "images_per_s": rates}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"meta": meta, **facts, "images_per_s": rates}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

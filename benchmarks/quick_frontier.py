@@ -10,7 +10,7 @@ and test top-1. In the same run, one epoch of the conventional pipeline (torchvi
 ``Dataset`` + per-sample ``RandomAffine`` + ``DataLoader(num_workers=2)``) training the
 default model, the reference of the quick preset's time target.
 
-    .venv/bin/python benchmarks/quick_frontier.py --precision fp32 --out benchmarks/frontier-fp32.json
+    .venv/bin/python benchmarks/quick_frontier.py --precision fp32 --out benchmarks/results/frontier-fp32.json
 
 Set ``ONEDNN_MAX_CPU_ISA=AVX2`` to restrict oneDNN's convolution kernels to AVX2 on a
 CPU that has more (an approximation of an AVX2-only machine: its clock and memory stay).
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from benchmeta import run_metadata  # noqa: E402
 from throughput import TorchvisionFashion, conventional_epoch, conventional_transform  # noqa: E402
 
 from labelrefinery.batch import Pipeline  # noqa: E402
@@ -124,6 +125,7 @@ def main() -> None:
     facts = {"cpu_features": cpu_features(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
              "precision": args.precision, "threads": torch.get_num_threads(), "torch": torch.__version__}
     print(json.dumps(facts), flush=True)
+    meta = run_metadata()
     conv = conventional_epoch_time(ds, pipe, args.workers)
     print(f"conventional pipeline, one epoch of 60,000 images (convnet): {conv:.1f} s", flush=True)
     rows = []
@@ -140,7 +142,8 @@ def main() -> None:
               f"({row['wall_over_conventional_epoch']:.2f} conventional epochs)  test {row['test_top1']:.2f}%",
               flush=True)
     if args.out:
-        args.out.write_text(json.dumps({**facts, "conventional_epoch_s": conv, "candidates": rows}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"meta": meta, **facts, "conventional_epoch_s": conv, "candidates": rows},
+                                       indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ by that epoch's. Reported: both times, the ratio (target: at most 3), test top-1
 generation and each generation's phase times (fit, recalibration, relabelling, evaluation)
 from its ``summary.json``.
 
-    .venv/bin/python benchmarks/quick_preset.py --out benchmarks/quick-preset-native.json
+    .venv/bin/python benchmarks/quick_preset.py --out benchmarks/results/quick-preset-native.json
     ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/quick_preset.py --precision fp32 --out FILE
 
 Extra arguments after ``--`` go to ``refinery run`` (e.g. ``-- --batch-size 128``).
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from benchmeta import run_metadata  # noqa: E402
 from quick_frontier import conventional_epoch_time  # noqa: E402
 
 from labelrefinery.batch import Pipeline  # noqa: E402
@@ -51,6 +52,7 @@ def main() -> None:
              "precision": precision_name(amp), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "run_args": args.run_args}
     print(json.dumps(facts), flush=True)
+    meta = run_metadata()
     conv = conventional_epoch_time(ds, pipe, args.workers)
     print(f"conventional pipeline, one epoch of 60,000 images: {conv:.1f} s", flush=True)
     refinery = Path(sys.executable).with_name("refinery")
@@ -63,7 +65,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         results = json.loads((Path(tmp) / "quick" / "results.json").read_text())
     gens = results["per_seed"]["0"]
-    out = {**facts, "conventional_epoch_s": conv, "quick_preset_wall_s": wall,
+    out = {"meta": meta, **facts, "conventional_epoch_s": conv, "quick_preset_wall_s": wall,
            "quick_over_conventional_epoch": wall / conv,
            "test_top1": [g["test_top1"] for g in gens], "phase_time_s": [g.get("phase_time_s") for g in gens]}
     print(f"quick preset: {wall:.0f} s = {wall / conv:.2f} conventional epochs; test top-1 "

@@ -19,10 +19,10 @@ Clean part (``--clean-seeds`` seeds, no noise): R1, label smoothing, an equal-co
 trained for the chain's total epochs), every generation, best by validation, the ensemble.
 
     .venv/bin/pip install cleanlab   # or: pip install 'labelrefinery[bench]'
-    .venv/bin/python benchmarks/refinery_gain.py --out benchmarks/refinery-gain.json
+    .venv/bin/python benchmarks/refinery_gain.py --out benchmarks/results/refinery-gain.json
     # --preset refine's recipe on clean labels, 5 seeds, against its controls:
     .venv/bin/python benchmarks/refinery_gain.py --preset refine --noise "" --clean-seeds 5 --epochs 16 \
-        --clean-variants preset --out benchmarks/refinery-gain-refine-clean.json
+        --clean-variants preset --out benchmarks/results/refinery-gain-refine-clean.json
 
 ``--preset`` sets the recipe every method shares (all runs here train without ``--controls``: this script
 trains the label-smoothing and equal-compute models itself).
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmeta import run_metadata
 from labelrefinery.batch import Pipeline
 from labelrefinery.chain import run as run_chain
 from labelrefinery.config import resolve_config
@@ -172,6 +173,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick", help="the recipe every method shares (optimiser, augmentation, "
                         "and the label recipe of the 'preset' variant): quick or refine")
+    parser.add_argument("--dataset", default="fashion-mnist", help="the dataset every method trains on (digits: "
+                        "a seconds-long smoke run)")
     parser.add_argument("--train-size", type=int, default=12000, help="training images before validation split")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every model")
     parser.add_argument("--generations", type=int, default=3)
@@ -199,9 +202,9 @@ def main() -> None:
              "train_size": args.train_size, "epochs": args.epochs, "generations": args.generations,
              "preset": args.preset}
     log(json.dumps(facts))
-    common = {"dataset": "fashion-mnist", "train_size": args.train_size, "epochs": args.epochs,
+    common = {"dataset": args.dataset, "train_size": args.train_size, "epochs": args.epochs,
               "generations": 1, "progress": False, "controls": False}  # this script trains the controls itself
-    results: dict = {"facts": facts, "noisy": {}, "clean": None}
+    results: dict = {"meta": run_metadata(), "facts": facts, "noisy": {}, "clean": None}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         for noise in [n for n in args.noise.split(",") if n]:
@@ -212,7 +215,7 @@ def main() -> None:
             ls, t = refinery_runs({**seeds, "label_smoothing": 0.1}, runs, f"ls-{noise}")
             row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()), "wall_s": t}
             if not args.no_cleanlab:
-                ds, noise_info = with_label_noise(load_dataset("fashion-mnist"), noise)
+                ds, noise_info = with_label_noise(load_dataset(args.dataset), noise)
                 cfg = resolve_config(PRESET, seeds)
                 pipe = Pipeline.create(cpu, ds.mean, ds.std, amp)
                 found = [cleanlab_method(ds, cfg, pipe, s, args.folds) for s in range(args.seeds)]

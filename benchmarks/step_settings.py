@@ -33,6 +33,7 @@ from labelrefinery.device import cpu_features, set_threads
 from labelrefinery.models import ModelSpec, build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
+from benchmeta import run_metadata  # noqa: E402
 from throughput import flops_per_image, matmul_peak  # noqa: E402
 
 
@@ -108,6 +109,7 @@ def main() -> None:
     facts = {"cpu_features": cpu_features(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
              "threads": torch.get_num_threads(), "torch": torch.__version__}
     print(json.dumps(facts))
+    meta = run_metadata()
     rows = []
 
     def record(setting: str, batch: int, rate: float, **extra) -> None:
@@ -153,7 +155,7 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({**facts, "rows": rows, "peak": share, "recalibration": recal}, f, indent=2)
+            json.dump({"meta": meta, **facts, "rows": rows, "peak": share, "recalibration": recal}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ measures, each in a fresh subprocess so peak memory is its own:
 - peak memory of the whole process tree (the process and its workers: proportional set sizes summed,
   sampled every 50 ms, so pages shared between them count once), on both folder sizes.
 
-    .venv/bin/python benchmarks/streaming.py --root /tmp/stream-bench --out benchmarks/streaming.json
+    .venv/bin/python benchmarks/streaming.py --root /tmp/stream-bench --out benchmarks/results/streaming.json
 """
 
 from __future__ import annotations
@@ -213,8 +213,10 @@ def main() -> None:
         print(json.dumps(measure(kind, path, int(workers), int(images), precision, device)))
         return
 
+    from benchmeta import run_metadata
     from labelrefinery.device import cpu_features
 
+    meta = run_metadata()
     t0 = time.perf_counter()
     full, quarter = make_folder(args.root, args.images)
     made = time.perf_counter() - t0
@@ -236,7 +238,8 @@ def main() -> None:
             one(kind, folder, min(n, sizes[folder]))
     for kind in ("ours-train", "conventional-train"):
         one(kind, full, args.train_images)
-    result = {"cpu_features": cpu_features(), "workers": args.workers, "precision": args.precision, "device": args.device,
+    result = {"meta": meta, "cpu_features": cpu_features(), "workers": args.workers, "precision": args.precision,
+              "device": args.device,
               "folder_images": {str(k): v for k, v in sizes.items()}, "make_folder_s": made, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

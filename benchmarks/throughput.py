@@ -16,7 +16,7 @@ and precision, after warm-up, each as the median of several timed repeats:
 initialisation and reports their test top-1, and ``--precisions`` repeats the
 speed figures (and accuracy) per precision. Prints a table and writes JSON.
 
-    python benchmarks/throughput.py --out benchmarks/results-cpu.json
+    python benchmarks/throughput.py --out benchmarks/results/results-cpu.json
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmeta import run_metadata
 from labelrefinery.augment import RandomAffine
 from labelrefinery.data import load_dataset
 from labelrefinery.losses import soft_target_cross_entropy
@@ -332,9 +333,10 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    started = run_metadata()
     ds = load_dataset(args.dataset, args.data_dir)
     results = [bench_precision(args, ds, device, p) for p in args.precisions.split(",")]
-    meta = {"torch": torch.__version__, "device": str(device),
+    meta = {**started, "torch": torch.__version__, "device": str(device),
             "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                          if line.startswith("model name")), platform.processor()),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -1,0 +1,86 @@
+"""Smoke test of the benchmark scripts: each runs end to end on the tiniest input it allows, and every result
+JSON carries ``meta`` (commit, command, ...) from ``benchmarks/benchmeta.py``.
+
+One case per ``benchmarks/*.py`` script (``benchmeta.py`` is the helper, not a benchmark). Scripts whose
+smallest run takes minutes (a full Fashion-MNIST epoch or more is built in) are listed with the reason and
+skipped; ``streaming.py`` (seven Python processes, about 40 s on 2 cores) runs only with
+``LABELREFINERY_SMOKE_ALL=1``. About 70 s on 2 cores for the rest; ``pytest -m 'not slow'`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+ALL = os.environ.get("LABELREFINERY_SMOKE_ALL") == "1"
+
+# script: (arguments, with {out} for the result JSON and {tmp} for a scratch folder; the reason to skip, or None)
+CASES: dict[str, tuple[list[str], str | None]] = {
+    "augment_warp.py": ([], None),  # no options, no JSON: one 256-image batch, 15 repeats
+    "crop_speed.py": ([], None),  # no options, no JSON: one 64 x 3 x 256 x 256 batch, 9 repeats
+    "predict_batch.py": (["--images", "64", "--batch-sizes", "32,64", "--repeats", "1", "--out", "{out}"], None),
+    "throughput.py": (["--dataset", "digits", "--device", "cpu", "--images", "64", "--batch-size", "64",
+                       "--repeats", "1", "--precisions", "fp32", "--matmul-size", "128", "--workers", "0",
+                       "--out", "{out}"], None),
+    # 200 digits, 1 epoch, 2 generations, 1 seed, without cleanlab (an optional package), no clean part
+    "refinery_gain.py": (["--dataset", "digits", "--train-size", "200", "--epochs", "1", "--generations", "2",
+                          "--seeds", "1", "--clean-seeds", "0", "--variants", "soft", "--no-cleanlab",
+                          "--out", "{out}"], None),
+    # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
+    "inspect_speed.py": (["{tmp}/runs/tiny", "--repeats", "1", "--out", "{out}"], None),
+    # the smallest folder both splits of its quarter copy can hold (val/ gets 10%, the quarter a quarter of it)
+    "streaming.py": (["--root", "{tmp}/folders", "--images", "400", "--loader-images", "16", "--train-images", "8",
+                      "--workers", "0", "--out", "{out}"],
+                     None if ALL else "seven Python processes, about 40 s: set LABELREFINERY_SMOKE_ALL=1"),
+    "quick_preset.py": ([], "minutes at least: one conventional epoch of the 60,000 Fashion-MNIST images is built in"),
+    "quick_frontier.py": ([], "minutes at least: one conventional epoch of the 60,000 Fashion-MNIST images and "
+                              "full-size candidate epochs are built in"),
+    "step_settings.py": ([], "about 1-2 minutes at least: 50 timed steps of batch 128-256 per setting, six settings "
+                             "at fixed batch sizes, are built in"),
+    "noise_posterior_study.py": ([], "minutes: R1 for 8 epochs on 10,200 Fashion-MNIST images is built in"),
+}
+
+
+def test_every_benchmark_script_has_a_case():
+    scripts = {p.name for p in BENCH.glob("*.py")} - {"benchmeta.py"}
+    assert scripts == set(CASES), "add the new script to CASES (with its tiniest arguments, or a reason to skip)"
+
+
+def _run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (f"{' '.join(args)} exited {done.returncode}:\n"
+                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark(script, tmp_path):
+    args, skip = CASES[script]
+    if skip:
+        pytest.skip(skip)
+    out = tmp_path / "result.json"
+    if script == "inspect_speed.py":
+        _run(["-m", "labelrefinery", "run", "--dataset", "digits", "--train-size", "200", "--epochs", "1",
+              "--generations", "1", "--runs-dir", str(tmp_path / "runs"), "--name", "tiny", "--no-progress"])
+    _run([str(BENCH / script), *(a.format(out=out, tmp=tmp_path) for a in args)])
+    if "{out}" not in args:
+        return
+    meta = json.loads(out.read_text())["meta"]
+    command = shlex.split(meta["command"])
+    assert command[0] == sys.executable and command[1].endswith(script), command
+    for key in ("cpu_features", "cpu_model", "torch", "threads", "python", "date_utc", "dirty", "cuda_device"):
+        assert key in meta
+    if shutil.which("git") and (REPO / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", meta["commit"]), meta["commit"]
