@@ -14,7 +14,8 @@ from labelrefinery.data import load_dataset
 from labelrefinery.errors import ConfigError
 from labelrefinery.labelissues import given_label_scores, rank_label_issues
 from labelrefinery.losses import smooth_targets
-from labelrefinery.noise import inject_label_noise, label_quality
+from labelrefinery.labelstats import label_statistics
+from labelrefinery.noise import inject_label_noise
 from labelrefinery.protocol import seed_data, with_label_noise
 from labelrefinery.rundir import RunDir
 from labelrefinery.seeding import label_noise_generator
@@ -72,16 +73,18 @@ def test_label_quality_hand_made():
     clean = torch.tensor([0, 0, 1, 1, 2, 2])
     given = torch.tensor([0, 1, 1, 1, 0, 2])
     # refined argmax: 0 0 1 2 1 2 -> image 1 corrected; image 4 disputed but wrong; image 3 clean and harmed.
-    refined = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 2, 1, 2]), 3).float()
-    q = label_quality(refined, given, clean)
+    refined = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 2, 1, 2]), 3).float().numpy()
+    clean, given = clean.numpy(), given.numpy()
+    q = label_statistics(refined, given, clean)
     assert q["disputed"] == pytest.approx(3 / 6)
     assert q["flipped"] == pytest.approx(2 / 6)
     assert q["corrected"] == pytest.approx(1 / 2)
     assert q["harmed"] == pytest.approx(1 / 4)
     assert q["detection_precision"] == pytest.approx(2 / 3) and q["detection_recall"] == pytest.approx(1.0)
     assert q["detection_f1"] == pytest.approx(0.8)
-    assert label_quality(refined, given) == {"disputed": pytest.approx(0.5)}
-    none_flipped = label_quality(refined, clean, clean)
+    assert set(label_statistics(refined, given)) == {"mean_entropy", "agreement", "disputed", "changed"}
+    assert label_statistics(refined, given)["agreement"] == pytest.approx(0.5)
+    none_flipped = label_statistics(refined, clean, clean)
     assert none_flipped["corrected"] is None and none_flipped["detection_recall"] is None
 
 
@@ -490,12 +493,14 @@ def test_noise_prior_from_yaml_number_and_its_canonical_text(tmp_path):
 def test_a_given_label_tied_with_the_top_class_is_not_disputed():
     """float16 rows tie now and then: the given label tied for the top stands, whatever the class order."""
     from labelrefinery.labelissues import issue_rows
-    from labelrefinery.noise import disputes, label_quality
+    from labelrefinery.labelstats import suggested_labels
+    from labelrefinery.noise import disputes
 
     probs = np.array([[0.4, 0.4, 0.2], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32)
     given = np.array([1, 0, 1])
     assert disputes(torch.from_numpy(probs), torch.from_numpy(given)).tolist() == [False, False, True]
-    assert label_quality(torch.from_numpy(probs), torch.from_numpy(given))["disputed"] == pytest.approx(1 / 3)
+    assert label_statistics(probs, given)["disputed"] == pytest.approx(1 / 3)
+    assert suggested_labels(probs, given).tolist() == [1, 0, 0]
     rows = issue_rows(probs, given, np.arange(3), ["a", "b", "c"])
     assert [r["index"] for r in rows] == [2]
     every = issue_rows(probs, given, np.arange(3), ["a", "b", "c"], include_all=True)

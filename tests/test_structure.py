@@ -20,7 +20,7 @@ LAYERS = [
     ["models", "batch", "data.cache", "data.idx"],
     ["data.small", "data.torchvision_sets", "data.folder"],
     ["data"],
-    ["checkpoint", "protocol", "targets"],
+    ["checkpoint", "protocol", "targets", "deployed"],
     ["rundir", "engine"],
     ["report", "generation"],
     ["evaluate", "labelissues", "classifier"],

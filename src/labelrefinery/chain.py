@@ -25,6 +25,7 @@ from . import dist
 from .data import Dataset, check_dataset_name
 from .device import cpu_features, precision_name, precision_reason, resolve_device, resolve_precision, set_threads
 from .errors import ConfigError, DataError
+from .deployed import DEPLOYED_BATCH_SIZE, DEPLOYED_PRECISION
 from .evaluate import ensemble_results
 from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, Experiment, planned_epochs, reload_generation,
                          target_source, train_generation)
@@ -222,6 +223,9 @@ def _write_run_facts(exp: Experiment, resumed: bool) -> None:
         "processes": dist.process_info().world_size,
         "cpu": platform.processor() or platform.machine(), "cpu_features": cpu_features(),
         "precision_reason": precision_reason(cfg.execution.precision, device, exp.pipeline.amp_dtype),
+        "scored_as": f"saved weights through load_classifier's path ({DEPLOYED_PRECISION}, batches of "
+                     f"{DEPLOYED_BATCH_SIZE}): summary val/test top-1, evaluate and ensembles are what a user of "
+                     "the saved model gets; per-epoch validation in metrics.jsonl runs in the training precision",
         "dataset": {"name": ds.name, "source": ds.source, "train": train, "test": test,
                     "train_available": len(ds.train), "test_available": len(ds.test),
                     "classes": ds.classes, "image_shape": list(ds.image_shape), "streamed": ds.streamed,
@@ -287,7 +291,7 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             for seed in cfg.seed_values():
                 run_seed(exp, seed)
             for gens in reported_ensembles(cfg):
-                ensemble_results(rd, exp.dataset, exp.pipeline, gens, cfg.data.test_size)
+                ensemble_results(rd, exp.dataset, cfg.data.augment, exp.pipeline.device, gens, cfg.data.test_size)
             if not rd.writer:
                 return {}  # the main process summarises and prints
             results = summarize_run(rd.root)

@@ -56,8 +56,15 @@ def save_checkpoint(path: Path, model: torch.nn.Module, classes: list[str], spec
     meta = {"format": CHECKPOINT_FORMAT, "classes": json.dumps(classes), "model": json.dumps(spec),
             "extra": json.dumps(extra or {})}
     data = st_save(tensors, metadata=meta)
+    meta["data_sha256"] = sha256_bytes(_data_section(data))  # the file vouches for its own weights
+    data = st_save(tensors, metadata=meta)
     atomic_write_bytes(path, data)
     return sha256_bytes(data)
+
+
+def _data_section(raw: bytes) -> bytes:
+    """The tensor bytes of a safetensors file: everything after its 8-byte length and JSON header."""
+    return raw[8 + int.from_bytes(raw[:8], "little"):]
 
 
 def _read_safetensors(path: Path) -> tuple[dict, list[str] | None, dict | None, dict]:
@@ -65,6 +72,9 @@ def _read_safetensors(path: Path) -> tuple[dict, list[str] | None, dict | None, 
     state = st_load(raw)
     header_len = int.from_bytes(raw[:8], "little")
     meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    if "data_sha256" in meta and meta["data_sha256"] != sha256_bytes(_data_section(raw)):
+        raise CheckpointError(f"{path} is damaged or was edited (its weights do not match the sha256 it carries); "
+                              "use the file the run wrote, or retrain that generation")
     fmt = meta.get("format")
     if fmt is not None and fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {fmt!r}, this labelrefinery reads {CHECKPOINT_FORMAT!r}; "

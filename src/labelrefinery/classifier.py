@@ -18,12 +18,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 from torchvision.transforms.v2 import functional as F  # imported here: torch.jit.trace cannot import it
 
-from .augment import eval_view
 from .checkpoint import load_checkpoint, model_from_state, preprocessing_record, spec_from_dict
 from .console import interactive
+from .deployed import DEPLOYED_BATCH_SIZE, Classifier
 from .data.files import to_rgb
 from .errors import CheckpointError, ConfigError, DataError
 from .protocol import load_run_dataset
@@ -31,81 +30,6 @@ from .report import best_of
 from .rundir import RunDir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class Classifier(nn.Module):
-    """A trained model with its preprocessing: images in, logits out.
-
-    ``forward(images)``: ``images`` ``(N, C, H, W)``, uint8 (0-255) or floating point in [0, 1] (not
-    normalised), C the model's channels; images whose side is not the stored size are resized (shorter side,
-    antialiased) and centre-cropped to it, as the dataset's images were; then the evaluation view of the
-    training augmentation (e.g. the centre 224/256 for ``crop``) and the normalisation are applied. Returns
-    ``(N, K) float32`` logits. Put in eval mode on construction.
-
-    Attributes:
-        model: the network itself (expects normalised input).
-        classes: the K class names, in logit order.
-        preprocessing: the dict stored in the checkpoint.
-    """
-
-    def __init__(self, model: nn.Module, classes: list[str], preprocessing: dict):
-        super().__init__()
-        self.model, self.classes, self.preprocessing = model, list(classes), dict(preprocessing)
-        c = int(preprocessing["channels"])
-        self.register_buffer("mean", torch.tensor(preprocessing["mean"], dtype=torch.float32).view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, c, 1, 1))
-        self.stored_size = int(preprocessing["stored_size"])
-        self._view = eval_view(preprocessing.get("augment", "none"))
-        self.eval()
-
-    def prepare(self, images: torch.Tensor, checked: bool = False) -> torch.Tensor:
-        """``(N, C, H, W)`` uint8 or [0, 1] float -> the normalised model input (see the class docstring).
-
-        Raises:
-            ValueError: not 4-D, the wrong number of channels, a non-float, non-uint8 dtype, or float values
-                outside [0, 1] (e.g. 0-255 floats: pass uint8, or divide by 255); not checked again when
-                ``checked`` (the caller did).
-        """
-        if not checked:
-            self.check_input(images)
-        if images.dtype == torch.uint8:
-            x = images.to(self.mean.device).float().div(255)
-        else:
-            x = images.to(self.mean.device, torch.float32)
-        if tuple(x.shape[-2:]) != (self.stored_size, self.stored_size):
-            x = F.center_crop(F.resize(x, [self.stored_size], antialias=True), [self.stored_size, self.stored_size])
-        if self._view is not None:
-            x = self._view(x)
-        return (x - self.mean) / self.std
-
-    def check_input(self, images: torch.Tensor) -> None:
-        """Raise ValueError unless ``images`` is ``(N, C, H, W)`` uint8, or floating point in [0, 1]."""
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return  # shapes and values are symbolic here; export documents its input
-        c = self.mean.shape[1]
-        if images.dim() != 4 or images.shape[1] != c:
-            raise ValueError(f"expected images of shape (N, {c}, H, W), got {tuple(images.shape)}")
-        if images.dtype != torch.uint8 and not images.is_floating_point():
-            raise ValueError(f"expected uint8 or floating-point images in [0, 1], got {images.dtype}")
-        if images.is_floating_point() and images.numel() and (images.min() < 0 or images.max() > 1):
-            raise ValueError(f"floating-point images must be in [0, 1], got values in [{float(images.min()):.3g}, "
-                             f"{float(images.max()):.3g}]; pass uint8 images or divide by 255")
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.prepare(images)).float()
-
-    @torch.inference_mode()
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Softmax ``(N, K) float32`` on the CPU, in batches of ``batch_size`` images.
-
-        Raises:
-            ValueError: see :meth:`prepare`.
-        """
-        self.check_input(images)
-        self.eval()
-        out = [self.model(self.prepare(images[i : i + batch_size], checked=True)).float().softmax(1).cpu()
-               for i in range(0, len(images), batch_size)]
-        return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
 
 def _run_preprocessing(rd: RunDir) -> dict:
@@ -137,6 +61,7 @@ def load_classifier(source: str | Path, generation: int | None = None, seed: int
         rd = RunDir(path)
         if not rd.is_run():
             raise ConfigError(f"{path} is neither a model.safetensors nor a run directory (no config.yaml)")
+        rd.read_config()  # verified, as every command that reads a run does
         finished = rd.finished_generations(seed) if seed in rd.seeds() else []
         if not finished:
             ready = [s for s in rd.seeds() if rd.finished_generations(s)]
@@ -203,7 +128,8 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
         raise DataError(f"cannot read image {path}: {e}; leave it out or replace the file") from None
 
 
-def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3, batch_size: int = 64) -> str:
+def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3,
+                  batch_size: int = DEPLOYED_BATCH_SIZE) -> str:
     """Top-``k`` class names and probabilities of every image file in ``paths`` (folders searched), as CSV text.
 
     Columns: ``path``, then ``label_1``, ``p_1``, ... ``label_k``, ``p_k``, most probable first.

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="test accuracy of saved generations, alone or as an ensemble")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ev.add_argument("--ensemble", type=_int_list("ensemble"), default=[], metavar="N,N",
+    ev.add_argument("--ensemble", type=_int_list("ensemble"), default=None, metavar="N,N",
                     help="comma-separated generations whose averaged softmax is evaluated")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
 
@@ -294,11 +294,16 @@ def _report(args: argparse.Namespace) -> int:
         raise RunDirError(f"{', '.join(empty)} has no finished generation yet; report it once R1 has finished")
     out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
     text = format_table(results)
-    if out is not None and args.out is None:  # into the run directory itself: hold it while writing
+    if out is not None and args.out is None:  # into the run directory itself, if it can be written
+        from .errors import RunDirError
         from .rundir import RunDir
 
-        with RunDir(out).lock():
-            write_results_files(out, results[0], text)
+        try:
+            with RunDir(out).lock():
+                write_results_files(out, results[0], text)
+        except RunDirError as e:  # read-only, or a run holds it: the table is still the answer
+            print(f"refinery: note: results.json/results.md not updated ({e}); give --out DIR to save them "
+                  "elsewhere", file=sys.stderr)
     elif out is not None:
         write_results_files(out, results[0] if len(results) == 1 else results, text)
     print(text)

@@ -653,6 +653,9 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror or e}; give a YAML file of settings") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path} is not UTF-8 text (byte {e.start}); give a YAML file of settings, saved "
+                          "as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {path} is not valid YAML ({str(e).splitlines()[0]}); fix or replace it") from None
     if data is None:

@@ -133,10 +133,11 @@ def recalibration_subset(images: torch.Tensor) -> torch.Tensor:
 
 
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent of ``logits: (N, K)`` (or probabilities) against ``labels: (N,) int64``."""
+    """Top-1 accuracy in percent of ``logits: (N, K)`` (or probabilities) against ``labels: (N,) int64``:
+    ``100 * correct / N`` exactly (no float32 rounding of the share)."""
     if len(labels) == 0:
         return float("nan")
-    return 100.0 * (logits.argmax(1).cpu() == labels.cpu()).float().mean().item()
+    return 100.0 * int((logits.argmax(1).cpu() == labels.cpu()).sum()) / len(labels)
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pipeline: Pipeline,
@@ -194,8 +195,20 @@ class LRSchedule:
         else:
             self.scheduler = sched.MultiStepLR(optimizer, cfg.lr_steps, gamma=cfg.plateau_factor)
         self.per_batch = self.kind in ("onecycle", "cosine")  # stepped after every batch
+        self.optimizer = optimizer
+        self.epoch_peak_lr = self.lr
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step uses."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def start_epoch(self) -> None:
+        """Begin tracking :attr:`epoch_peak_lr`, the largest learning rate any step of this epoch uses."""
+        self.epoch_peak_lr = self.lr
 
     def after_batch(self) -> None:
+        self.epoch_peak_lr = max(self.epoch_peak_lr, self.lr)
         if self.per_batch:
             self.scheduler.step()
 
@@ -400,6 +413,16 @@ def _warn_if_resized(desc: str, epoch: int, scale: float, cfg: TrainConfig) -> N
                  "--early-stop-patience-epochs or use --train-scale-start 1")
 
 
+def _log_epoch_line(desc: str, epoch: int, epochs: int, stats: dict, val_top1: float, peak_lr: float,
+                    clock: ChainClock | None) -> None:
+    """The plain line a log file gets for a finished epoch: loss, KL, top-1, the epoch's peak lr, speed, ETA."""
+    left = (epochs - epoch - 1) * (stats["epoch_time_s"] + stats["eval_time_s"])
+    eta = f"about {format_duration(left)} left in this fit" + ("" if clock is None else f", {clock.eta_text()}")
+    log_line(f"{desc} epoch {epoch + 1}/{epochs}: loss {stats['train_loss']:.4f}, KL {stats['train_kl']:.4f}, "
+             f"train {stats['train_top1']:.2f}%, val {val_top1:.2f}%, peak lr {peak_lr:.3g}, "
+             f"{stats['images_per_s']:.0f} images/s, {eta}")
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -473,7 +496,8 @@ def fit(
     epoch = run.next_epoch - 1
     last_val = None
     for epoch in range(run.next_epoch, cfg.epochs if not stopped_early else 0):
-        lr, scale = optimizer.param_groups[0]["lr"], train_scale(cfg, epoch)
+        lr, scale = schedule.lr, train_scale(cfg, epoch)
+        schedule.start_epoch()
         info = {"lr": f"{lr:.2g}", **({} if last_val is None else {"val": f"{last_val:.2f}"}),
                 **({} if clock is None else {"eta": clock.eta_text().removeprefix("chain ETA ")})}
         stats = train_one_epoch(
@@ -499,15 +523,10 @@ def fit(
         schedule.after_epoch(val["top1"])
         run.update(model, epoch, val["top1"], cfg.early_stop_min_delta)
         if log is not None:
-            log({"epoch": epoch + 1, "lr": lr, "train_scale": scale, **stats,
+            log({"epoch": epoch + 1, "lr": lr, "lr_peak": schedule.epoch_peak_lr, "train_scale": scale, **stats,
                  "val_top1": val["top1"], "val_loss": val["loss"]})
         if progress and not interactive():  # a log file: one plain line per epoch instead of a bar
-            left = (cfg.epochs - epoch - 1) * (stats["epoch_time_s"] + stats["eval_time_s"])
-            eta = f"about {format_duration(left)} left in this fit" + ("" if clock is None else
-                                                                       f", {clock.eta_text()}")
-            log_line(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, KL "
-                     f"{stats['train_kl']:.4f}, train {stats['train_top1']:.2f}%, val {val['top1']:.2f}%, lr {lr:.3g}, "
-                     f"{stats['images_per_s']:.0f} images/s, {eta}")
+            _log_epoch_line(desc, epoch, cfg.epochs, stats, val["top1"], schedule.epoch_peak_lr, clock)
         if state_file is not None:
             state_file.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": schedule.state_dict(), "best_model": run.best_weights,

@@ -76,3 +76,26 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+SEAL_KEY = "sha256"  # the key of a sealed JSON object that holds the checksum of its other keys
+
+
+def _canonical(obj: dict) -> bytes:
+    return json.dumps({k: v for k, v in obj.items() if k != SEAL_KEY}, sort_keys=True, separators=(",", ":"),
+                      allow_nan=True).encode("utf-8")
+
+
+def seal(obj: dict) -> dict:
+    """``obj`` with ``SEAL_KEY`` set to the SHA-256 of its other keys (sorted, compact JSON): a file of numbers
+    the tool shows (a generation's ``summary.json``, an ``ensemble.json`` entry) carries its own checksum, so an
+    edited number is refused instead of shown. JSON written by :func:`write_json` reads back to the same
+    checksum (Python writes floats that read back exactly)."""
+    return {**{k: v for k, v in obj.items() if k != SEAL_KEY}, SEAL_KEY: sha256_bytes(_canonical(obj))}
+
+
+def seal_broken(obj: dict) -> bool:
+    """True when a sealed object read back was edited or damaged (its ``SEAL_KEY`` checksum does not match its
+    other keys); False when it matches, or for an object without one (written by an older version)."""
+    want = obj.get(SEAL_KEY)
+    return want is not None and (not isinstance(want, str) or want != sha256_bytes(_canonical(obj)))

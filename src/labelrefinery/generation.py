@@ -28,11 +28,13 @@ from .checkpoint import preprocessing_record
 from .config import RunConfig, TrainConfig, parse_noise_prior
 from .console import ChainClock, log
 from .data import Dataset, stratified_folds
+from .deployed import Classifier, deployed_top1
 from .dist import barrier
 from .errors import RunDirError
-from .engine import evaluate, fit, predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
+from .engine import fit, predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
 from .models import ModelSpec, build_model
-from .noise import LabelNoise, label_quality
+from .labelstats import label_statistics
+from .noise import LabelNoise
 from .protocol import SeedData
 from .rundir import RunDir, as_stored, label_storage
 from .seeding import CROSS_FIT, derive_seed, seed_model_init
@@ -283,20 +285,22 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     storage = label_storage(cfg.refinement.label_storage, *refined.shape)
     files["labels.npz"] = rd.save_labels(seed, slot, refined, data.views.indices, data.views.views,
                                          exp.dataset.classes, storage)
-    refined = as_stored(refined, storage)  # the rows a chain continued from disk reads back
+    refined = as_stored(refined, storage)  # the rows labels.npz reads back as: what the chain and statistics use
     clock.lap("relabel")
-    val = evaluate(model, data.val_images, data.val_labels, pipeline)
-    test_top1 = top1_accuracy(predict(model, data.test_images, pipeline), data.test_labels)
+    # Scored as a user runs the saved model (load_classifier, predict, exports): fp32, through its preprocessing.
+    deployed = Classifier(model, exp.dataset.classes, exp.preprocessing).to(pipeline.device)
+    val_top1 = deployed_top1(deployed, data.val_images, data.val_labels)
+    test_top1 = deployed_top1(deployed, data.test_images, data.test_labels)
     clock.lap("evaluate")
     summary = {
-        "seed": seed, "generation": slot, "val_top1": val["top1"], "test_top1": test_top1,
+        "seed": seed, "generation": slot, "val_top1": val_top1, "test_top1": test_top1,
         "best_epoch": result.best_epoch + 1, "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "train_time_s": clock.phases["fit"] + clock.phases["recalibrate"],
         "phase_time_s": clock.phases,  # seconds of this session's fit, recalibration, relabelling, evaluation
         **_label_statistics(exp, data, refined, fitted_given=generation == 1 and control is None),
         "label_storage": storage,
-        "collapsed": is_collapsed(val["top1"], exp.dataset.train.num_classes,
+        "collapsed": is_collapsed(val_top1, exp.dataset.train.num_classes,
                                   previous["val_top1"] if previous else None),
         "files": files,  # SHA-256 of what this generation wrote, checked whenever they are read back
     }
@@ -307,22 +311,24 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
 
 
 def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fitted_given: bool) -> dict:
-    """What a generation's ``(M, K)`` refined labels say, each training image counted once: entropy (nats),
-    agreement with the given labels (%), label quality (:func:`labelrefinery.noise.label_quality`), and for
-    a model that fitted the given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1,
-    no label smoothing and no cross-fit, the share of given labels they suggest are wrong
-    (:func:`estimate_symmetric_noise`) and the class-conditional estimate (:func:`classwise_noise_summary`)."""
+    """What a generation's ``(M, K)`` refined labels, as stored, say about the training images, each counted
+    once (static augmented copies left out), all from :func:`~labelrefinery.labelstats.label_statistics`:
+    mean entropy (nats), agreement with the given labels (%), label quality; and for a model that fitted the
+    given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1, no label smoothing and no
+    cross-fit, the share of given labels they suggest are wrong (:func:`estimate_symmetric_noise`) and the
+    class-conditional estimate (:func:`classwise_noise_summary`)."""
     originals = (data.views.views == 0).cpu()
-    clean = None if data.clean_labels is None else data.clean_labels[originals]
+    own, given = refined[originals], data.views.labels[originals].cpu()
+    clean = None if data.clean_labels is None else data.clean_labels[originals].cpu().numpy()
+    quality = label_statistics(own.numpy(), given.numpy(), clean)
     stats = {
-        "refined_label_entropy": max(0.0, float(-(torch.xlogy(refined, refined)).sum(1).mean())),  # no -0.0
-        "refined_label_agreement": top1_accuracy(refined, data.views.labels),
-        "label_quality": label_quality(refined[originals], data.views.labels[originals], clean),
+        "refined_label_entropy": quality.pop("mean_entropy"),
+        "refined_label_agreement": 100.0 * quality.pop("agreement"),
+        "label_quality": {k: v for k, v in quality.items() if k != "changed"},
     }
     if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels():
-        given = data.views.labels[originals]
-        stats["symmetric_noise_estimate"] = estimate_symmetric_noise(refined[originals], given)
-        stats["classwise_noise_estimate"] = classwise_noise_summary(refined[originals], given)
+        stats["symmetric_noise_estimate"] = estimate_symmetric_noise(own, given)
+        stats["classwise_noise_estimate"] = classwise_noise_summary(own, given)
     return stats
 
 

@@ -9,7 +9,7 @@ refined labels) and writes, atomically:
   for real images, label issues, run facts;
 - ``report.json`` beside it: every number on the page (images left out);
 - ``report_label_stats.csv``: per run and generation, the refined labels' mean
-  entropy, agreement with the given labels, share whose argmax changed, and the
+  entropy, agreement with the given labels, share whose suggested label changed, and the
   label-quality shares;
 - ``report_images.csv``: every image shown, its group, given (and clean) label
   and top-3 refined labels per generation.
@@ -40,8 +40,8 @@ from .errors import ConfigError, RunDirError, UserError
 from .fileio import atomic_write_text
 from .htmlreport import render
 from .labelissues import given_label_scores, issue_rows, own_labels, split_labels
-from .labelstats import class_overlap, confusion, crop_disagreement, generation_label_stats, pick_images, top_k
-from .noise import label_quality
+from .labelstats import (class_overlap, confusion, crop_disagreement, generation_label_stats, pick_images,
+                         suggested_labels, top_k)
 from .protocol import load_run_dataset, with_label_noise
 from .report import best_of, format_table, summarize_run
 from .rundir import RunDir
@@ -186,11 +186,9 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
     if not all(own for *_, own in loaded) and cfg.refinement.gt_weight:
         notes.append("This run's labels.npz files predate storing the refinery's own labels: they hold the labels "
                      "after the --gt-weight mix, so agreement with the given labels is inflated.")
-    stats = generation_label_stats(label_sets, given)
-    tensor_given = torch.from_numpy(given)
-    tensor_clean = None if clean is None else torch.from_numpy(clean)
-    for g, s, probs in zip(gens, stats, label_sets):
-        s.update(generation=g, **label_quality(torch.from_numpy(probs), tensor_given, tensor_clean))
+    stats = generation_label_stats(label_sets, given, clean)
+    for g, s in zip(gens, stats):
+        s["generation"] = g
     step()
     k = len(classes)
     shown = sorted({gens[0], gens[-1]})
@@ -213,7 +211,7 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
         "title": str(run_dir), "notes": notes, "results": results, "epochs": epochs, "seed": seed,
         "classes": classes, "label_stats": stats,
         "overlap": {g: _finite_or_none(class_overlap(label_sets[gens.index(g)], given, k)) for g in shown},
-        "confusion": {gens[-1]: confusion(given, label_sets[-1].argmax(1), k).tolist()},
+        "confusion": {gens[-1]: confusion(given, suggested_labels(label_sets[-1], given), k).tolist()},
         "groups": groups, "crops": crops,
         "issues": {"generation": best, "disputed": disputed, "total": len(given), "rows": rows},
         "facts": _facts(rd, results, seed, len(given), dataset), "config": results["config"],

@@ -140,13 +140,15 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
     rd = RunDir(run_dir)
     if not rd.is_run():
         raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); give the directory `refinery run` made")
+    rd.read_config()  # verified, as every command that reads a run does
     if out is not None:
         rd.check_output_path(Path(out), ".csv", beside="the .npy files go beside it")
-    with rd.lock():  # no run may change the generation while it is read
-        return _write_locked(rd, generation, seed, out, include_all)
+    # No lock: a finished generation's files never change (a run writes each atomically, once), so a run may
+    # train in the directory meanwhile, and a read-only directory works with --out elsewhere.
+    return _write_issues(rd, generation, seed, out, include_all)
 
 
-def _write_locked(rd: RunDir, generation: int | None, seed: int, out: Path | None,
+def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | None,
                   include_all: bool) -> tuple[Path, int, int]:
     run_dir = rd.root
     finished = rd.finished_generations(seed) if seed in rd.seeds() else []
@@ -171,9 +173,15 @@ def _write_locked(rd: RunDir, generation: int | None, seed: int, out: Path | Non
     writer.writerows(rows)
     csv_path = Path(out) if out is not None else rd.label_issues_path
     stem = csv_path.with_suffix("")
-    for suffix, array in (("pred_probs", probs.astype(np.float32)), ("labels", given), ("indices", indices)):
-        npy = io.BytesIO()
-        np.save(npy, array)
-        atomic_write_bytes(Path(f"{stem}_{suffix}.npy"), npy.getvalue())
-    atomic_write_text(csv_path, buf.getvalue())
+    try:
+        for suffix, array in (("pred_probs", probs.astype(np.float32)), ("labels", given), ("indices", indices)):
+            npy = io.BytesIO()
+            np.save(npy, array)
+            atomic_write_bytes(Path(f"{stem}_{suffix}.npy"), npy.getvalue())
+        atomic_write_text(csv_path, buf.getvalue())
+    except RunDirError as e:
+        if out is not None:
+            raise
+        raise RunDirError(f"cannot write {csv_path} into the run directory ({str(e).split(': ', 1)[-1]}); give "
+                          "--out FILE.csv in a writable place") from None
     return csv_path, len(rows), len(indices)

@@ -39,25 +39,92 @@ def class_overlap(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(K, K) int64`` counts: entry (i, j) is how many images labelled i have refined argmax j."""
+    """``(K, K) int64`` counts: entry (i, j) is how many images labelled i have ``predicted`` label j (for
+    refined labels, their :func:`suggested_labels`)."""
     return np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).reshape(
         num_classes, num_classes)
 
 
-def generation_label_stats(label_sets: list[np.ndarray], given: np.ndarray) -> list[dict[str, float]]:
-    """Per generation: ``mean_entropy`` (nats), ``agreement`` (share whose argmax is the given label) and
-    ``changed`` (share whose argmax differs from the previous generation's; for the first, from the given label).
+def suggested_labels(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """``(N,) int64``: the class refined labels ``probs: (N, K)`` suggest for each image given ``given: (N,)``.
+
+    The argmax, except that a given label tied with the largest probability stands: a row is *disputed* only
+    when another class is strictly more probable than its given label. Rows stored as float16, or made from
+    bf16 logits, tie now and then, and ``argmax`` alone would then pick whichever class has the lower index.
+    Every statistic of refined labels (:func:`label_statistics`, :func:`confusion`, :func:`pick_images`,
+    ``refinery label-issues``) uses this one rule.
+    """
+    p = np.asarray(probs)
+    given = np.asarray(given, dtype=np.int64)
+    p_given = p[np.arange(len(given)), given]
+    return np.where(p.max(1) > p_given, p.argmax(1), given).astype(np.int64)
+
+
+def _share(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def label_statistics(probs: np.ndarray, given: np.ndarray, clean: np.ndarray | None = None,
+                     previous: np.ndarray | None = None) -> dict[str, float | None]:
+    """Every number reported about one generation's refined labels, from the rows exactly as stored.
+
+    ``summary.json`` (``refined_label_entropy``, ``refined_label_agreement``, ``label_quality``), the results
+    table, ``refinery inspect`` and its page all take their figures from this one function, given the rows a
+    generation's ``labels.npz`` reads back as (after float16 or top-J storage).
+
+    Args:
+        probs: ``(N, K) float`` refined labels (probability rows) of N training images, each counted once.
+        given: ``(N,) int64`` the labels the run was given (noisy when noise was injected).
+        clean: ``(N,) int64`` the true labels (injected noise, or labels a user verified), or None.
+        previous: ``(N,) int64`` the previous generation's suggested labels (:func:`suggested_labels`), or None
+            (the first generation: compared with the given labels).
+
+    Returns:
+        Shares in [0, 1] (None for a share of an empty set): ``mean_entropy`` (nats), ``agreement`` (suggested
+        label = given label), ``disputed`` (1 - agreement: another class strictly more probable than the given
+        label), ``changed`` (suggested label differs from ``previous``). With ``clean``: ``flipped`` (given label
+        wrong), ``corrected`` (of the flipped, suggested label = clean label), ``harmed`` (of the unflipped,
+        disputed), and ``detection_precision``, ``detection_recall``, ``detection_f1`` of "disputed" as a
+        detector of wrong given labels.
+    """
+    given = np.asarray(given, dtype=np.int64)
+    n = len(given)
+    suggested = suggested_labels(probs, given)
+    disputed = suggested != given
+    before = given if previous is None else np.asarray(previous, dtype=np.int64)
+    out = {"mean_entropy": float(entropy(probs).mean()) if n else None,
+           "agreement": _share(int((~disputed).sum()), n), "disputed": _share(int(disputed.sum()), n),
+           "changed": _share(int((suggested != before).sum()), n)}
+    if clean is None:
+        return out
+    clean = np.asarray(clean, dtype=np.int64)
+    flipped = given != clean
+    tp = int((disputed & flipped).sum())
+    precision, recall = _share(tp, int(disputed.sum())), _share(tp, int(flipped.sum()))
+    out.update({
+        "flipped": _share(int(flipped.sum()), n),
+        "corrected": _share(int((flipped & (suggested == clean)).sum()), int(flipped.sum())),
+        "harmed": _share(int((~flipped & disputed).sum()), int((~flipped).sum())),
+        "detection_precision": precision, "detection_recall": recall,
+        "detection_f1": 2 * precision * recall / (precision + recall) if precision and recall else None,
+    })
+    return out
+
+
+def generation_label_stats(label_sets: list[np.ndarray], given: np.ndarray,
+                           clean: np.ndarray | None = None) -> list[dict[str, float | None]]:
+    """:func:`label_statistics` of each generation, ``changed`` counted from the generation before (for the
+    first, from the given label).
 
     Args:
         label_sets: G arrays ``(N, K)``, the refined labels of generations 1..G on the same N images.
         given: ``(N,) int64`` the given labels.
+        clean: ``(N,) int64`` the true labels, or None.
     """
-    out, previous = [], given
+    out, previous = [], None
     for probs in label_sets:
-        top = probs.argmax(1)
-        out.append({"mean_entropy": float(entropy(probs).mean()), "agreement": float((top == given).mean()),
-                    "changed": float((top != previous).mean())})
-        previous = top
+        out.append(label_statistics(probs, given, clean, previous))
+        previous = suggested_labels(probs, given)
     return out
 
 
@@ -79,8 +146,8 @@ def pick_images(label_sets: list[np.ndarray], given: np.ndarray, count: int, rng
     ``label_issues.csv``), ``changed`` (largest total variation ``sum_g 0.5 * |p_g - p_(g-1)|_1`` between
     consecutive generations; with one generation, between the one-hot given label and R1's labels),
     ``random`` (uniform, from ``rng``); with ``clean`` labels (injected noise), also ``flipped_corrected``,
-    ``flipped_missed`` (flipped, argmax still not the clean class) and ``clean_harmed``
-    (unflipped, argmax differs from the given label), most confident first; all judged by ``judge``.
+    ``flipped_missed`` (flipped, suggested label still not the clean class) and ``clean_harmed``
+    (unflipped, disputed), most confident first; all judged by ``judge`` with :func:`suggested_labels`.
 
     Raises:
         ValueError: ``count`` < 1 or no generations.
@@ -99,7 +166,7 @@ def pick_images(label_sets: list[np.ndarray], given: np.ndarray, count: int, rng
         "random": np.sort(rng.choice(len(given), size=min(count, len(given)), replace=False)),
     }
     if clean is not None:
-        top, confidence = last.argmax(1), last.max(1)
+        top, confidence = suggested_labels(last, given), last.max(1)
         flipped = given != clean
         masks = {"flipped_corrected": flipped & (top == clean), "flipped_missed": flipped & (top != clean),
                  "clean_harmed": ~flipped & (top != given)}

@@ -226,18 +226,37 @@ def _factory_parts(name: str) -> tuple[str, str] | None:
 
 
 def _factory(name: str):
+    """The callable a user model name ``module.path:factory`` names, checked to take the documented keywords.
+
+    Raises:
+        ConfigError: the module cannot be imported, has no such name, or it is not a callable that accepts
+            ``num_classes``, ``in_channels`` and ``image_size`` keyword arguments.
+    """
     import importlib
+    import inspect
 
     module, attr = _factory_parts(name)
     try:
-        factory = getattr(importlib.import_module(module), attr)
+        imported = importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(f"model {name!r}: cannot import {module} ({e}); put its folder on PYTHONPATH or install "
                           "it") from None
-    except AttributeError:
-        raise ConfigError(f"model {name!r}: {module} has no {attr!r}") from None
+    except Exception as e:  # the module itself fails: a SyntaxError, or an error raised while it is imported
+        raise ConfigError(f"model {name!r}: importing {module} raised {type(e).__name__}: {e}; fix the module "
+                          f"(python -c 'import {module}' shows where)") from None
+    factory = getattr(imported, attr, None)
+    if factory is None:
+        raise ConfigError(f"model {name!r}: {module} has no {attr!r}")
     if not callable(factory):
         raise ConfigError(f"model {name!r}: {module}.{attr} is not callable")
+    try:
+        inspect.signature(factory).bind(num_classes=2, in_channels=3, image_size=32)
+    except TypeError as e:  # the signature cannot take the documented keywords
+        raise ConfigError(f"model {name!r}: {module}.{attr} cannot be called as factory(num_classes=K, "
+                          f"in_channels=C, image_size=S) ({e}); give a function with those keyword arguments "
+                          "that returns an nn.Module") from None
+    except ValueError:
+        pass  # no signature to inspect (some builtins): the call itself is checked
     return factory
 
 
@@ -289,8 +308,15 @@ def build_model(spec: ModelSpec) -> nn.Module:
             raise ConfigError(f"timm has no model {spec.name[5:]!r} ({e}); list them with timm.list_models()") from None
     if spec.name in _REGISTRY:
         return _REGISTRY[spec.name](spec)
-    model = _factory(spec.name)(num_classes=spec.num_classes, in_channels=spec.in_channels,
-                                image_size=spec.image_size)
+    try:
+        model = _factory(spec.name)(num_classes=spec.num_classes, in_channels=spec.in_channels,
+                                    image_size=spec.image_size)
+    except ConfigError:
+        raise
+    except Exception as e:  # the user's factory failed: its own message, one line (its traceback on request)
+        raise ConfigError(f"model {spec.name!r}: factory(num_classes={spec.num_classes}, in_channels="
+                          f"{spec.in_channels}, image_size={spec.image_size}) raised {type(e).__name__}: {e}; fix "
+                          "the factory (call it the same way in Python to see the traceback)") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec.name!r}: the factory returned {type(model).__name__}, not an nn.Module")
     with torch.no_grad():

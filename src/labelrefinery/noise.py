@@ -9,10 +9,9 @@ section 4). The draw comes from a stream of its own
 (:func:`labelrefinery.seeding.label_noise_generator`), so every run seed sees
 the same corrupted dataset; the test split is never touched.
 
-:func:`label_quality` scores a generation's refined labels against the labels it
-was given: how many it disputes (its argmax differs from the given label) and,
-with injected noise, how many flipped labels it corrects, how many clean ones it
-harms, and how well "disputed" detects a flipped label.
+:func:`disputes` is the rule that says a refined label disputes the given one;
+:func:`labelrefinery.labelstats.label_statistics` scores a generation's refined
+labels against the given and the clean labels.
 """
 
 from __future__ import annotations
@@ -82,45 +81,3 @@ def inject_label_noise(labels: torch.Tensor, spec: str, num_classes: int, genera
         shift = torch.ones(len(labels), dtype=torch.int64)
     noisy = torch.where(flip, (labels + shift) % num_classes, labels)
     return LabelNoise(labels.clone(), noisy)
-
-
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
-
-
-def label_quality(refined: torch.Tensor, given: torch.Tensor,
-                  clean: torch.Tensor | None = None) -> dict[str, float | None]:
-    """How refined labels relate to the given labels (and, if known, to the clean ones).
-
-    Args:
-        refined: ``(N, K)`` refined labels (probabilities) of N training images.
-        given: ``(N,) int64`` the labels the run was given (noisy when noise was injected).
-        clean: ``(N,) int64`` the true labels when noise was injected, else None.
-
-    Returns:
-        ``disputed``: share of images whose given label another class outranks (:func:`disputes`).
-        With ``clean``: ``flipped`` (share of given labels that are wrong), ``corrected`` (share of
-        flipped images whose refined argmax is the clean class), ``harmed`` (share of unflipped images
-        that are disputed), and ``detection_precision``,
-        ``detection_recall``, ``detection_f1`` of "disputed" as a detector of flipped labels.
-        Shares are fractions in [0, 1]; a share of an empty set (e.g. recall with nothing flipped) is None.
-    """
-    top = refined.argmax(1).cpu()
-    given = given.cpu()
-    disputed = disputes(refined, given).cpu()
-    out = {"disputed": _ratio(int(disputed.sum()), len(given))}
-    if clean is None:
-        return out
-    clean = clean.cpu()
-    flipped = given != clean
-    tp = int((disputed & flipped).sum())
-    precision = _ratio(tp, int(disputed.sum()))
-    recall = _ratio(tp, int(flipped.sum()))
-    f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
-    out.update({
-        "flipped": _ratio(int(flipped.sum()), len(given)),
-        "corrected": _ratio(int((flipped & (top == clean)).sum()), int(flipped.sum())),
-        "harmed": _ratio(int((~flipped & disputed).sum()), int((~flipped).sum())),
-        "detection_precision": precision, "detection_recall": recall, "detection_f1": f1,
-    })
-    return out

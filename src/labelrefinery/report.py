@@ -13,7 +13,7 @@ paired per seed (the mean and std of each seed's difference). A second table
 describes the refined labels each generation made: the share of training images
 whose refined argmax disputes the given label and, with ``--label-noise``, the
 shares of flipped labels corrected and clean labels harmed and the F1 of
-"disputed" as a detector of flipped labels (see :func:`labelrefinery.noise.label_quality`).
+"disputed" as a detector of flipped labels (see :func:`labelrefinery.labelstats.label_statistics`).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import uuid
 import zipfile
 import zlib
 from pathlib import Path
@@ -49,15 +50,17 @@ import yaml
 
 from .checkpoint import load_model, save_checkpoint
 from .config import RunConfig, config_difference, merged_seeds
+from .console import log
 from .dist import is_main_process
 from .errors import CheckpointError, ConfigError, RunDirError
-from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, write_json
+from .fileio import atomic_write_bytes, atomic_write_text, seal, seal_broken, sha256_bytes, sha256_file, write_json
 from .losses import ROW_SUM_TOLERANCE
 from .models import ModelSpec
 from .tblog import TensorBoardLog
 
 _SEED_DIR = re.compile(r"^seed-(\d+)$")
 _CONFIG_CHECKSUM = "# sha256 of the lines below: "
+_RUN_ID = "# run id: "  # config.yaml's second line: made once, kept, recorded in every summary of the run
 
 
 def write_results_files(out_dir: Path, results: Any, markdown: str) -> None:
@@ -154,6 +157,7 @@ class RunDir:
         self.root = Path(root)
         self.writer = is_main_process() if writer is None else writer
         self._tensorboard: TensorBoardLog | None = None
+        self._run_id: str | None = None
 
     @_main_process_writes()
     def start_tensorboard(self) -> None:
@@ -301,6 +305,29 @@ class RunDir:
         except (yaml.YAMLError, ConfigError, TypeError, AttributeError, ValueError) as e:
             raise RunDirError(f"{self.config_path} cannot be read ({str(e).splitlines()[0]}); {fix}") from None
 
+    @property
+    def run_id(self) -> str | None:
+        """The run's id (``# run id:`` line of ``config.yaml``, made when the directory is), or None (no
+        ``config.yaml``, or one of an older version). Every summary records it, so a seed directory copied
+        from another run is refused instead of shown as this run's."""
+        if self._run_id is None and self.config_path.is_file():
+            lines = self.config_path.read_text(errors="replace").split("\n", 2)
+            if len(lines) > 1 and lines[1].startswith(_RUN_ID):
+                self._run_id = lines[1][len(_RUN_ID):].strip()
+        return self._run_id
+
+    def _recorded_run_id(self) -> str | None:
+        """The run id the summaries here record, for a ``config.yaml`` that lost its id line (rewritten by hand
+        or by an older version): the directory keeps the id its generations were made under."""
+        for path in sorted(self.root.glob("seed-*/*-*/summary.json")):
+            try:
+                found = json.loads(path.read_text()).get("run_id")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(found, str):
+                return found
+        return None
+
     def check_resumable(self, cfg: RunConfig) -> bool:
         """Check the directory against ``cfg``; True when it holds a run being resumed.
 
@@ -328,21 +355,34 @@ class RunDir:
             saved = self.read_config()
             stored["generations"] = max(saved.generations, cfg.generations)
             stored["seeds"] = merged_seeds(saved.seeds, cfg.seeds)
-        body = yaml.safe_dump(stored, sort_keys=False)
+        body = f"{_RUN_ID}{self.run_id or self._recorded_run_id() or uuid.uuid4().hex}\n" + \
+            yaml.safe_dump(stored, sort_keys=False)
         atomic_write_text(self.config_path, f"{_CONFIG_CHECKSUM}{sha256_bytes(body.encode())}\n{body}")
+        self._run_id = None  # read again from the file
 
     @_main_process_writes()
     def write_run_info(self, info: dict) -> None:
-        write_json(self.root / "run.json", info)
+        write_json(self.root / "run.json", seal(info))
 
     def read_run_info(self) -> dict:
-        """``run.json`` (versions, device, precision, CPU, dataset facts), or {} when it is missing or unreadable
-        (it describes the run and feeds no computation)."""
+        """``run.json`` (versions, device, precision, CPU, dataset facts), or {} when it is missing or unreadable,
+        with a one-line warning naming the file (it describes the run and feeds no computation)."""
+        path = self.root / "run.json"
         try:
-            info = json.loads((self.root / "run.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            info = json.loads(path.read_text())
+        except FileNotFoundError:
+            log(f"warning: {path} is missing; the run's facts (versions, device, precision) are not shown")
             return {}
-        return info if isinstance(info, dict) else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            log(f"warning: {path} is damaged ({type(e).__name__}); the run's facts (versions, device, precision) "
+                "are not shown; `refinery run --resume` on this directory writes it again")
+            return {}
+        if not isinstance(info, dict) or seal_broken(info):
+            what = "not a JSON object" if not isinstance(info, dict) else "its sha256 does not match its content"
+            log(f"warning: {path} is damaged or was edited ({what}); the run's facts (versions, device, "
+                "precision) are not shown; `refinery run --resume` on this directory writes it again")
+            return {}
+        return info
 
     # ------------------------------------------------------------------ metrics
     @_main_process_writes()
@@ -366,15 +406,38 @@ class RunDir:
             self._tensorboard.record(record)
 
     def read_metrics(self) -> list[dict]:
-        """Every complete record of ``metrics.jsonl`` ([] when there is none)."""
+        """Every complete record of ``metrics.jsonl`` ([] when there is none).
+
+        It feeds only the training curves (no number of a summary or table): a damaged line is skipped with a
+        one-line warning naming the file and the lines, except a partial last line left by a killed append,
+        which is skipped silently; a missing file of a run with finished work gets a warning too.
+        """
         if not self.metrics_path.exists():
+            if self.has_finished_work():
+                log(f"warning: {self.metrics_path} is missing; the training curves of the finished generations "
+                    "are not shown")
             return []
-        records = []
-        for line in self.metrics_path.read_text(errors="replace").splitlines():
+        records, damaged = [], []
+        lines = self.metrics_path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a partial line left by a killed append
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif number < len(lines) or isinstance(record, (list, int, float, str)):
+                damaged.append(number)  # a partial last line is a killed append's; anything else is damage
+        if damaged:
+            shown = ", ".join(map(str, damaged[:5])) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+            log(f"warning: {self.metrics_path} line{'s' if len(damaged) > 1 else ''} {shown} "
+                f"{'are' if len(damaged) > 1 else 'is'} damaged and skipped; the training curves lack "
+                f"{'those epochs' if len(damaged) > 1 else 'that epoch'}")
+        finished = sum(1 for _ in self.root.glob("seed-*/*-*/summary.json"))
+        recorded = len({(r.get("seed"), r.get("generation")) for r in records if r.get("kind") == "generation"})
+        if recorded < finished:
+            log(f"warning: {self.metrics_path} lacks the records of {finished - recorded} finished generation"
+                f"{'s' if finished - recorded > 1 else ''} (cut or edited); the training curves are incomplete")
         return records
 
     @_main_process_writes()
@@ -413,12 +476,20 @@ class RunDir:
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    if all(np.array_equal(z[k], v) for k, v in arrays.items()):
-                        return
+                    stored = {k: z[k] for k in z.files}
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-                pass  # damaged: made again from the seed below
+                stored = {}  # damaged: made again from the seed below
+            checksum = stored.pop("sha256", None)
+            sealed = checksum is not None and str(checksum) == _arrays_checksum(stored)
+            same = all(k in stored and np.array_equal(stored[k], v) for k, v in arrays.items())
+            if sealed and same:
+                return
+            if sealed and any(self.seed_dir(seed).glob("*-*/summary.json")):  # intact, yet not this run's split
+                raise RunDirError(f"{path} holds another split than this run's settings make for seed {seed}, and "
+                                  "generations were trained on it: the seed directory belongs to another run or "
+                                  f"the data changed; move {self.seed_dir(seed)} away, or use the original data")
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays, sha256=np.array(_arrays_checksum(arrays)))
         atomic_write_bytes(path, buf.getvalue())
 
     def read_split(self, seed: int) -> dict[str, np.ndarray]:
@@ -437,6 +508,9 @@ class RunDir:
             raise RunDirError(f"{path} is missing; {rerun}") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise RunDirError(f"{path} is damaged ({type(e).__name__}); {fix}") from None
+        stored = arrays.pop("sha256", None)
+        if stored is not None and str(stored) != _arrays_checksum(arrays):
+            raise RunDirError(f"{path} was edited or is damaged (its sha256 does not match its arrays); {fix}")
         lengths = {"train": len(arrays.get("train_indices", [])), "val": len(arrays.get("val_indices", []))}
         for name, a in arrays.items():
             part = name.replace("clean_", "").split("_")[0]
@@ -524,7 +598,7 @@ class RunDir:
         buf = _labels_file(labels, indices, views, classes, "float32")
         where = self.refinery_dir(seed)
         atomic_write_bytes(where / "labels.npz", buf.getvalue())
-        write_json(where / "summary.json", {**summary, "files": {"labels.npz": sha256_bytes(buf.getvalue())}})
+        write_json(where / "summary.json", seal({**summary, "files": {"labels.npz": sha256_bytes(buf.getvalue())}}))
 
     def read_external_refinery(self, seed: int) -> dict | None:
         """The external refinery's summary for ``seed``, or None (no ``--refinery-checkpoint``, or unreadable)."""
@@ -533,6 +607,10 @@ class RunDir:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
         ok = isinstance(summary, dict) and all(_is_number(summary.get(k)) for k in ("val_top1", "test_top1"))
+        if ok and seal_broken(summary):
+            raise RunDirError(f"{self.refinery_dir(seed) / 'summary.json'} was edited or is damaged (its sha256 does "
+                              f"not match its content); delete {self.refinery_dir(seed)} and rerun to label the "
+                              "images with the refinery again")
         return summary if ok else None
 
     @_main_process_writes("")
@@ -590,7 +668,7 @@ class RunDir:
         ``summary["files"]`` should map ``model.safetensors`` and ``labels.npz`` to their SHA-256.
         """
         self.append_metrics({"kind": "generation", **{k: v for k, v in summary.items() if k != "files"}})
-        write_json(self.summary_path(seed, generation), summary)
+        write_json(self.summary_path(seed, generation), seal({**summary, "run_id": self.run_id}))
         self.train_state(seed, generation).remove()
 
     def read_summary(self, seed: int, generation: int | str) -> dict:
@@ -604,9 +682,16 @@ class RunDir:
             summary = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RunDirError(f"{path} is damaged ({type(e).__name__}); {self._where(seed, generation)}") from None
+        if isinstance(summary, dict) and seal_broken(summary):
+            raise RunDirError(f"{path} was edited or is damaged (its sha256 does not match its content); restore the "
+                              f"file the run wrote, or {self._where(seed, generation)}")
         problem = _summary_problem(summary, seed, generation)
         if problem:
             raise RunDirError(f"{path} is damaged ({problem}); {self._where(seed, generation)}")
+        theirs, ours = summary.get("run_id"), self.run_id
+        if theirs is not None and ours is not None and theirs != ours:
+            raise RunDirError(f"{path} belongs to another run (run id {theirs}, this run's is {ours}): "
+                              f"{self.seed_dir(seed)} was copied from elsewhere; move it out of {self.root}")
         return summary
 
     # ------------------------------------------------------------------ results
@@ -629,17 +714,28 @@ class RunDir:
             and _is_number(e.get("test_top1_mean"), allow_nan=True) for e in entries)
         if not ok:
             raise RunDirError(f"{path} is damaged (unexpected content); {fix}")
+        if any(seal_broken(e) for e in entries):
+            raise RunDirError(f"{path} was edited or is damaged (an entry's sha256 does not match its content); {fix}")
         return entries
 
     @_main_process_writes()
     def write_ensemble(self, entry: dict) -> None:
         """Add ``entry`` to ``ensemble.json``, replacing one for the same generations."""
         entries = [e for e in self.read_ensembles() if e["generations"] != entry["generations"]]
-        write_json(self.root / "ensemble.json", entries + [entry])
+        write_json(self.root / "ensemble.json", entries + [seal(entry)])
 
     @_main_process_writes()
     def write_results(self, results: dict, markdown: str) -> None:
         write_results_files(self.root, results, markdown)
+
+
+def _arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order): ``split.npz`` stores it."""
+    parts = []
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        parts += [name.encode(), str(a.dtype).encode(), str(a.shape).encode(), a.tobytes()]
+    return sha256_bytes(b"\0".join(parts))
 
 
 def _is_number(x: Any, allow_nan: bool = False) -> bool:

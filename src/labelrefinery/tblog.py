@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-EPOCH_SCALARS = ("train_loss", "train_kl", "train_top1", "val_top1", "val_loss", "lr", "images_per_s")
+EPOCH_SCALARS = ("train_loss", "train_kl", "train_top1", "val_top1", "val_loss", "lr", "lr_peak", "images_per_s")
 GENERATION_SCALARS = ("test_top1", "val_top1", "refined_label_entropy", "refined_label_agreement")
 
 
