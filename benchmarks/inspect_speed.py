@@ -1,7 +1,7 @@
 """How long `refinery inspect` takes on a finished run: the whole command, and the report alone.
 
 Times ``refinery inspect RUN_DIR --out TMP/report.html`` as a user runs it (a fresh process: interpreter,
-torch and matplotlib imports included) ``--repeats`` times, and :func:`labelrefinery.inspection.inspect_runs`
+torch and matplotlib imports included) ``--repeats`` times, and :func:`labelrefinery.report.inspection.inspect_runs`
 in this process (the report alone); prints medians, the run's size and the machine's CPU features.
 
     .venv/bin/python benchmarks/inspect_speed.py runs/readme-report --out benchmarks/results/inspect-speed.json
@@ -24,7 +24,7 @@ import torch
 
 from benchmeta import run_metadata
 from labelrefinery.device import cpu_features
-from labelrefinery.inspection import inspect_runs
+from labelrefinery.report.inspection import inspect_runs
 from labelrefinery.rundir import RunDir
 
 

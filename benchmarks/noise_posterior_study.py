@@ -23,7 +23,8 @@ from labelrefinery.batch import Pipeline
 from labelrefinery.config import resolve_config
 from labelrefinery.protocol import load_run_dataset, with_label_noise, seed_data
 from labelrefinery.device import set_threads
-from labelrefinery.engine import fit, predict, recalibrate_batchnorm, top1_accuracy
+from labelrefinery.engine import FitHooks, TrainData, TrainSetup, fit
+from labelrefinery.inference import predict, recalibrate_batchnorm, top1_accuracy
 from labelrefinery.models import ConvNet
 from labelrefinery.targets import StoredTargets
 set_threads(0)
@@ -46,7 +47,8 @@ def train(targets, key, epochs=8, snap=False):
         if snap:
             snaps.append(F.softmax(predict(m, d.images, pipe).float(), 1))
     c = resolve_config("quick", {"epochs": epochs, "train_size": 12000}).training
-    fit(m, d.images, StoredTargets(targets, num_classes=K), d.val_images, d.val_labels, c, pipe, seed_keys=(seed, key), log=log)
+    fit(m, TrainData(d.images, StoredTargets(targets, num_classes=K), d.val_images, d.val_labels),
+        TrainSetup(c, pipe, (seed, key)), FitHooks(log=log))
     recalibrate_batchnorm(m, d.images, pipe)
     test = top1_accuracy(predict(m, d.test_images, pipe), d.test_labels)
     p = F.softmax(predict(m, d.images, pipe).float(), 1)

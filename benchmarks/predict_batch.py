@@ -22,7 +22,7 @@ import torch
 from benchmeta import run_metadata
 from labelrefinery.batch import Pipeline
 from labelrefinery.device import cpu_features, precision_name, resolve_precision, set_threads
-from labelrefinery.engine import predict
+from labelrefinery.inference import predict
 from labelrefinery.models import ModelSpec, build_model
 
 

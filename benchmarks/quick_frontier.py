@@ -35,7 +35,8 @@ from labelrefinery.batch import Pipeline  # noqa: E402
 from labelrefinery.config import resolve_config  # noqa: E402
 from labelrefinery.data import load_dataset  # noqa: E402
 from labelrefinery.device import cpu_features, resolve_precision, set_threads  # noqa: E402
-from labelrefinery.engine import fit, predict, recalibrate_batchnorm, top1_accuracy  # noqa: E402
+from labelrefinery.engine import FitHooks, TrainData, TrainSetup, fit  # noqa: E402
+from labelrefinery.inference import predict, recalibrate_batchnorm, top1_accuracy  # noqa: E402
 from labelrefinery.models import ConvNet  # noqa: E402
 from labelrefinery.protocol import seed_split  # noqa: E402
 from labelrefinery.targets import StoredTargets  # noqa: E402
@@ -83,8 +84,9 @@ def train_candidate(name: str, epochs: int, ds, pipe, seed: int, batch_size: int
     images, labels = ds.train.images[train_idx], ds.train.labels[train_idx]
     epoch_times: list[float] = []
     start = time.perf_counter()
-    fit(model, images, StoredTargets(labels, num_classes=10), ds.train.images[val_idx], ds.train.labels[val_idx],
-        run_cfg.training, pipe, seed_keys=(seed, 1), log=lambda r: epoch_times.append(r["epoch_time_s"]))
+    fit(model, TrainData(images, StoredTargets(labels, num_classes=10), ds.train.images[val_idx],
+                         ds.train.labels[val_idx]), TrainSetup(run_cfg.training, pipe, (seed, 1)),
+        FitHooks(log=lambda r: epoch_times.append(r["epoch_time_s"])))
     recalibrate_batchnorm(model, images, pipe)
     test_top1 = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
     wall = time.perf_counter() - start

@@ -50,10 +50,11 @@ from labelrefinery.config import resolve_config
 from labelrefinery.console import log
 from labelrefinery.data import load_dataset, stratified_folds
 from labelrefinery.device import cpu_features, resolve_precision, set_threads
-from labelrefinery.engine import fit, predict, recalibrate_batchnorm, top1_accuracy
+from labelrefinery.engine import TrainData, TrainSetup, fit
+from labelrefinery.inference import predict, recalibrate_batchnorm, top1_accuracy
 from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.protocol import seed_split, with_label_noise
-from labelrefinery.report import summarize_run
+from labelrefinery.report.tables import summarize_run
 from labelrefinery.seeding import derive_seed
 from labelrefinery.targets import StoredTargets
 
@@ -142,8 +143,8 @@ def fit_plain(ds, train_idx, val_idx, labels: torch.Tensor, cfg, pipe, seed: int
     model = build_model(ModelSpec(cfg.model, ds.train.num_classes, *ds.image_shape[:2])).to(
         memory_format=torch.channels_last)
     images = ds.train.images[train_idx]
-    fit(model, images, StoredTargets(labels[train_idx], num_classes=ds.train.num_classes),
-        ds.train.images[val_idx], labels[val_idx], cfg.training, pipe, seed_keys=(seed, key))
+    fit(model, TrainData(images, StoredTargets(labels[train_idx], num_classes=ds.train.num_classes),
+                         ds.train.images[val_idx], labels[val_idx]), TrainSetup(cfg.training, pipe, (seed, key)))
     recalibrate_batchnorm(model, images, pipe)
     return model
 

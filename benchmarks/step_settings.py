@@ -67,7 +67,8 @@ def recalibration_costs() -> dict:
     from labelrefinery.batch import Pipeline
     from labelrefinery.config import resolve_config
     from labelrefinery.data import load_dataset
-    from labelrefinery.engine import fit, predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
+    from labelrefinery.engine import TrainData, TrainSetup, fit
+    from labelrefinery.inference import predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
     from labelrefinery.protocol import seed_split
     from labelrefinery.targets import StoredTargets
 
@@ -79,8 +80,8 @@ def recalibration_costs() -> dict:
     torch.manual_seed(0)
     model = build_model(ModelSpec("convnet", 10, 1, 28)).to(memory_format=torch.channels_last)
     start = time.perf_counter()
-    fit(model, images, StoredTargets(ds.train.labels[train_idx], num_classes=10), ds.train.images[val_idx],
-        ds.train.labels[val_idx], cfg.training, pipe, seed_keys=(0, 1))
+    fit(model, TrainData(images, StoredTargets(ds.train.labels[train_idx], num_classes=10), ds.train.images[val_idx],
+                         ds.train.labels[val_idx]), TrainSetup(cfg.training, pipe, (0, 1)))
     out = {"train_epoch_s": time.perf_counter() - start, "train_images": len(images)}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name, subset in (("all", images), ("subset", recalibration_subset(images))):

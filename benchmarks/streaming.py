@@ -159,7 +159,7 @@ def measure(kind: str, path: str, workers: int, images: int, precision: str, dev
     else:
         from torchvision.models import resnet18
 
-        from labelrefinery.engine import train_one_epoch
+        from labelrefinery.engine import EpochSteps, TrainData, train_one_epoch
         from labelrefinery.targets import StoredTargets
 
         model = resnet18(num_classes=CLASSES).to(device, memory_format=torch.channels_last)
@@ -168,8 +168,8 @@ def measure(kind: str, path: str, workers: int, images: int, precision: str, dev
             pipeline = Pipeline.create(device, ds.mean, ds.std, amp)
             picked = files[order]
             targets = StoredTargets(ds.train.labels[order].to(device), num_classes=CLASSES)
-            stats = train_one_epoch(model, opt, picked, targets, pipeline, batch_size=BATCH // 2, generator=gen,
-                                    augment=crop)
+            stats = train_one_epoch(model, opt, TrainData(picked, targets), pipeline,
+                                    EpochSteps(BATCH // 2, gen, augment=crop))
             count = int(round(stats["images_per_s"] * stats["epoch_time_s"]))
         else:
             loader = torch.utils.data.DataLoader(subset, batch_size=BATCH // 2, num_workers=workers, drop_last=True,

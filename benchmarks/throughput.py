@@ -39,7 +39,8 @@ from labelrefinery.losses import soft_target_cross_entropy
 from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.batch import Pipeline
 from labelrefinery.device import resolve_device, resolve_precision
-from labelrefinery.engine import evaluate, predict, train_one_epoch
+from labelrefinery.engine import EpochSteps, TrainData, train_one_epoch
+from labelrefinery.inference import evaluate, predict
 from labelrefinery.targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, refined_labels
 
 
@@ -179,17 +180,17 @@ def bench_precision(args, ds, device, precision: str) -> dict:
     g = torch.Generator().manual_seed(0)
     stored = StoredTargets(soft)
     res["b_ours"] = median_rate(
-        lambda: train_one_epoch(model, opt, images, stored, pipe, batch_size=bs, generator=g, augment=augment),
+        lambda: train_one_epoch(model, opt, TrainData(images, stored), pipe, EpochSteps(bs, g, augment=augment)),
         n, args.repeats, 1, device)
     res["b_ours_no_aug"] = median_rate(
-        lambda: train_one_epoch(model, opt, images, stored, pipe, batch_size=bs, generator=g),
+        lambda: train_one_epoch(model, opt, TrainData(images, stored), pipe, EpochSteps(bs, g)),
         n, args.repeats, 1, device)
 
     # (c) per-crop labels from a frozen refinery of the same architecture
     refinery = FrozenRefinery(new_model(1))
     online = RefineryTargets(refinery, LabelRecipe(), labels)
     res["c_ours_refinery"] = median_rate(
-        lambda: train_one_epoch(model, opt, images, online, pipe, batch_size=bs, generator=g, augment=augment),
+        lambda: train_one_epoch(model, opt, TrainData(images, online), pipe, EpochSteps(bs, g, augment=augment)),
         n, args.repeats, 1, device)
 
     # (d) conventional: Dataset + per-sample transforms + DataLoader(workers = cores)
@@ -223,7 +224,7 @@ def bench_precision(args, ds, device, precision: str) -> dict:
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            train_one_epoch(model, opt, images, stored, pipe, batch_size=bs, generator=g, augment=augment)
+            train_one_epoch(model, opt, TrainData(images, stored), pipe, EpochSteps(bs, g, augment=augment))
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         res["profile_b"] = prof.key_averages().table(sort_by=sort, row_limit=15)
     if args.accuracy_epochs:
@@ -257,9 +258,9 @@ def accuracy_comparison(args, ds, pipe, spec, augment) -> dict:
         start = time.perf_counter()
         if name == "ours":
             for e in range(epochs):
-                train_one_epoch(model, opt, images, StoredTargets(labels), pipe, batch_size=bs,
-                                generator=torch.Generator().manual_seed(e), augment=augment,
-                                schedule=_PerBatch(sched))
+                train_one_epoch(model, opt, TrainData(images, StoredTargets(labels)), pipe,
+                                EpochSteps(bs, torch.Generator().manual_seed(e), augment=augment,
+                                           schedule=_PerBatch(sched)))
         else:
             loader = torch.utils.data.DataLoader(
                 TorchvisionFashion(ds.train.images, ds.train.labels,

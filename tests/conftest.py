@@ -24,10 +24,10 @@ class interrupt_after_first_epoch:
     """Within ``with``: a KeyboardInterrupt right after ``gen_dir``'s first ``train-state.pt`` is written."""
 
     def __init__(self, monkeypatch, gen_dir: str = "gen-2"):
-        import labelrefinery.rundir as rundir_module
+        import labelrefinery.fileio as fileio_module  # the run directory's writes look it up there at write time
 
-        self.mp, self.module, self.gen_dir = monkeypatch, rundir_module, gen_dir
-        self.real = rundir_module.atomic_write_bytes
+        self.mp, self.module, self.gen_dir = monkeypatch, fileio_module, gen_dir
+        self.real = fileio_module.atomic_write_bytes
 
     def __enter__(self):
         def stop(path, data):

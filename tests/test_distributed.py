@@ -162,7 +162,7 @@ def _frozen_refinery_check(rank: int, port: int, out: str) -> None:
     from labelrefinery.batch import Pipeline
     from labelrefinery.config import TrainConfig
     from labelrefinery.data import load_dataset
-    from labelrefinery.engine import fit
+    from labelrefinery.engine import TrainData, TrainSetup, fit
     from labelrefinery.models import ModelSpec, build_model
     from labelrefinery.targets import FrozenRefinery, LabelRecipe, RefineryTargets
 
@@ -181,7 +181,7 @@ def _frozen_refinery_check(rank: int, port: int, out: str) -> None:
     student = build_model(spec).to(memory_format=torch.channels_last)
     pipeline = Pipeline.create(device, ds.mean, ds.std)
     cfg = TrainConfig(epochs=2, batch_size=64, lr_schedule="onecycle", early_stop_patience_epochs=0)
-    fit(student, ds.train.images, targets, ds.test.images, ds.test.labels, cfg, pipeline, seed_keys=(0, 2))
+    fit(student, TrainData(ds.train.images, targets, ds.test.images, ds.test.labels), TrainSetup(cfg, pipeline, (0, 2)))
     after = refinery.state_dict()
     result = {"unchanged": all(torch.equal(before[k], after[k]) for k in before),
               "eval_mode": not frozen.training and not refinery.training,

@@ -6,7 +6,9 @@ from labelrefinery.batch import Pipeline, rescale
 from labelrefinery.config import resolve_config
 from labelrefinery.data import load_digits
 from labelrefinery.device import resolve_precision
-from labelrefinery.engine import evaluate, fit, predict, recalibrate_batchnorm, train_one_epoch, train_scale
+from labelrefinery.engine import EpochSteps, FitHooks, TrainData, TrainSetup, fit, train_one_epoch
+from labelrefinery.inference import evaluate, predict, recalibrate_batchnorm
+from labelrefinery.schedule import train_scale
 from labelrefinery.errors import ConfigError
 from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.rundir import TrainStateFile
@@ -81,8 +83,8 @@ def test_offline_targets_follow_the_permutation(digits):
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     p = _pipeline(ds)
     for e in range(15):
-        stats = train_one_epoch(model, opt, images, StoredTargets(targets), p, batch_size=64,
-                                generator=torch.Generator().manual_seed(e))
+        stats = train_one_epoch(model, opt, TrainData(images, StoredTargets(targets)), p,
+                                EpochSteps(64, torch.Generator().manual_seed(e)))
     acc = (predict(model, images, p).argmax(1) == (labels + 3) % 10).float().mean()
     assert stats["train_top1"] > 90 and acc > 0.9
 
@@ -94,8 +96,8 @@ def test_recalibrate_batchnorm_restores_confidence(digits):
     model = build_model(ModelSpec("convnet", 10, 1, 8))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for e in range(3):  # few steps: running statistics lag behind
-        train_one_epoch(model, opt, ds.train.images, StoredTargets(ds.train.labels), p, batch_size=256,
-                        generator=torch.Generator().manual_seed(e))
+        train_one_epoch(model, opt, TrainData(ds.train.images, StoredTargets(ds.train.labels)), p,
+                        EpochSteps(256, torch.Generator().manual_seed(e)))
     entropy = lambda l: float(-(torch.xlogy(l.softmax(1), l.softmax(1))).sum(1).mean())  # noqa: E731
     before = predict(model, ds.train.images, p)
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
@@ -115,14 +117,14 @@ def test_fit_resume_matches_uninterrupted(digits, tmp_path):
     imgs, labels, vi, vl = _fit_data(ds, 600, 200)
     new_model = _seeded_convnet(1)
     a = new_model()
-    res_a = fit(a, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1))
+    res_a = fit(a, TrainData(imgs, labels, vi, vl), TrainSetup(cfg, p, (0, 1)))
     b = new_model()
     state = TrainStateFile(tmp_path / "state.pt")
     cfg.epochs = 2
-    fit(b, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_file=state)
+    fit(b, TrainData(imgs, labels, vi, vl), TrainSetup(cfg, p, (0, 1)), FitHooks(state_file=state))
     cfg.epochs = 4
     b2 = new_model()
-    res_b = fit(b2, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_file=state)
+    res_b = fit(b2, TrainData(imgs, labels, vi, vl), TrainSetup(cfg, p, (0, 1)), FitHooks(state_file=state))
     assert res_b.best_val_top1 == res_a.best_val_top1 and res_b.best_epoch == res_a.best_epoch
     for k, v in a.state_dict().items():
         assert torch.equal(v, b2.state_dict()[k]), k
@@ -135,8 +137,8 @@ def test_early_stopping_and_restore_best(digits):
     torch.manual_seed(0)
     model = build_model(ModelSpec("convnet", 10, 1, 8))
     p = _pipeline(ds)
-    res = fit(model, ds.train.images[:500], StoredTargets(ds.train.labels[:500]), ds.train.images[500:700],
-              ds.train.labels[500:700], cfg, p, seed_keys=(0, 1))
+    res = fit(model, TrainData(ds.train.images[:500], StoredTargets(ds.train.labels[:500]), ds.train.images[500:700],
+                               ds.train.labels[500:700]), TrainSetup(cfg, p, (0, 1)))
     assert res.stopped_early and res.epochs_run == 3  # a 50-point min_delta: only epoch 1 counts
     assert evaluate(model, ds.train.images[500:700], ds.train.labels[500:700], p)["top1"] == pytest.approx(
         res.best_val_top1)
@@ -195,8 +197,8 @@ def test_fit_trains_small_then_full_and_evaluates_full(digits):
     cfg = resolve_config("quick", {"epochs": 4, "batch_size": 100, "train_scale_start": 0.5}).training
     model, targets = SideSpy(), TargetSpy(ds.train.labels[:300])
     epochs = []
-    fit(model, ds.train.images[:300], targets, ds.train.images[300:400], ds.train.labels[300:400], cfg,
-        _pipeline(ds), seed_keys=(0, 1), log=epochs.append)
+    fit(model, TrainData(ds.train.images[:300], targets, ds.train.images[300:400], ds.train.labels[300:400]),
+        TrainSetup(cfg, _pipeline(ds), (0, 1)), FitHooks(log=epochs.append))
     assert targets.sides == [4] * 3 + [6] * 3 + [8] * 6
     trained = [s for s in model.sides[True] if s != 8]  # recalibration runs train mode at 8 px
     assert trained == [4] * 3 + [6] * 3
@@ -210,14 +212,14 @@ def test_early_stop_before_full_size_warns(digits, capsys):
     imgs, labels, vi, vl = _fit_data(ds, 300, 100)
     never_better = {"epochs": 4, "batch_size": 100, "train_scale_start": 0.5, "early_stop_patience_epochs": 1,
                     "early_stop_min_delta": 100.0}
-    result = fit(_seeded_convnet(0)(), imgs, labels, vi, vl, resolve_config("quick", never_better).training,
-                 _pipeline(ds), seed_keys=(0, 1))
+    result = fit(_seeded_convnet(0)(), TrainData(imgs, labels, vi, vl),
+                 TrainSetup(resolve_config("quick", never_better).training, _pipeline(ds), (0, 1)))
     assert result.stopped_early and result.epochs_run == 2
     err = capsys.readouterr().err
     assert "stopped early at epoch 2 while still training on images resized to 0.75" in err
     assert "--train-scale-start 1" in err
-    fit(_seeded_convnet(0)(), imgs, labels, vi, vl,
-        resolve_config("quick", {**never_better, "train_scale_start": 1.0}).training, _pipeline(ds), seed_keys=(0, 1))
+    fit(_seeded_convnet(0)(), TrainData(imgs, labels, vi, vl),
+        TrainSetup(resolve_config("quick", {**never_better, "train_scale_start": 1.0}).training, _pipeline(ds), (0, 1)))
     assert "resized" not in capsys.readouterr().err
 
 
@@ -236,12 +238,13 @@ def test_resume_in_the_middle_of_the_ramp_matches_uninterrupted(digits, tmp_path
     imgs, labels, vi, vl = _fit_data(ds, 400, 100)
     new_model = _seeded_convnet(2)
     a = new_model()
-    fit(a, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1))
+    fit(a, TrainData(imgs, labels, vi, vl), TrainSetup(cfg, p, (0, 1)))
     with pytest.raises(KeyboardInterrupt):
-        fit(new_model(), imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1),
-            state_file=StopAfterFirstSave(tmp_path / "state.pt"))
+        fit(new_model(), TrainData(imgs, labels, vi, vl), TrainSetup(cfg, p, (0, 1)),
+            FitHooks(state_file=StopAfterFirstSave(tmp_path / "state.pt")))
     b = new_model()
-    fit(b, imgs, labels, vi, vl, cfg, p, seed_keys=(0, 1), state_file=TrainStateFile(tmp_path / "state.pt"))
+    fit(b, TrainData(imgs, labels, vi, vl), TrainSetup(cfg, p, (0, 1)),
+        FitHooks(state_file=TrainStateFile(tmp_path / "state.pt")))
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
 
@@ -267,6 +270,6 @@ def test_a_diverged_epoch_stops_before_its_weights_are_used(digits, tmp_path):
     imgs, labels, vi, vl = _fit_data(ds, 300, 100)
     state = TrainStateFile(tmp_path / "state.pt")
     with pytest.raises(DivergedError, match=r"the training loss became nan in epoch 1 .*lower --lr"):
-        fit(NanAfterFirstStep(), imgs, labels, vi, vl, cfg, _pipeline(ds), seed_keys=(0, 1), state_file=state,
-            desc="[seed 0 R1]")
+        fit(NanAfterFirstStep(), TrainData(imgs, labels, vi, vl), TrainSetup(cfg, _pipeline(ds), (0, 1)),
+            FitHooks(state_file=state, desc="[seed 0 R1]"))
     assert state.load(CPU) is None  # nothing saved from the diverged epoch

@@ -295,7 +295,6 @@ KILLER = textwrap.dedent("""
 def _count_writes(tmp_path):
     import labelrefinery.checkpoint as ck
     import labelrefinery.fileio as fileio
-    import labelrefinery.rundir as rd
 
     calls = []
     real = fileio.atomic_write_bytes
@@ -305,7 +304,7 @@ def _count_writes(tmp_path):
         real(path, data)
 
     with pytest.MonkeyPatch.context() as mp:
-        for m in (fileio, rd, ck):
+        for m in (fileio, ck):
             mp.setattr(m, "atomic_write_bytes", counting)
         assert run(tmp_path, "reference") == 0
     return calls

@@ -7,7 +7,8 @@ from labelrefinery.batch import Pipeline
 from labelrefinery.config import resolve_config
 from labelrefinery.data import load_digits
 from labelrefinery.device import resolve_precision
-from labelrefinery.engine import fit, predict
+from labelrefinery.engine import TrainData, TrainSetup, fit
+from labelrefinery.inference import predict
 from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.targets import StoredTargets
 
@@ -21,8 +22,8 @@ def test_fit_and_predict_on_cuda_match_cpu_weights():
     cfg = resolve_config("quick", {"epochs": 3, "batch_size": 128}).training
     torch.manual_seed(0)
     model = build_model(ModelSpec("convnet", 10, 1, 8)).to(cuda).to(memory_format=torch.channels_last)
-    res = fit(model, ds.train.images.to(cuda), StoredTargets(ds.train.labels.to(cuda)), ds.test.images,
-              ds.test.labels, cfg, p, seed_keys=(0, 1))
+    res = fit(model, TrainData(ds.train.images.to(cuda), StoredTargets(ds.train.labels.to(cuda)), ds.test.images,
+                               ds.test.labels), TrainSetup(cfg, p, (0, 1)))
     assert res.best_val_top1 > 80
     logits = predict(model, ds.test.images, p)
     assert logits.device.type == "cpu" and logits.dtype == torch.float32

@@ -11,8 +11,8 @@ import pytest
 
 from labelrefinery.cli import main
 from labelrefinery.data import load_dataset
-from labelrefinery.labelstats import (class_overlap, confusion, crop_disagreement, entropy, generation_label_stats,
-                                      pick_images, top_k)
+from labelrefinery.report.labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
+from labelrefinery.noise import entropy, generation_label_stats
 
 RUN = ["run", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--no-progress", "--generations", "2",
        "--label-noise", "symmetric:0.2", "--augment", "online", "--labels", "online"]
@@ -54,7 +54,7 @@ def test_generation_stats_and_top_k_by_hand():
     given = np.array([0, 1, 1, 0])
     r1 = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
     r2 = np.array([[0.4, 0.6], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
-    s1, s2 = generation_label_stats([r1, r2], given)
+    s1, s2 = generation_label_stats(given, [r1, r2])
     assert s1["agreement"] == 0.75 and s1["changed"] == 0.25  # R1 against the given labels
     assert s2["agreement"] == 0.5 and s2["changed"] == 0.25  # R2 against R1's argmax
     assert s1["mean_entropy"] == pytest.approx(entropy(r1).mean())

@@ -12,9 +12,9 @@ from labelrefinery.cli import main
 from labelrefinery.config import parse_label_noise, resolve_config
 from labelrefinery.data import load_dataset
 from labelrefinery.errors import ConfigError
-from labelrefinery.labelissues import given_label_scores, rank_label_issues
+from labelrefinery.report.labelissues import given_label_scores, rank_label_issues
 from labelrefinery.losses import smooth_targets
-from labelrefinery.labelstats import label_statistics
+from labelrefinery.noise import label_statistics
 from labelrefinery.noise import inject_label_noise
 from labelrefinery.protocol import seed_data, with_label_noise
 from labelrefinery.rundir import RunDir
@@ -75,16 +75,16 @@ def test_label_quality_hand_made():
     # refined argmax: 0 0 1 2 1 2 -> image 1 corrected; image 4 disputed but wrong; image 3 clean and harmed.
     refined = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 2, 1, 2]), 3).float().numpy()
     clean, given = clean.numpy(), given.numpy()
-    q = label_statistics(refined, given, clean)
+    q = label_statistics(given, refined, clean)
     assert q["disputed"] == pytest.approx(3 / 6)
     assert q["flipped"] == pytest.approx(2 / 6)
     assert q["corrected"] == pytest.approx(1 / 2)
     assert q["harmed"] == pytest.approx(1 / 4)
     assert q["detection_precision"] == pytest.approx(2 / 3) and q["detection_recall"] == pytest.approx(1.0)
     assert q["detection_f1"] == pytest.approx(0.8)
-    assert set(label_statistics(refined, given)) == {"mean_entropy", "agreement", "disputed", "changed"}
-    assert label_statistics(refined, given)["agreement"] == pytest.approx(0.5)
-    none_flipped = label_statistics(refined, clean, clean)
+    assert set(label_statistics(given, refined)) == {"mean_entropy", "agreement", "disputed", "changed"}
+    assert label_statistics(given, refined)["agreement"] == pytest.approx(0.5)
+    none_flipped = label_statistics(clean, refined, clean)
     assert none_flipped["corrected"] is None and none_flipped["detection_recall"] is None
 
 
@@ -146,7 +146,7 @@ def test_stored_labels_are_the_refinerys_own(noisy_run):
     """With --gt-weight, labels.npz holds what the refinery said, not the mix with the ground truth."""
     from labelrefinery.batch import Pipeline
     from labelrefinery.device import resolve_precision
-    from labelrefinery.engine import predict
+    from labelrefinery.inference import predict
 
     rd = RunDir(noisy_run)
     saved = rd.load_labels(0, 1)
@@ -211,8 +211,10 @@ def test_cross_fit_never_labels_an_image_with_a_model_that_trained_on_it(monkeyp
 
     cfg = resolve_config("quick", {"dataset": "digits", "epochs": 1, "batch_size": 64, "cross_fit": 3,
                                    "augment": "static", "static_copies": 1, "progress": False})
+    from labelrefinery.augment import static_copies
+
     exp = prepare(cfg, RunDir("/nonexistent/never-made"))
-    data = seed_data(exp.dataset, cfg, 0, torch.device("cpu"))
+    data = seed_data(exp.dataset, cfg, 0, torch.device("cpu"), static_copies=static_copies)
     trained_on, labelled = [], []
     real_predict = generation.predict
 
@@ -308,40 +310,40 @@ def _noisy_rows(clean: torch.Tensor, rate: float, num_classes: int) -> torch.Ten
 
 
 def test_symmetric_noise_estimate():
-    from labelrefinery.targets import estimate_symmetric_noise
+    from labelrefinery.noise import estimate_symmetric_noise
 
     clean = torch.arange(500) % 10
     given = clean.clone()
     given[:250] = (clean[:250] + 3) % 10  # half the given labels wrong: the cap (disputed share) is 0.5
-    assert estimate_symmetric_noise(_noisy_rows(clean, 0.4, 10), given) == pytest.approx(0.4, abs=1e-5)
-    assert estimate_symmetric_noise(_noisy_rows(clean, 0.1, 10), given) == pytest.approx(0.1, abs=1e-5)
-    assert estimate_symmetric_noise(torch.eye(10)[clean], given) == 0.0  # memorised: nothing to estimate
+    assert estimate_symmetric_noise(given, _noisy_rows(clean, 0.4, 10)) == pytest.approx(0.4, abs=1e-5)
+    assert estimate_symmetric_noise(given, _noisy_rows(clean, 0.1, 10)) == pytest.approx(0.1, abs=1e-5)
+    assert estimate_symmetric_noise(given, torch.eye(10)[clean]) == 0.0  # memorised: nothing to estimate
     # an ambiguous second class on every image does not move the estimate
     rows = _noisy_rows(clean, 0.4, 10)
     rows[torch.arange(500), (clean + 1) % 10] += 0.2
     rows[torch.arange(500), clean] -= 0.2
-    assert estimate_symmetric_noise(rows, given) == pytest.approx(0.4, abs=1e-5)
+    assert estimate_symmetric_noise(given, rows) == pytest.approx(0.4, abs=1e-5)
     # an under-trained refinery, unsure of every image but disputing only 2% of the labels: capped at 0.02
     unsure = _noisy_rows(clean, 0.6, 10)
-    assert estimate_symmetric_noise(unsure, torch.where(torch.arange(500) < 10, (clean + 1) % 10, clean)) == \
+    assert estimate_symmetric_noise(torch.where(torch.arange(500) < 10, (clean + 1) % 10, clean), unsure) == \
         pytest.approx(0.02)
 
 
 def test_noisy_label_posterior_hand_made():
-    from labelrefinery.targets import noisy_label_posterior, symmetric_transition
+    from labelrefinery.noise import noisy_label_posterior, symmetric_transition
 
     # K = 3, r = 0.3: T[c, y] = 0.7 if c == y else 0.15.
     t = symmetric_transition(3, 0.3)
     assert torch.allclose(t, torch.tensor([[0.7, 0.15, 0.15], [0.15, 0.7, 0.15], [0.15, 0.15, 0.7]]))
     refined = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]])
     given = torch.tensor([0, 1])
-    q = noisy_label_posterior(refined, given, t, denoise=False)
+    q = noisy_label_posterior(given, refined, t, denoise=False)
     expected = torch.tensor([[0.6 * 0.7, 0.3 * 0.15, 0.1 * 0.15], [0.6 * 0.15, 0.3 * 0.7, 0.1 * 0.15]])
     assert torch.allclose(q, expected / expected.sum(1, keepdim=True))
     assert q[1].argmax() == 1  # the refinery's 0.6 does not overrule a given label it gives 0.3
     # rows of a refinery that fitted noisy labels map back to the true class before Bayes' rule
     noisy = _noisy_rows(torch.tensor([2, 2]), 0.3, 3)
-    q = noisy_label_posterior(noisy, torch.tensor([2, 0]), t, denoise=True)
+    q = noisy_label_posterior(torch.tensor([2, 0]), noisy, t, denoise=True)
     assert q[0, 2] > 0.999 and q[1].argmax() == 2  # a wrong given label is corrected
     assert torch.allclose(q.sum(1), torch.ones(2))
     # the closed form of the symmetric inverse: p_c = (p~_c - r/(K-1)) / (1 - r K/(K-1)), clipped, renormalised
@@ -349,12 +351,12 @@ def test_noisy_label_posterior_hand_made():
     back = ((soft - 0.15) / (1 - 0.3 * 3 / 2)).clamp_min(1e-4)
     back = back / back.sum()
     lik = torch.tensor([[0.15, 0.15, 0.7]])
-    assert torch.allclose(noisy_label_posterior(soft, torch.tensor([2]), t, denoise=True),
+    assert torch.allclose(noisy_label_posterior(torch.tensor([2]), soft, t, denoise=True),
                           back * lik / (back * lik).sum(), atol=1e-6)
     with pytest.raises(ValueError, match="noise rate must be in"):
         symmetric_transition(3, 0.7)
     with pytest.raises(ValueError, match="must be 3 x 3"):
-        noisy_label_posterior(refined, given, torch.eye(4), denoise=False)
+        noisy_label_posterior(given, refined, torch.eye(4), denoise=False)
 
 
 def _pairflip_rows(clean: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
@@ -366,31 +368,31 @@ def _pairflip_rows(clean: torch.Tensor, rate: float, num_classes: int) -> torch.
 
 
 def test_noise_transition_estimate_class_by_class():
-    from labelrefinery.targets import estimate_noise_transition, largest_transitions, noisy_label_posterior
+    from labelrefinery.noise import estimate_noise_transition, largest_transitions, noisy_label_posterior
 
     clean = torch.arange(1000) % 10
     given = torch.where(torch.arange(1000) % 100 < 30, (clean + 1) % 10, clean)  # 30% pair flips
-    t = estimate_noise_transition(_pairflip_rows(clean, 0.3, 10), given)
+    t = estimate_noise_transition(given, _pairflip_rows(clean, 0.3, 10))
     expected = 0.7 * torch.eye(10) + 0.3 * torch.roll(torch.eye(10), 1, dims=1)
     assert torch.allclose(t, expected, atol=1e-6)
     assert all(y == (c + 1) % 10 and v == 0.3 for c, y, v in largest_transitions(t, 3))
     # symmetric noise reads as the symmetric matrix
     sym = _noisy_rows(clean, 0.4, 10)
     given_sym = torch.where(torch.arange(1000) % 100 < 40, (clean + 3) % 10, clean)
-    assert torch.allclose(estimate_noise_transition(sym, given_sym),
+    assert torch.allclose(estimate_noise_transition(given_sym, sym),
                           0.6 * torch.eye(10) + 0.4 / 9 * (1 - torch.eye(10)), atol=1e-6)
     # memorised labels: nothing to estimate; an unsure refinery disputing 2% of labels is capped at 2%
-    assert torch.equal(estimate_noise_transition(torch.eye(10)[clean], given), torch.eye(10))
-    unsure = estimate_noise_transition(_pairflip_rows(clean, 0.4, 10),
-                                       torch.where(torch.arange(1000) < 20, (clean + 1) % 10, clean))
+    assert torch.equal(estimate_noise_transition(given, torch.eye(10)[clean]), torch.eye(10))
+    unsure = estimate_noise_transition(torch.where(torch.arange(1000) < 20, (clean + 1) % 10, clean),
+                                       _pairflip_rows(clean, 0.4, 10))
     assert float((1 - unsure.diagonal()).mean()) == pytest.approx(0.02, abs=1e-6)
     # the posterior with the estimate corrects a pair-flipped label, which symmetric noise cannot
-    q = noisy_label_posterior(_pairflip_rows(torch.tensor([4]), 0.3, 10), torch.tensor([5]), t, denoise=True)
+    q = noisy_label_posterior(torch.tensor([5]), _pairflip_rows(torch.tensor([4]), 0.3, 10), t, denoise=True)
     assert q.argmax() == 4 and q[0, 4] > 0.99
     # a singular estimate (two classes' rows alike) still gives probability rows, not an error
     singular = t.clone()
     singular[1] = singular[0]
-    q = noisy_label_posterior(_pairflip_rows(clean[:20], 0.3, 10), given[:20], singular, denoise=True)
+    q = noisy_label_posterior(given[:20], _pairflip_rows(clean[:20], 0.3, 10), singular, denoise=True)
     assert torch.isfinite(q).all() and torch.allclose(q.sum(1), torch.ones(20))
 
 
@@ -412,7 +414,7 @@ def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
     rd = RunDir(tmp_path / "np")
     estimate = rd.read_summary(0, 1)["symmetric_noise_estimate"]
     assert 0 < estimate < 0.9
-    from labelrefinery.targets import symmetric_transition
+    from labelrefinery.noise import symmetric_transition
 
     assert [denoise for *_, denoise in calls] == [True, False]
     assert all(torch.allclose(t, symmetric_transition(10, estimate)) for *_, t, _ in calls)
@@ -425,7 +427,8 @@ def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
 def test_classwise_noise_prior_run(tmp_path, monkeypatch):
     """--noise-prior classwise: R2 and R3 fit posteriors under the matrix estimated from R1's stored labels
     (R3's read back from disk), and R1's summary and results.md report the estimate."""
-    from labelrefinery.targets import LabelRecipe, estimate_noise_transition
+    from labelrefinery.noise import estimate_noise_transition
+    from labelrefinery.targets import LabelRecipe
 
     calls = []
     original = LabelRecipe.mix
@@ -443,7 +446,7 @@ def test_classwise_noise_prior_run(tmp_path, monkeypatch):
     by_index[torch.from_numpy(split["train_indices"])] = torch.from_numpy(split["train_labels"])
     given = by_index[torch.from_numpy(saved["indices"])]
     assert [denoise for _, denoise in calls] == [True, False]
-    assert torch.allclose(calls[0][0], estimate_noise_transition(torch.from_numpy(saved["labels"]), given))
+    assert torch.allclose(calls[0][0], estimate_noise_transition(given, torch.from_numpy(saved["labels"])))
     assert torch.equal(calls[0][0], calls[1][0])  # R3's matrix, from R1's labels read back, is R2's
     t = calls[0][0]
     shares = torch.bincount(given, minlength=10).float() / len(given)
@@ -492,15 +495,15 @@ def test_noise_prior_from_yaml_number_and_its_canonical_text(tmp_path):
 
 def test_a_given_label_tied_with_the_top_class_is_not_disputed():
     """float16 rows tie now and then: the given label tied for the top stands, whatever the class order."""
-    from labelrefinery.labelissues import issue_rows
-    from labelrefinery.labelstats import suggested_labels
+    from labelrefinery.report.labelissues import issue_rows
+    from labelrefinery.noise import suggested_labels
     from labelrefinery.noise import disputes
 
     probs = np.array([[0.4, 0.4, 0.2], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32)
     given = np.array([1, 0, 1])
-    assert disputes(torch.from_numpy(probs), torch.from_numpy(given)).tolist() == [False, False, True]
-    assert label_statistics(probs, given)["disputed"] == pytest.approx(1 / 3)
-    assert suggested_labels(probs, given).tolist() == [1, 0, 0]
+    assert disputes(torch.from_numpy(given), torch.from_numpy(probs)).tolist() == [False, False, True]
+    assert label_statistics(given, probs)["disputed"] == pytest.approx(1 / 3)
+    assert suggested_labels(given, probs).tolist() == [1, 0, 0]
     rows = issue_rows(probs, given, np.arange(3), ["a", "b", "c"])
     assert [r["index"] for r in rows] == [2]
     every = issue_rows(probs, given, np.arange(3), ["a", "b", "c"], include_all=True)
@@ -508,7 +511,7 @@ def test_a_given_label_tied_with_the_top_class_is_not_disputed():
 
 
 def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetric_one():
-    from labelrefinery.report import _label_table
+    from labelrefinery.report.tables import _label_table
 
     def table(symmetric, classwise, prior="0"):
         r = {"config": {"noise_prior": prior}, "generations": [
@@ -530,10 +533,12 @@ def test_an_estimate_of_no_noise_leaves_the_refined_labels_as_they_are():
     from types import SimpleNamespace
 
     from labelrefinery.generation import noise_transition
-    from labelrefinery.targets import symmetric_transition
+    from labelrefinery.noise import symmetric_transition
+
+    from labelrefinery.config import parse_noise_prior
 
     def exp(prior, estimate=0.0):
-        return SimpleNamespace(cfg=SimpleNamespace(refinement=SimpleNamespace(noise_prior=prior)),
+        return SimpleNamespace(cfg=SimpleNamespace(refinement=SimpleNamespace(prior=parse_noise_prior(prior))),
                                dataset=SimpleNamespace(train=SimpleNamespace(num_classes=10)),
                                run_dir=SimpleNamespace(read_summary=lambda seed, g: {"symmetric_noise_estimate":
                                                                                        estimate}))

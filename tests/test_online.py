@@ -11,7 +11,8 @@ from labelrefinery.checkpoint import load_refinery, save_checkpoint
 from labelrefinery.cli import main
 from labelrefinery.config import resolve_config
 from labelrefinery.data import load_digits
-from labelrefinery.engine import fit, predict, train_one_epoch
+from labelrefinery.engine import EpochSteps, TrainData, TrainSetup, fit, train_one_epoch
+from labelrefinery.inference import predict
 from labelrefinery.errors import CheckpointError
 from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.targets import (FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, adversarial_jitter,
@@ -32,8 +33,8 @@ def trained(digits):
     p = Pipeline.create(CPU, digits.mean, digits.std)
     torch.manual_seed(0)
     model = build_model(ModelSpec("convnet", 10, 1, 8))
-    fit(model, digits.train.images, StoredTargets(digits.train.labels), digits.test.images, digits.test.labels,
-        cfg, p, seed_keys=(0, 1))
+    fit(model, TrainData(digits.train.images, StoredTargets(digits.train.labels), digits.test.images,
+                         digits.test.labels), TrainSetup(cfg, p, (0, 1)))
     return model.eval(), p
 
 
@@ -48,8 +49,8 @@ def test_refinery_unchanged_by_a_generation(digits, trained):
     online = RefineryTargets(frozen, LabelRecipe(), digits.train.labels, jitter_prob=0.5, jitter_eps=2 / 255)
     from labelrefinery.augment import RandomAffine
 
-    fit(student, digits.train.images, online, digits.test.images, digits.test.labels, cfg, p, seed_keys=(0, 2),
-        augment=RandomAffine())
+    fit(student, TrainData(digits.train.images, online, digits.test.images, digits.test.labels),
+        TrainSetup(cfg, p, (0, 2), augment=RandomAffine()))
     after = refinery_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm running statistics
     assert not refinery_model.training
@@ -93,8 +94,8 @@ def test_left_crops_are_labelled_as_their_own_content(digits, trained):
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
     # the "ground truth" handed to the spy is each pair's position, to undo the batch permutation
     online = RefineryTargets(FrozenRefinery(refinery_model), spy, torch.arange(len(pairs)))
-    train_one_epoch(student, opt, pairs, online, p, batch_size=len(pairs) + 1,
-                    generator=torch.Generator().manual_seed(0), augment=left_crop)
+    train_one_epoch(student, opt, TrainData(pairs, online), p,
+                    EpochSteps(len(pairs) + 1, torch.Generator().manual_seed(0), augment=left_crop))
     got, match = seen[0]
     per_crop = refined_labels(predict(refinery_model, imgs[left], p))
     assert torch.allclose(got, per_crop[match], atol=1e-4)  # exactly the label of the left digit alone

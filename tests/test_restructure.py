@@ -8,7 +8,8 @@ import yaml
 from labelrefinery.cli import main
 from labelrefinery.config import RunConfig, TrainConfig, resolve_config
 from labelrefinery.data import load_digits
-from labelrefinery.engine import LRSchedule, fit
+from labelrefinery.engine import FitHooks, TrainData, TrainSetup, fit
+from labelrefinery.schedule import LRSchedule
 from labelrefinery.errors import RunDirError
 from labelrefinery.fileio import atomic_write_text
 from labelrefinery.models import ModelSpec, build_model
@@ -50,8 +51,8 @@ def _digits_fit(state_file, epochs, compile):
     model = build_model(ModelSpec("convnet", 10, 1, 8))
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=3e-3, lr_schedule="plateau", early_stop_patience_epochs=0)
     p = Pipeline.create(CPU, ds.mean, ds.std)
-    fit(model, ds.train.images[:400], StoredTargets(ds.train.labels[:400]), ds.test.images, ds.test.labels, cfg, p,
-        seed_keys=(0, 1), state_file=state_file, compile=compile)
+    fit(model, TrainData(ds.train.images[:400], StoredTargets(ds.train.labels[:400]), ds.test.images, ds.test.labels),
+        TrainSetup(cfg, p, (0, 1), compile=compile), FitHooks(state_file=state_file))
     return model
 
 

@@ -15,7 +15,8 @@ from .checkpoint import load_checkpoint, load_model
 from .classifier import Classifier, load_classifier
 from .config import DataConfig, ExecConfig, RefineConfig, RunConfig, TrainConfig, resolve_config
 from .data import Dataset, ImageData, load_dataset
-from .engine import fit, predict, train_one_epoch
+from .engine import fit, train_one_epoch
+from .inference import predict
 from .errors import CheckpointError, ConfigError, DataError, RunDirError, UserError
 from .losses import distillation_loss, kl_divergence, soft_target_cross_entropy
 from .models import ModelSpec, build_model

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .seeding import static_copy_generator
+
 
 def warp(images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Resample ``images: (N, C, H, W) float`` with per-image matrices ``theta: (N, 2, 3)``.
@@ -189,6 +191,18 @@ def augment_uint8(
         x = images[start : start + batch_size].float().div_(255)
         out[start : start + batch_size] = augment(x, generator).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def static_copies(images: torch.Tensor, hflip: bool, copies: int, seed: int) -> list[torch.Tensor]:
+    """The ``copies`` stored augmented copies of ``images: (N, C, H, W) uint8`` for ``--augment static``.
+
+    Copy ``c`` (1-based) is :class:`RandomAffine` (with a horizontal flip when ``hflip``, i.e. a flip keeps every
+    class) applied once by :func:`augment_uint8`, drawn from :func:`~labelrefinery.seeding.static_copy_generator`
+    of run seed ``seed`` and ``c``. The data protocol stores them as views
+    (:func:`labelrefinery.protocol.training_views`); made here, on the training side.
+    """
+    affine = RandomAffine(hflip=hflip)
+    return [augment_uint8(images, affine, static_copy_generator(seed, c)) for c in range(1, copies + 1)]
 
 
 class CenterCropView:

@@ -34,9 +34,8 @@ def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
 
     Progressive resizing (the "progressive learning" of Tan & Le 2021, EfficientNetV2, section 4; fast.ai's
     DAWNBench ImageNet entry, Howard et al. 2018): early epochs train on smaller images and later ones at the
-    full size, at which the model is evaluated. Measured for ``convnet`` on 2 cores (AVX2 fp32 kernels, avx2
-    avx512_bf16 avx512f CPU; ``benchmarks/quick_frontier.py``, BENCHMARKS.md): an epoch at 20 of 28 px costs
-    0.62 of a full one, at 24 px 0.79. ``scale`` 1 returns ``x`` itself.
+    full size, at which the model is evaluated (what an epoch at a smaller side saves:
+    ``benchmarks/quick_frontier.py``, BENCHMARKS.md). ``scale`` 1 returns ``x`` itself.
     """
     if scale == 1:
         return x

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .augment import eval_view, input_size, make_augment
+from .augment import eval_view, input_size, make_augment, static_copies
 from .batch import Pipeline, scaled_side
 from .checkpoint import load_refinery
-from .config import RunConfig, parse_label_form, parse_noise_prior
+from .config import RunConfig, parse_label_form
 from .console import ChainClock, log
 from . import dist
 from .data import Dataset, check_dataset_name
@@ -30,11 +30,12 @@ from .evaluate import ensemble_results
 from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, Experiment, planned_epochs, reload_generation,
                          target_source, train_generation)
 from .models import ModelSpec, build_model, check_model_name
+from .noise import max_noise_rate
 from .protocol import load_run_dataset, seed_data, seed_split, with_label_noise
-from .report import format_table, summarize_run
+from .report.tables import format_table, summarize_run
 from .rundir import RunDir
 from .targets import LabelRecipe, StoredTargets
-from .tblog import check_tensorboard
+from .tblog import TensorBoardLog, check_tensorboard
 from .version import code_version
 
 
@@ -124,9 +125,9 @@ def _check_against_data(cfg: RunConfig, dataset: Dataset) -> None:
     if storage.startswith("topk:") and int(storage[5:]) > dataset.train.num_classes:
         raise ConfigError(f"--label-storage {storage} keeps more classes than {dataset.name}'s "
                           f"{dataset.train.num_classes}; use J <= {dataset.train.num_classes} or float32")
-    prior, bound = parse_noise_prior(cfg.refinement.noise_prior), 1 - 1 / dataset.train.num_classes
-    if prior is not None and prior >= bound:
-        raise ConfigError(f"--noise-prior {prior:g} is not below 1 - 1/K = {bound:.3g} for {dataset.name}'s "
+    prior, bound = cfg.refinement.prior, max_noise_rate(dataset.train.num_classes)
+    if prior.rate is not None and prior.rate >= bound:
+        raise ConfigError(f"--noise-prior {prior.rate:g} is not below 1 - 1/K = {bound:.3g} for {dataset.name}'s "
                           f"{dataset.train.num_classes} classes; give a smaller share or auto")
     kind, k = parse_label_form(cfg.refinement.label_form)
     if kind == "topk" and k > dataset.train.num_classes:
@@ -190,7 +191,7 @@ def _warn_unused(cfg: RunConfig) -> None:
 
 def run_seed(exp: Experiment, seed: int) -> list[dict]:
     """Train the chain R1..Rn of one seed, skipping finished generations; returns one summary per generation."""
-    data = seed_data(exp.dataset, exp.cfg, seed, exp.pipeline.device, exp.noise)
+    data = seed_data(exp.dataset, exp.cfg, seed, exp.pipeline.device, exp.noise, static_copies)
     exp.run_dir.write_split(seed, data.train_idx, data.val_idx, data.val_labels, data.test_labels,
                             exp.dataset.train.labels, exp.noise.clean if exp.noise is not None else None)
     summaries: list[dict] = []
@@ -275,6 +276,7 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
     exp = prepare(cfg, rd)
     fresh = not rd.root.exists()
     dist.start(exp.pipeline.device)  # under torchrun: join the other processes (a no-op for a plain run)
+    tensorboard = TensorBoardLog(rd.tensorboard_dir)  # makes files only once it is given a record
     with rd.lock():  # one process per run directory (under torchrun: the main one, for all), to the end
         try:
             rd.remove_leftovers()
@@ -286,8 +288,8 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             _write_run_facts(exp, resumed)
             dist.barrier()  # the other processes read the directory only once the main one has tidied it
             exp.clock = ChainClock(planned_epochs(cfg, rd))
-            if cfg.execution.tensorboard:
-                rd.start_tensorboard()
+            if cfg.execution.tensorboard:  # from now on every metrics record is also a TensorBoard scalar
+                rd.on_metrics = tensorboard.record
             for seed in cfg.seed_values():
                 run_seed(exp, seed)
             for gens in reported_ensembles(cfg):
@@ -298,11 +300,11 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             rd.write_results(results, format_table([results]))
             return results
         except BaseException:
-            rd.stop_tensorboard()
+            tensorboard.close()
             if rd.writer and fresh and not rd.has_finished_work():
                 shutil.rmtree(rd.root, ignore_errors=True)  # nothing finished: leave nothing behind
                 log(f"no epoch had finished: removed {rd.root}")
             raise
         finally:
-            rd.stop_tensorboard()
+            tensorboard.close()
             dist.stop()

@@ -25,8 +25,9 @@ from .console import interactive
 from .deployed import DEPLOYED_BATCH_SIZE, Classifier
 from .data.files import to_rgb
 from .errors import CheckpointError, ConfigError, DataError
+from .fileio import atomic_write_text
 from .protocol import load_run_dataset
-from .report import best_of
+from .report.tables import best_of
 from .rundir import RunDir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -162,6 +163,36 @@ def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3,
     return buf.getvalue()
 
 
+def predict_to(classifier: Classifier, paths: list[Path], top_k: int = 3, out: Path | None = None) -> str:
+    """What ``refinery predict`` prints: the CSV text of :func:`predict_files` when ``out`` is None; else that
+    text written to ``out`` (atomically) and the line ``"<out>: <n> image(s)"`` (newline-terminated).
+
+    Raises:
+        ConfigError, DataError: as :func:`predict_files`.
+    """
+    text = predict_files(classifier, paths, top_k)
+    if out is None:
+        return text
+    atomic_write_text(out, text)
+    n = text.count(chr(10)) - 1
+    return f"{out}: {n} image{'' if n == 1 else 's'}\n"
+
+
+def check_output_path(source: Path, out: Path, suffix: str) -> None:
+    """Refuse an ``--out`` with another suffix, or one among the files of the run ``source`` belongs to.
+
+    Raises:
+        ConfigError: ``out`` not a file path ending in ``suffix`` (outside a run), or a path the run owns.
+    """
+    candidates = [source, *source.parents[:3]] if source.exists() else []
+    root = next((d for d in candidates if d.is_dir() and RunDir(d).is_run()), None)
+    if root is None:
+        if out.suffix != suffix or out.is_dir():
+            raise ConfigError(f"--out {out} must be a file path ending in {suffix}")
+        return
+    RunDir(root).check_output_path(out, suffix)
+
+
 EXPORT_FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "export": ".pt2"}
 
 
@@ -202,3 +233,12 @@ def export_classifier(classifier: Classifier, out: Path, fmt: str) -> Path:
                           dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
     tmp.replace(out)
     return out
+
+
+def export_with_summary(classifier: Classifier, out: Path, fmt: str) -> str:
+    """:func:`export_classifier`, then the line ``refinery export`` prints: the file written, its format, input
+    shape and the first class names."""
+    path = export_classifier(classifier, out, fmt)
+    return (f"wrote {path} ({fmt}; input (N, {classifier.preprocessing['channels']}, {classifier.stored_size}, "
+            f"{classifier.stored_size}) float in [0, 1], output logits over " + ", ".join(classifier.classes[:4])
+            + (", ..." if len(classifier.classes) > 4 else "") + ")")

@@ -97,17 +97,8 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default: cpu)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``refinery`` argument parser with its subcommands."""
-    parser = _Parser(
-        prog="refinery",
-        description="Label Refinery: train generations of classifiers, each on its predecessor's soft labels.",
-    )
-    from .version import code_version
-
-    parser.add_argument("--version", action="version", version=f"refinery (labelrefinery) {code_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run_parser(sub) -> None:
+    """``refinery run``: the flags of :class:`~labelrefinery.config.RunConfig` and where the run goes."""
     run = sub.add_parser(
         "run", help="train R1..Rn for one or more seeds and print the results table",
         description="Train a chain of generations R1..Rn (R1 on ground truth, each next one on the previous "
@@ -134,17 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
                      "--seeds, --controls, --ensemble and execution flags (--threads, --device, ...) may be given")
     _add_config_flags(run)
 
+
+def _add_report_parser(sub) -> None:
+    """``refinery report``."""
     report = sub.add_parser("report", help="rebuild the results table from one or more run directories")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     report.add_argument("--out", type=Path, default=None,
                         help="also write results.json / results.md there (default: into a single RUN_DIR)")
 
+
+def _add_evaluate_parser(sub) -> None:
+    """``refinery evaluate``."""
     ev = sub.add_parser("evaluate", help="test accuracy of saved generations, alone or as an ensemble")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ev.add_argument("--ensemble", type=_int_list("ensemble"), default=None, metavar="N,N",
                     help="comma-separated generations whose averaged softmax is evaluated")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
 
+
+def _add_label_issues_parser(sub) -> None:
+    """``refinery label-issues``."""
     li = sub.add_parser(
         "label-issues", help="rank the training images whose given label the refined labels dispute (CSV)",
         description="Write RUN_DIR/label_issues.csv: the training images whose refined argmax differs from the "
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--all", action="store_true", dest="include_all",
                     help="a row for every training image, not only the disputed ones")
 
+
+def _add_inspect_parser(sub) -> None:
+    """``refinery inspect``."""
     ins = sub.add_parser(
         "inspect", help="write an HTML report of what the refinery did to the labels (plots, image grids)",
         description="Write one self-contained HTML page (plots and images embedded; opens from disk) about one or "
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="whose chain the label sections and image grids show (default: the first seed with a "
                      "finished generation, normally 0)")
 
+
+def _add_predict_parser(sub) -> None:
+    """``refinery predict``."""
     pr = sub.add_parser(
         "predict", help="classify image files with a trained generation (class names and probabilities, CSV)",
         description="Classify image files (or folders of them, searched recursively) with a trained generation: "
@@ -191,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", type=Path, default=None, help="write the CSV here (default: print it)")
     _add_generation_flags(pr)
 
+
+def _add_export_parser(sub) -> None:
+    """``refinery export``."""
     ex = sub.add_parser(
         "export", help="write a trained generation, preprocessing included, as TorchScript, torch.export or ONNX",
         description="Write a trained generation for use without labelrefinery. The written model includes its "
@@ -203,7 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the file to write (default: model.pt / model.pt2 / model.onnx in the working directory)")
     _add_generation_flags(ex)
 
+
+def _add_models_parser(sub) -> None:
+    """``refinery models``."""
     sub.add_parser("models", help="list the model names --model accepts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``refinery`` argument parser with its subcommands."""
+    parser = _Parser(
+        prog="refinery",
+        description="Label Refinery: train generations of classifiers, each on its predecessor's soft labels.",
+    )
+    from .version import code_version
+
+    parser.add_argument("--version", action="version", version=f"refinery (labelrefinery) {code_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_parser, _ in SUBCOMMANDS.values():
+        add_parser(sub)
     return parser
 
 
@@ -216,7 +242,7 @@ def default_run_name(cfg: RunConfig, preset: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     from .chain import run
     from .config import leaf_names
-    from .report import format_table
+    from .report.tables import format_table
 
     overrides = {name: getattr(args, name) for name in leaf_names() if hasattr(args, name)}
     if (args.refinery_mean is None) != (args.refinery_std is None):
@@ -239,19 +265,6 @@ def _run(args: argparse.Namespace) -> int:
         print(format_table([results]))
         print(f"run directory: {run_dir}")
     return 0
-
-
-def _check_out_of_run(source: Path, out: Path, suffix: str) -> None:
-    """Refuse an ``--out`` with another suffix, or one among the files of the run ``source`` belongs to."""
-    from .rundir import RunDir
-
-    candidates = [source, *source.parents[:3]] if source.exists() else []
-    root = next((d for d in candidates if d.is_dir() and RunDir(d).is_run()), None)
-    if root is None:
-        if out.suffix != suffix or out.is_dir():
-            raise ConfigError(f"--out {out} must be a file path ending in {suffix}")
-        return
-    RunDir(root).check_output_path(out, suffix)
 
 
 def _resume_settings(args: argparse.Namespace, overrides: dict) -> tuple[RunConfig, Path]:
@@ -283,7 +296,7 @@ def _resume_settings(args: argparse.Namespace, overrides: dict) -> tuple[RunConf
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import format_table, summarize_run
+    from .report.tables import format_table, summarize_run
     from .rundir import write_results_files
 
     results = [summarize_run(d) for d in args.run_dirs]
@@ -310,6 +323,76 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_issues(args: argparse.Namespace) -> int:
+    from .report.labelissues import write_label_issues
+
+    path, rows, total = write_label_issues(args.run_dir, args.generation, args.seed, args.out, args.include_all)
+    print(f"{path}: {rows} of {total} training images" + ("" if args.include_all else " disputed"))
+    return 0
+
+
+def _load_classifier(args: argparse.Namespace, out: Path | None, suffix: str):
+    """The generation ``predict`` or ``export`` uses, once ``out`` (if any) is known to be a fitting path."""
+    from .classifier import check_output_path, load_classifier
+    from .device import resolve_device
+
+    if out is not None:
+        check_output_path(args.source, out, suffix)
+    return load_classifier(args.source, args.generation, args.seed, resolve_device(args.device))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .classifier import predict_to
+
+    classifier = _load_classifier(args, args.out, ".csv")
+    print(predict_to(classifier, args.images, args.top_k, args.out), end="")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .classifier import EXPORT_FORMATS, export_with_summary
+
+    out = args.out or Path(f"model{EXPORT_FORMATS[args.fmt]}")
+    classifier = _load_classifier(args, out, EXPORT_FORMATS[args.fmt])
+    print(export_with_summary(classifier, out, args.fmt))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .report.inspection import inspect_runs
+
+    path, seconds = inspect_runs(args.run_dirs, args.out, args.images, args.seed)
+    print(f"report: {path} and its data files beside it, in {seconds:.1f} s (open it in a browser)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    print(evaluate_run(args.run_dir, args.ensemble, args.device))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import available_models
+
+    print("\n".join(available_models()))
+    return 0
+
+
+# Each subcommand, in the order --help lists them: (adds its parser, handles its arguments -> exit status).
+SUBCOMMANDS = {
+    "run": (_add_run_parser, _run),
+    "report": (_add_report_parser, _report),
+    "evaluate": (_add_evaluate_parser, _evaluate),
+    "label-issues": (_add_label_issues_parser, _label_issues),
+    "inspect": (_add_inspect_parser, _inspect),
+    "predict": (_add_predict_parser, _predict),
+    "export": (_add_export_parser, _export),
+    "models": (_add_models_parser, _models),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     try:
@@ -317,57 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a one-line usage error (2): returned like every other outcome
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     try:
-        if args.command == "models":
-            from .models import available_models
-
-            print("\n".join(available_models()))
-            return 0
-        if args.command == "report":
-            return _report(args)
-        if args.command == "label-issues":
-            from .labelissues import write_label_issues
-
-            path, rows, total = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
-                                                   args.include_all)
-            print(f"{path}: {rows} of {total} training images" + ("" if args.include_all else " disputed"))
-            return 0
-        if args.command in ("predict", "export"):
-            from .classifier import EXPORT_FORMATS, export_classifier, load_classifier, predict_files
-            from .device import resolve_device
-
-            suffix = EXPORT_FORMATS[args.fmt] if args.command == "export" else ".csv"
-            out = args.out or (Path(f"model{suffix}") if args.command == "export" else None)
-            if out is not None:
-                _check_out_of_run(args.source, out, suffix)
-            classifier = load_classifier(args.source, args.generation, args.seed, resolve_device(args.device))
-            if args.command == "export":
-                print(f"wrote {export_classifier(classifier, out, args.fmt)} ({args.fmt}; input (N, "
-                      f"{classifier.preprocessing['channels']}, {classifier.stored_size}, {classifier.stored_size}) "
-                      "float in [0, 1], output logits over " + ", ".join(classifier.classes[:4])
-                      + (", ..." if len(classifier.classes) > 4 else "") + ")")
-                return 0
-            text = predict_files(classifier, args.images, args.top_k)
-            if args.out is None:
-                print(text, end="")
-            else:
-                from .fileio import atomic_write_text
-
-                atomic_write_text(args.out, text)
-                n = text.count(chr(10)) - 1
-                print(f"{args.out}: {n} image{'' if n == 1 else 's'}")
-            return 0
-        if args.command == "inspect":
-            from .inspection import inspect_runs
-
-            path, seconds = inspect_runs(args.run_dirs, args.out, args.images, args.seed)
-            print(f"report: {path} and its data files beside it, in {seconds:.1f} s (open it in a browser)")
-            return 0
-        if args.command == "evaluate":
-            from .evaluate import evaluate_run
-
-            print(evaluate_run(args.run_dir, args.ensemble, args.device))
-            return 0
-        return _run(args)
+        _, handle = SUBCOMMANDS[args.command]
+        return handle(args)
     except UserError as e:
         info = process_info()
         if info.is_main:  # under torchrun every process checks the same settings: one says what is wrong

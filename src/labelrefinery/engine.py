@@ -1,4 +1,5 @@
-"""The training engine: ``predict``, ``evaluate``, ``recalibrate_batchnorm``, ``train_one_epoch``, ``fit``.
+"""The training engine: ``train_one_epoch`` and ``fit`` (inference in :mod:`.inference`, optimizer and
+learning-rate schedule in :mod:`.schedule`; their names are importable from here too).
 
 Letters: N images, B batch size, C channels, H x W pixels, K classes.
 
@@ -13,6 +14,10 @@ on the device, augments it with per-sample parameters (batched, see
 a frozen refinery labelling exactly the augmented batch), normalises in
 channels_last layout and runs the model under autocast. The loop is the same
 whatever the targets are.
+
+What a fit trains on (:class:`TrainData`), how (:class:`TrainSetup`) and what it does besides training
+(:class:`FitHooks`) are three frozen dataclasses; one epoch's steps are an :class:`EpochSteps` and its bar an
+:class:`EpochBar`.
 """
 
 from __future__ import annotations
@@ -30,200 +35,114 @@ from .config import TrainConfig
 from .console import ChainClock, format_duration, interactive, log as log_line, progress_bar
 from .data.files import read_batches
 from .errors import DivergedError
-from .dist import all_reduce_sum, broadcast_buffers, gather_rows, process_info, shard, wrap
-from .losses import distillation_kl, distillation_loss, smooth_targets, soft_target_cross_entropy
+from .dist import all_reduce_sum, process_info, wrap
+from .inference import evaluate, recalibrate_batchnorm, recalibration_subset
+from .losses import distillation_kl, distillation_loss, smooth_targets
+from .schedule import LRSchedule, build_optimizer, train_scale
 from .seeding import epoch_generator, rank_generator
 from .targets import TargetSource
 
-RECALIBRATION_IMAGES = 4096  # each epoch's BatchNorm statistics use every (N // 4096)-th training image
+
+# --------------------------------------------------------------------------- what, how, side effects
 
 
-# --------------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class TrainData:
+    """What a fit trains on and is judged by.
 
-
-def prediction_batch_size(device: torch.device) -> int:
-    """Images per forward pass of :func:`predict`: 128 on a CPU, 1024 elsewhere.
-
-    On a 2-core CPU ``convnet`` predicts 1.8-2.0x faster in batches of 128 than of 1024 (a batch's activations
-    stay in cache): 4468 against 2484 images/s on AVX2 fp32 kernels, 12634 against 6478 in bf16 on AVX512-BF16
-    (a 2-core AMD EPYC with avx2 avx512_bf16 avx512f; ``benchmarks/predict_batch.py``, BENCHMARKS.md).
-    """
-    return 128 if device.type == "cpu" else 1024
-
-
-def predict(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_size: int | None = None) -> torch.Tensor:
-    """Logits of ``model`` on ``images`` in dataset order, through ``pipeline.eval_view``.
-
-    Args:
-        model: classifier; put in eval mode here (and left so).
-        images: ``(N, C, H, W) uint8`` on any device.
-        pipeline: device, normalisation, evaluation view and precision.
-        batch_size: images per forward pass (None: :func:`prediction_batch_size`).
-
-    Returns:
-        ``(N, K) float32`` logits on the CPU, in dataset order. Under torchrun each process predicts its
-        contiguous share (:func:`~labelrefinery.dist.shard`) and the shares are gathered back
-        (:func:`~labelrefinery.dist.gather_rows`): one row per image, no padding, equal on every process.
-    """
-    model.eval()
-    batch_size = batch_size or prediction_batch_size(pipeline.device)
-    start, end = shard(len(images))  # with several processes each predicts its share; gathered in order below
-    out = []
-    with torch.inference_mode():
-        for x in pipeline.eval_batches(images[start:end], batch_size):
-            with pipeline.autocast():
-                logits = model(x)
-            out.append(logits.float().cpu())
-    local = torch.cat(out) if out else torch.empty(0, 0)
-    if process_info().world_size > 1:  # gathered where the processes talk: the CPU (gloo) or the GPU (NCCL)
-        local = gather_rows(_with_width(local, model, images, pipeline).to(pipeline.device), len(images)).cpu()
-    return local
-
-
-def _with_width(local: torch.Tensor, model: nn.Module, images, pipeline: Pipeline) -> torch.Tensor:
-    """``local`` logits, or for an empty shard a ``(0, K)`` tensor with the model's K (every process gathers
-    the same width)."""
-    if len(local):
-        return local
-    return torch.empty(0, predict_width(model, images, pipeline))
-
-
-def predict_width(model: nn.Module, images, pipeline: Pipeline) -> int:
-    """K, the number of logits ``model`` gives (one image run through it)."""
-    with torch.inference_mode(), pipeline.autocast():
-        return int(model(next(pipeline.eval_batches(images[:2], 2))).shape[1])
-
-
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_size: int = 1024) -> None:
-    """Recompute every BatchNorm layer's running mean and variance over ``images`` (precise BatchNorm).
-
-    With few training steps the running statistics (an exponential average with
-    momentum 0.1) lag far behind the weights, so the model is badly calibrated in
-    eval mode: its softmax is nearly uniform and refined labels made from it
-    carry little signal, which makes later generations collapse. One pass in
-    train mode without gradients, averaging over all batches
-    (``torch.optim.swa_utils.update_bn``; Wu & Johnson 2021, "Rethinking 'Batch'
-    in BatchNorm", the "precise BN" statistics), fixes the statistics. Weights are unchanged. Under torchrun
-    every process runs the same pass (the subset is a few thousand images) and then takes rank 0's statistics,
-    so all hold identical ones and make identical refined labels.
-
-    Args:
-        model: trained in place (its BatchNorm buffers only); left in eval mode.
-        images: ``(N, C, H, W) uint8`` training images, un-augmented.
-        pipeline: device, normalisation, precision.
-        batch_size: images per forward pass.
-    """
-    from torch.optim.swa_utils import update_bn
-
-    with torch.no_grad(), pipeline.autocast():
-        update_bn(pipeline.eval_batches(images, batch_size), model)
-    broadcast_buffers(model)  # with several processes: every process holds rank 0's statistics
-    model.eval()
-
-
-def recalibration_subset(images: torch.Tensor) -> torch.Tensor:
-    """Every ``(N // RECALIBRATION_IMAGES)``-th of ``images: (N, C, H, W)``: all N below 8,192, else 4,096-8,191.
-
-    Precise-BatchNorm statistics (Wu & Johnson 2021) need a few thousand images, not the whole set:
-    ``benchmarks/step_settings.py --recalibration`` measured test top-1 88.38% after recalibrating a
-    one-epoch ``convnet`` on this subset (4,250 of 51,000 Fashion-MNIST images, 1.0 s in fp32 on AVX2
-    kernels of a 2-core avx2 avx512f avx512_bf16 CPU) and 88.40% on every image (16.3 s) (BENCHMARKS.md).
-    """
-    return images[:: max(1, len(images) // RECALIBRATION_IMAGES)]
-
-
-def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent of ``logits: (N, K)`` (or probabilities) against ``labels: (N,) int64``:
-    ``100 * correct / N`` exactly (no float32 rounding of the share)."""
-    if len(labels) == 0:
-        return float("nan")
-    return 100.0 * int((logits.argmax(1).cpu() == labels.cpu()).sum()) / len(labels)
-
-
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pipeline: Pipeline,
-             batch_size: int | None = None) -> dict[str, float]:
-    """``{"top1": %, "loss": mean cross-entropy in nats}`` of ``model`` on ``(N, C, H, W) uint8`` images
-    against ``labels: (N,) int64``."""
-    logits = predict(model, images, pipeline, batch_size)
-    return {
-        "top1": top1_accuracy(logits, labels),
-        "loss": soft_target_cross_entropy(logits, labels.cpu()).item(),
-    }
-
-
-# --------------------------------------------------------------------------- optimizer and schedule
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or SGD (momentum 0.9, Nesterov) over the trainable parameters, with ``cfg.lr`` and ``cfg.weight_decay``."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-
-
-ONECYCLE_WARMUP = 0.25  # share of all steps spent raising the lr to its peak
-
-
-class LRSchedule:
-    """The learning-rate schedule of ``cfg.lr_schedule``, stepped per batch and per epoch by the loop.
-
-    - ``plateau``: x ``plateau_factor`` after ``plateau_patience_epochs`` epochs without a validation gain,
-      never below ``min_lr``;
-    - ``onecycle``: Smith & Topin 2019 ("Super-Convergence"), peak ``lr`` after 25% of all steps (with 3 or 4
-      steps in all, after the first; with 1 or 2, ``lr`` throughout);
-    - ``cosine``: cosine annealing from ``lr`` to 0 over all steps;
-    - ``steps``: x ``plateau_factor`` at each epoch in ``lr_steps``.
+    Attributes:
+        images: ``(N, C, H, W) uint8`` training images, ideally already on the device (or streamed
+            :class:`~labelrefinery.data.files.ImageFiles`).
+        targets: a target source (:class:`~labelrefinery.targets.StoredTargets`,
+            :class:`~labelrefinery.targets.RefineryTargets`) indexed like ``images``.
+        val_images: ``(M, C, H, W) uint8`` validation images (never augmented); :func:`fit` needs them.
+        val_labels: ``(M,) int64`` ground-truth labels of ``val_images``.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-        sched = torch.optim.lr_scheduler
-        total = cfg.epochs * steps_per_epoch
-        self.kind = cfg.lr_schedule
-        if self.kind == "plateau":
-            self.scheduler = sched.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
-                                                     patience=cfg.plateau_patience_epochs, min_lr=cfg.min_lr)
-        elif self.kind == "onecycle" and total <= 2:  # no room to warm up and anneal: the peak lr throughout
-            self.scheduler = sched.LambdaLR(optimizer, lambda step: 1.0)
-        elif self.kind == "onecycle":
-            # OneCycleLR ends its warm-up at step warmup * total - 1, which must be > 0 (at 0 it divides by
-            # zero): with 4 or fewer steps the warm-up ends after the first step.
-            warmup = ONECYCLE_WARMUP if ONECYCLE_WARMUP * total > 1 else 2 / total
-            self.scheduler = sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=warmup)
-        elif self.kind == "cosine":
-            self.scheduler = sched.CosineAnnealingLR(optimizer, T_max=total)
-        else:
-            self.scheduler = sched.MultiStepLR(optimizer, cfg.lr_steps, gamma=cfg.plateau_factor)
-        self.per_batch = self.kind in ("onecycle", "cosine")  # stepped after every batch
-        self.optimizer = optimizer
-        self.epoch_peak_lr = self.lr
+    images: torch.Tensor
+    targets: TargetSource
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
-    @property
-    def lr(self) -> float:
-        """The learning rate the next step uses."""
-        return float(self.optimizer.param_groups[0]["lr"])
 
-    def start_epoch(self) -> None:
-        """Begin tracking :attr:`epoch_peak_lr`, the largest learning rate any step of this epoch uses."""
-        self.epoch_peak_lr = self.lr
+@dataclass(frozen=True)
+class TrainSetup:
+    """How a fit trains.
 
-    def after_batch(self) -> None:
-        self.epoch_peak_lr = max(self.epoch_peak_lr, self.lr)
-        if self.per_batch:
-            self.scheduler.step()
+    Attributes:
+        cfg: epochs, batch size, optimizer, schedule, patience.
+        pipeline: device, normalisation and precision.
+        seed_keys: integers identifying this fit (e.g. seed, generation).
+        augment: batched augmentation or None (see :attr:`EpochSteps.augment`).
+        compile: train through ``torch.compile``.
+        sync_bn: under torchrun, BatchNorm statistics over the global batch while training
+            (``torch.nn.SyncBatchNorm``; CUDA only).
+    """
 
-    def after_epoch(self, val_top1: float) -> None:
-        """Step the epoch-wise schedules; ``val_top1`` (validation top-1 in %) drives ``plateau``."""
-        if self.kind == "plateau":
-            self.scheduler.step(val_top1)
-        elif not self.per_batch:
-            self.scheduler.step()
+    cfg: TrainConfig
+    pipeline: Pipeline
+    seed_keys: tuple[int, ...]
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    compile: bool = False
+    sync_bn: bool = False
 
-    def state_dict(self) -> dict:
-        return self.scheduler.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
-        self.scheduler.load_state_dict(state)
+@dataclass(frozen=True)
+class FitHooks:
+    """What a fit does besides training.
+
+    Attributes:
+        state_file: a resume file with ``load(device) -> dict | None`` and ``save(dict)``
+            (:class:`labelrefinery.rundir.TrainStateFile`), or None.
+        log: called with one metrics dict per epoch.
+        progress: a progress bar per epoch on a terminal; elsewhere (a log file) one plain line per epoch.
+        desc: the fit's name on its bars and lines (e.g. ``"seed 0 R2"``).
+        clock: the run's :class:`~labelrefinery.console.ChainClock`: told of every epoch, its ETA shown on the
+            bar and in the plain per-epoch lines.
+    """
+
+    state_file: object = None
+    log: Callable[[dict], None] | None = None
+    progress: bool = False
+    desc: str = ""
+    clock: ChainClock | None = None
+
+
+@dataclass(frozen=True)
+class EpochSteps:
+    """How every step of one :func:`train_one_epoch` goes.
+
+    Attributes:
+        batch_size: B.
+        generator: CPU generator for the permutation, augmentation and jitter draws.
+        augment: batched ``(x, generator) -> x`` on [0, 1] floats; or one with ``draw``/``apply``
+            (:class:`~labelrefinery.augment.RandomResizedCrop`), whose views are drawn for the whole epoch
+            first and cut as the images are read (:func:`~labelrefinery.data.files.read_batches`); or None.
+        schedule: its ``after_batch`` is called after every step.
+        grad_scaler: for fp16.
+        label_smoothing: epsilon applied to every batch's targets (:func:`~labelrefinery.losses.smooth_targets`).
+        input_scale: every augmented batch is resized to this fraction of its side (:func:`~labelrefinery.batch.
+            rescale`) before its targets are made and the student sees it (progressive resizing; 1 = as it is).
+    """
+
+    batch_size: int
+    generator: torch.Generator
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    schedule: LRSchedule | None = None
+    grad_scaler: torch.amp.GradScaler | None = None
+    label_smoothing: float = 0.0
+    input_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class EpochBar:
+    """The progress bar of one :func:`train_one_epoch`: shown (with loss, accuracy and images/s) when
+    ``progress``, titled ``desc``, with the more fields of ``info`` (e.g. the last validation top-1, the lr,
+    the chain's ETA)."""
+
+    progress: bool = False
+    desc: str = ""
+    info: dict[str, str] | None = None
 
 
 # --------------------------------------------------------------------------- training
@@ -241,45 +160,54 @@ def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
         optimizer.step()
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    targets: TargetSource,
-    pipeline: Pipeline,
-    *,
-    batch_size: int,
-    generator: torch.Generator,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-    schedule: LRSchedule | None = None,
-    grad_scaler: torch.amp.GradScaler | None = None,
-    label_smoothing: float = 0.0,
-    input_scale: float = 1.0,
-    progress: bool = False,
-    desc: str = "",
-    bar_info: dict[str, str] | None = None,
-) -> dict[str, float]:
-    """One pass over ``images`` in a random order, the loss :func:`~labelrefinery.losses.distillation_loss`.
+def _epoch_plan(images, steps: EpochSteps) -> tuple[list[torch.Tensor], torch.Generator, object, list | None]:
+    """``(order, draws, cut, views)`` of one epoch: each step's indices, the stream augmentation and jitter draw
+    from, the view-cutting augmentation (or None) and its views drawn for the whole epoch (or None)."""
+    info = process_info()
+    batch_size = steps.batch_size
+    perm = torch.randperm(len(images), generator=steps.generator).to(images.device)  # same on every process
+    count = num_batches(len(images), batch_size, info.world_size)
+    # Each global batch of the epoch is split over the processes (this one takes every world_size-th image);
+    # augmentation and jitter draw from this process's own stream (the epoch's stream itself at world size 1).
+    order = [perm[b * batch_size : (b + 1) * batch_size][info.rank :: info.world_size] for b in range(count)]
+    draws = steps.generator if info.world_size == 1 else rank_generator(steps.generator, info.rank)
+    # An augmentation that cuts views (random resized crops) draws them all now and cuts them as the images are
+    # read (for files, in the decoding workers); any other one runs on each [0, 1] batch on the device.
+    cut = steps.augment if hasattr(steps.augment, "draw") else None
+    views = None if cut is None else [cut.draw(len(idx), *images.shape[2:], draws) for idx in order]
+    return order, draws, cut, views
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, steps: EpochSteps,
+                pipeline: Pipeline, n: int) -> torch.Tensor:
+    """One optimizer step on ``batch`` (its images and targets) of ``n`` images; returns ``(3,) float64``: the
+    batch's summed loss, summed KL and correct count."""
+    with pipeline.autocast():
+        logits = model(pipeline.normalize(batch.images))
+    logits = logits.float()
+    fitted = smooth_targets(batch.targets, logits.shape[1], steps.label_smoothing)
+    loss = distillation_loss(logits, fitted, batch.temperature, check=False)  # sources are checked
+    _optimizer_step(loss, optimizer, steps.grad_scaler)
+    if steps.schedule is not None:
+        steps.schedule.after_batch()
+    with torch.no_grad():
+        t = batch.targets
+        hard = t.argmax(1) if t.is_floating_point() else t
+        kl = distillation_kl(logits, t, batch.temperature, check=False)
+        return torch.stack([loss.detach().double() * n, kl.double() * n, (logits.argmax(1) == hard).sum().double()])
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData, pipeline: Pipeline,
+                    steps: EpochSteps, bar: EpochBar | None = None) -> dict[str, float]:
+    """One pass over ``data.images`` in a random order, the loss :func:`~labelrefinery.losses.distillation_loss`.
 
     Args:
         model: the student, trained in place.
         optimizer: its optimizer.
-        images: ``(N, C, H, W) uint8`` training images, ideally already on the device.
-        targets: a target source (:class:`~labelrefinery.targets.StoredTargets`,
-            :class:`~labelrefinery.targets.RefineryTargets`) indexed like ``images``.
+        data: the images and their target source (its validation fields are not read here).
         pipeline: device, normalisation, precision.
-        batch_size: B.
-        generator: CPU generator for the permutation, augmentation and jitter draws.
-        augment: batched ``(x, generator) -> x`` on [0, 1] floats; or one with ``draw``/``apply``
-            (:class:`~labelrefinery.augment.RandomResizedCrop`), whose views are drawn for the whole epoch
-            first and cut as the images are read (:func:`~labelrefinery.data.files.read_batches`); or None.
-        schedule: its ``after_batch`` is called after every step.
-        grad_scaler: for fp16.
-        label_smoothing: epsilon applied to every batch's targets (:func:`~labelrefinery.losses.smooth_targets`).
-        input_scale: every augmented batch is resized to this fraction of its side (:func:`~labelrefinery.batch.
-            rescale`) before its targets are made and the student sees it (progressive resizing; 1 = as it is).
-        progress: show a tqdm bar with loss, accuracy and images/s.
-        bar_info: more fields for the bar (e.g. the last validation top-1, the lr, the chain's ETA).
+        steps: batch size, generator, augmentation, schedule, grad scaler, label smoothing, input scale.
+        bar: the progress bar (default: none).
 
     Returns:
         dict with ``train_loss`` (the loss, nats), ``train_kl`` (KL divergence to
@@ -287,70 +215,36 @@ def train_one_epoch(
         ``images_per_s`` and ``epoch_time_s`` (seconds of training; :func:`fit` adds ``eval_time_s``,
         the seconds of BatchNorm recalibration and validation after it).
     """
+    bar = bar or EpochBar()
     model.train()
-    n = len(images)
-    info = process_info()
-    perm = torch.randperm(n, generator=generator).to(images.device)  # the same on every process; moved once
-    steps = num_batches(n, batch_size, info.world_size)
-    # Each global batch of the epoch is split over the processes (this one takes every world_size-th image);
-    # augmentation and jitter draw from this process's own stream (the epoch's stream itself at world size 1).
-    order = [perm[b * batch_size : (b + 1) * batch_size][info.rank :: info.world_size] for b in range(steps)]
-    draws = generator if info.world_size == 1 else rank_generator(generator, info.rank)
-    # An augmentation that cuts views (random resized crops) draws them all now and cuts them as the images are
-    # read (for files, in the decoding workers); any other one runs on each [0, 1] batch on the device.
+    images, n, world = data.images, len(data.images), process_info().world_size
+    order, draws, cut, views = _epoch_plan(images, steps)
     student = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # for jitter
-    cut = augment if hasattr(augment, "draw") else None
-    views = None if cut is None else [cut.draw(len(idx), *images.shape[2:], draws) for idx in order]
     totals = torch.zeros(3, dtype=torch.float64, device=pipeline.device)  # loss, kl, correct (summed on the device)
     seen = 0
     start = time.perf_counter()
-    bar = progress_bar(n, desc, progress)
+    shown = progress_bar(n, bar.desc, bar.progress)
     for b, raw in enumerate(read_batches(images, order, views, cut)):
         idx = order[b].to(pipeline.device, non_blocking=True)
         x = pipeline.to_unit(raw)
-        if augment is not None and cut is None:
-            x = augment(x, draws)
-        x = rescale(x, input_scale)
-        batch = targets.for_batch(idx, x, student, pipeline, draws)
-        with pipeline.autocast():
-            logits = model(pipeline.normalize(batch.images))
-        logits = logits.float()
-        fitted = smooth_targets(batch.targets, logits.shape[1], label_smoothing)
-        loss = distillation_loss(logits, fitted, batch.temperature, check=False)  # sources are checked
-        _optimizer_step(loss, optimizer, grad_scaler)
-        if schedule is not None:
-            schedule.after_batch()
-        with torch.no_grad():
-            t = batch.targets
-            hard = t.argmax(1) if t.is_floating_point() else t
-            kl = distillation_kl(logits, t, batch.temperature, check=False)
-            totals += torch.stack([loss.detach().double() * len(idx), kl.double() * len(idx),
-                                   (logits.argmax(1) == hard).sum().double()])
+        if steps.augment is not None and cut is None:
+            x = steps.augment(x, draws)
+        x = rescale(x, steps.input_scale)
+        batch = data.targets.for_batch(idx, x, student, pipeline, draws)
+        totals += _train_step(model, optimizer, batch, steps, pipeline, len(idx))
         seen += len(idx)
-        bar.update(len(idx) * info.world_size)  # the bar (rank 0's) counts every process's images
-        if not bar.disable and (b % 10 == 0 or b == steps - 1):
+        shown.update(len(idx) * world)  # the bar (rank 0's) counts every process's images
+        if not shown.disable and (b % 10 == 0 or b == len(order) - 1):
             t_loss, _, correct = totals.tolist()
-            bar.set_postfix(loss=f"{t_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen * info.world_size / (time.perf_counter() - start):.0f}",
-                            **(bar_info or {}))
-    bar.close()
+            shown.set_postfix(loss=f"{t_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                              img_s=f"{seen * world / (time.perf_counter() - start):.0f}", **(bar.info or {}))
+    shown.close()
     counted = all_reduce_sum(torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64,
                                                               device=totals.device)]))
     t_loss, t_kl, correct, seen = counted.tolist()  # over every process
     elapsed = time.perf_counter() - start
     return {"train_loss": t_loss / seen, "train_kl": t_kl / seen, "train_top1": 100.0 * correct / seen,
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
-
-
-def train_scale(cfg: TrainConfig, epoch: int) -> float:
-    """The fraction of the image side that epoch ``epoch`` (0-based) of ``cfg.epochs`` trains at.
-
-    Progressive resizing: the first ``epochs // 2`` epochs grow linearly from ``cfg.train_scale_start`` towards 1
-    (``start + (1 - start) * epoch / (epochs // 2)``), the rest are at 1. With start 0.72 and 4 epochs: 0.72,
-    0.86, 1, 1.
-    """
-    ramp = cfg.epochs // 2
-    return 1.0 if epoch >= ramp else cfg.train_scale_start + (1 - cfg.train_scale_start) * epoch / ramp
 
 
 @dataclass
@@ -423,26 +317,83 @@ def _log_epoch_line(desc: str, epoch: int, epochs: int, stats: dict, val_top1: f
              f"{stats['images_per_s']:.0f} images/s, {eta}")
 
 
-def fit(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: TargetSource,
-    val_images: torch.Tensor,
-    val_labels: torch.Tensor,
-    cfg: TrainConfig,
-    pipeline: Pipeline,
-    *,
-    seed_keys: tuple[int, ...],
-    augment=None,
-    state_file=None,
-    log: Callable[[dict], None] | None = None,
-    progress: bool = False,
-    compile: bool = False,
-    sync_bn: bool = False,
-    desc: str = "",
-    clock: ChainClock | None = None,
-) -> FitResult:
-    """Train ``model`` for up to ``cfg.epochs`` epochs, tracking validation top-1 accuracy.
+
+@dataclass
+class _Fit:
+    """One fit under way: its model (and the wrapper it trains through), optimizer, schedule, progress."""
+
+    model: nn.Module
+    trainee: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    grad_scaler: torch.amp.GradScaler | None
+    run: _Progress
+    data: TrainData
+    setup: TrainSetup
+    hooks: FitHooks
+
+    @classmethod
+    def start(cls, model: nn.Module, data: TrainData, setup: TrainSetup, hooks: FitHooks) -> "_Fit":
+        """The optimizer, schedule and grad scaler of a new fit, resumed from ``hooks.state_file`` if it holds one."""
+        pipeline, cfg = setup.pipeline, setup.cfg
+        trainee = wrap(model, pipeline.device, setup.sync_bn)  # DistributedDataParallel under torchrun; shares params
+        trainee = torch.compile(trainee) if setup.compile else trainee
+        optimizer = build_optimizer(model, cfg)
+        schedule = LRSchedule(optimizer, cfg, num_batches(len(data.images), cfg.batch_size, process_info().world_size))
+        grad_scaler = torch.amp.GradScaler(pipeline.device.type) if pipeline.amp_dtype == torch.float16 else None
+        run = _resume(hooks.state_file, model, optimizer, schedule, pipeline.device)
+        return cls(model, trainee, optimizer, schedule, grad_scaler, run, data, setup, hooks)
+
+    def train(self, epoch: int, scale: float, last_val: float | None) -> dict[str, float]:
+        """Train epoch ``epoch`` at ``scale`` of the image side; its :func:`train_one_epoch` stats."""
+        cfg, clock = self.setup.cfg, self.hooks.clock
+        info = {"lr": f"{self.schedule.lr:.2g}", **({} if last_val is None else {"val": f"{last_val:.2f}"}),
+                **({} if clock is None else {"eta": clock.eta_text().removeprefix("chain ETA ")})}
+        steps = EpochSteps(cfg.batch_size, epoch_generator(self.setup.seed_keys, epoch), self.setup.augment,
+                           self.schedule, self.grad_scaler, cfg.label_smoothing, scale)
+        bar = EpochBar(self.hooks.progress, f"{self.hooks.desc} epoch {epoch + 1}/{cfg.epochs}", info)
+        stats = train_one_epoch(self.trainee, self.optimizer, self.data, self.setup.pipeline, steps, bar)
+        if not math.isfinite(stats["train_loss"]):  # weights are NaN now: stop before they become refined labels
+            raise DivergedError(f"{self.hooks.desc.strip() or 'training'}: the training loss became "
+                                f"{stats['train_loss']} in epoch {epoch + 1} (at {scale:g} of the image side); lower "
+                                "--lr, use --precision fp32, or a larger --train-scale-start; finished generations "
+                                "are kept")
+        return stats
+
+    def validate(self, stats: dict[str, float]) -> dict[str, float]:
+        """Validation top-1 and loss after an epoch (BatchNorm recalibrated first with ``cfg.recalibrate_bn``);
+        adds ``eval_time_s`` to ``stats``."""
+        pipeline, data = self.setup.pipeline, self.data
+        eval_start = time.perf_counter()
+        if self.setup.cfg.recalibrate_bn:
+            # Running statistics lag behind in short runs; validation (and so best-epoch choice, plateau and
+            # early stopping) would judge a miscalibrated model. Only eval-mode behaviour changes.
+            recalibrate_batchnorm(self.model, recalibration_subset(data.images), pipeline)
+        val = evaluate(self.model, data.val_images, data.val_labels, pipeline)
+        stats["eval_time_s"] = time.perf_counter() - eval_start
+        return val
+
+    def record(self, epoch: int, lr: float, scale: float, stats: dict[str, float], val: dict[str, float]) -> None:
+        """After an epoch: the clock, the schedule, the best epoch, the metrics log, the plain line, the state file."""
+        cfg, hooks, schedule, run = self.setup.cfg, self.hooks, self.schedule, self.run
+        if hooks.clock is not None:
+            hooks.clock.epoch_done(stats["epoch_time_s"] + stats["eval_time_s"])
+        schedule.after_epoch(val["top1"])
+        run.update(self.model, epoch, val["top1"], cfg.early_stop_min_delta)
+        if hooks.log is not None:
+            hooks.log({"epoch": epoch + 1, "lr": lr, "lr_peak": schedule.epoch_peak_lr, "train_scale": scale, **stats,
+                       "val_top1": val["top1"], "val_loss": val["loss"]})
+        if hooks.progress and not interactive():  # a log file: one plain line per epoch instead of a bar
+            _log_epoch_line(hooks.desc, epoch, cfg.epochs, stats, val["top1"], schedule.epoch_peak_lr, hooks.clock)
+        if hooks.state_file is not None:
+            hooks.state_file.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                   "scheduler": schedule.state_dict(), "best_model": run.best_weights,
+                                   "best_top1": run.best_top1, "best_epoch": run.best_epoch,
+                                   "since_best": run.since_best, "epoch": epoch})
+
+
+def fit(model: nn.Module, data: TrainData, setup: TrainSetup, hooks: FitHooks | None = None) -> FitResult:
+    """Train ``model`` for up to ``setup.cfg.epochs`` epochs, tracking validation top-1 accuracy.
 
     Learning-rate schedule per :class:`LRSchedule`; the side of the training images per :func:`train_scale`
     (progressive resizing; validation at full size); early stopping when
@@ -455,89 +406,44 @@ def fit(
     validation (see :func:`recalibrate_batchnorm`), so the best epoch, the plateau
     schedule and early stopping judge a calibrated model.
 
-    Every epoch is seeded from ``seed_keys`` and the epoch
-    (:func:`labelrefinery.seeding.epoch_generator`) and, when ``state_file`` is
+    Every epoch is seeded from ``setup.seed_keys`` and the epoch
+    (:func:`labelrefinery.seeding.epoch_generator`) and, when ``hooks.state_file`` is
     given, the whole training state (weights, optimizer, schedule, best weights,
     counters) is saved there after each epoch. If it holds a state at the start,
     training resumes after its last epoch and reaches the same result as an
     uninterrupted run. States hold the plain module's names, with or without
-    ``compile``.
+    ``setup.compile``.
 
     Args:
-        model: the student, on ``pipeline.device``, trained in place.
-        images, targets: see :func:`train_one_epoch`.
-        val_images: ``(M, C, H, W) uint8`` validation images (never augmented).
-        val_labels: ``(M,) int64`` ground-truth labels.
-        cfg: epochs, batch size, optimizer, schedule, patience.
-        pipeline: device, normalisation and precision.
-        seed_keys: integers identifying this fit (e.g. seed, generation).
-        augment: batched augmentation or None.
-        state_file: a resume file with ``load(device) -> dict | None`` and ``save(dict)``
-            (:class:`labelrefinery.rundir.TrainStateFile`), or None.
-        log: called with one metrics dict per epoch.
-        progress: a progress bar per epoch on a terminal; elsewhere (a log file) one plain line per epoch.
-        compile: train through ``torch.compile``.
-        sync_bn: under torchrun, BatchNorm statistics over the global batch while training
-            (``torch.nn.SyncBatchNorm``; CUDA only).
-        clock: the run's :class:`~labelrefinery.console.ChainClock`: told of every epoch, its ETA shown on the
-            bar and in the plain per-epoch lines.
+        model: the student, on ``setup.pipeline.device``, trained in place.
+        data: training images and targets, validation images and labels (:class:`TrainData`).
+        setup: settings, pipeline, seed keys, augmentation, compile and SyncBatchNorm flags (:class:`TrainSetup`).
+        hooks: resume file, metrics log, progress, name, clock (:class:`FitHooks`; default: none of them).
 
     Returns:
         :class:`FitResult`.
     """
-    trainee = wrap(model, pipeline.device, sync_bn)  # DistributedDataParallel under torchrun; shares the parameters
-    trainee = torch.compile(trainee) if compile else trainee
-    optimizer = build_optimizer(model, cfg)
-    schedule = LRSchedule(optimizer, cfg, num_batches(len(images), cfg.batch_size, process_info().world_size))
-    grad_scaler = torch.amp.GradScaler(pipeline.device.type) if pipeline.amp_dtype == torch.float16 else None
-    run = _resume(state_file, model, optimizer, schedule, pipeline.device)
+    hooks = hooks or FitHooks()
+    cfg = setup.cfg
+    fitting = _Fit.start(model, data, setup, hooks)
+    run = fitting.run
     patience = cfg.early_stop_patience_epochs
     stopped_early = bool(patience) and run.since_best >= patience
     epoch = run.next_epoch - 1
     last_val = None
     for epoch in range(run.next_epoch, cfg.epochs if not stopped_early else 0):
-        lr, scale = schedule.lr, train_scale(cfg, epoch)
-        schedule.start_epoch()
-        info = {"lr": f"{lr:.2g}", **({} if last_val is None else {"val": f"{last_val:.2f}"}),
-                **({} if clock is None else {"eta": clock.eta_text().removeprefix("chain ETA ")})}
-        stats = train_one_epoch(
-            trainee, optimizer, images, targets, pipeline, batch_size=cfg.batch_size,
-            generator=epoch_generator(seed_keys, epoch), augment=augment, schedule=schedule,
-            grad_scaler=grad_scaler, label_smoothing=cfg.label_smoothing, input_scale=scale,
-            progress=progress, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", bar_info=info,
-        )
-        if not math.isfinite(stats["train_loss"]):  # weights are NaN now: stop before they become refined labels
-            raise DivergedError(f"{desc.strip() or 'training'}: the training loss became {stats['train_loss']} in "
-                                f"epoch {epoch + 1} (at {scale:g} of the image side); lower --lr, "
-                                "use --precision fp32, or a larger --train-scale-start; finished generations are kept")
-        eval_start = time.perf_counter()
-        if cfg.recalibrate_bn:
-            # Running statistics lag behind in short runs; validation (and so best-epoch choice, plateau and
-            # early stopping) would judge a miscalibrated model. Only eval-mode behaviour changes.
-            recalibrate_batchnorm(model, recalibration_subset(images), pipeline)
-        val = evaluate(model, val_images, val_labels, pipeline)
-        stats["eval_time_s"] = time.perf_counter() - eval_start
+        lr, scale = fitting.schedule.lr, train_scale(cfg, epoch)
+        fitting.schedule.start_epoch()
+        stats = fitting.train(epoch, scale, last_val)
+        val = fitting.validate(stats)
         last_val = val["top1"]
-        if clock is not None:
-            clock.epoch_done(stats["epoch_time_s"] + stats["eval_time_s"])
-        schedule.after_epoch(val["top1"])
-        run.update(model, epoch, val["top1"], cfg.early_stop_min_delta)
-        if log is not None:
-            log({"epoch": epoch + 1, "lr": lr, "lr_peak": schedule.epoch_peak_lr, "train_scale": scale, **stats,
-                 "val_top1": val["top1"], "val_loss": val["loss"]})
-        if progress and not interactive():  # a log file: one plain line per epoch instead of a bar
-            _log_epoch_line(desc, epoch, cfg.epochs, stats, val["top1"], schedule.epoch_peak_lr, clock)
-        if state_file is not None:
-            state_file.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": schedule.state_dict(), "best_model": run.best_weights,
-                             "best_top1": run.best_top1, "best_epoch": run.best_epoch,
-                             "since_best": run.since_best, "epoch": epoch})
+        fitting.record(epoch, lr, scale, stats, val)
         if patience and run.since_best >= patience:
             stopped_early = True
-            _warn_if_resized(desc, epoch, scale, cfg)
+            _warn_if_resized(hooks.desc, epoch, scale, cfg)
             break
-    if clock is not None and stopped_early:
-        clock.skip(cfg.epochs - (epoch + 1))
+    if hooks.clock is not None and stopped_early:
+        hooks.clock.skip(cfg.epochs - (epoch + 1))
     if cfg.restore_best:
         model.load_state_dict(run.best_weights)
     return FitResult(run.best_top1, run.best_epoch, max(epoch + 1, 0), stopped_early)

@@ -16,10 +16,10 @@ from .checkpoint import check_classes, preprocessing_record
 from .data import Dataset
 from .deployed import Classifier
 from .device import resolve_device
-from .engine import top1_accuracy
+from .inference import top1_accuracy
 from .errors import ConfigError, RunDirError
 from .protocol import load_run_dataset
-from .report import format_table, summarize_run
+from .report.tables import format_table, summarize_run
 from .rundir import RunDir
 
 

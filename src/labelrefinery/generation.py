@@ -4,7 +4,7 @@ Label Refinery (Bagherinezhad, Horton, Rastegari, Farhadi 2018, arXiv 1805.02641
 generation 1 fits the ground truth (or an external refinery's labels),
 generation g fits the refined labels of generation g - 1, in two forms:
 
-- ``labels=offline`` (the blog write-up in shared/seed): after generation g is
+- ``labels=offline`` (the blog post "Label Refinery: A Softer Approach"): after generation g is
   trained, it predicts softmax probabilities on the stored training views once;
   those refined labels are generation g + 1's targets. They describe a fixed
   view of each image, so with random crops or strong online augmentation they
@@ -25,22 +25,21 @@ from torch import nn
 
 from .batch import Pipeline
 from .checkpoint import preprocessing_record
-from .config import RunConfig, TrainConfig, parse_noise_prior
+from .config import RunConfig, TrainConfig
 from .console import ChainClock, log
 from .data import Dataset, stratified_folds
 from .deployed import Classifier, deployed_top1
 from .dist import barrier
 from .errors import RunDirError
-from .engine import fit, predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
+from .engine import FitHooks, TrainData, TrainSetup, fit
+from .inference import predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
 from .models import ModelSpec, build_model
-from .labelstats import label_statistics
-from .noise import LabelNoise
+from .noise import (LabelNoise, classwise_summary, estimate_noise_transition, estimate_symmetric_noise,
+                    label_statistics, symmetric_transition)
 from .protocol import SeedData
 from .rundir import RunDir, as_stored, label_storage
 from .seeding import CROSS_FIT, derive_seed, seed_model_init
-from .targets import (FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource,
-                      estimate_noise_transition, estimate_symmetric_noise, implied_noise_rate,
-                      largest_transitions, symmetric_transition)
+from .targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource
 
 COLLAPSE_MARGIN_POINTS = 5.0  # validation top-1 within this many points of chance counts as collapsed
 COLLAPSE_DROP_POINTS = 10.0  # ... and so does a drop of more than this many points from the previous generation
@@ -149,18 +148,17 @@ def noise_transition(exp: Experiment, data: SeedData, r1_labels: torch.Tensor | 
         RunDirError: ``auto`` on a run whose R1 summary holds no estimate (written by an older version), or R1's
             labels missing or damaged.
     """
-    text, num_classes = exp.cfg.refinement.noise_prior, exp.dataset.train.num_classes
-    prior = parse_noise_prior(text)
-    if prior == 0.0:
+    prior, num_classes = exp.cfg.refinement.prior, exp.dataset.train.num_classes
+    if prior.model == "none":
         return None
-    if prior is not None:
-        return symmetric_transition(num_classes, prior)
-    if text == "classwise":
+    if prior.model == "symmetric":
+        return symmetric_transition(num_classes, prior.rate)
+    if prior.model == "classwise":
         if r1_labels is None:
             r1_labels = torch.from_numpy(exp.run_dir.load_labels(data.seed, 1, len(data.views.indices),
                                                                  num_classes)["labels"])
         originals = (data.views.views == 0).cpu()
-        transition = estimate_noise_transition(r1_labels.cpu()[originals], data.views.labels.cpu()[originals])
+        transition = estimate_noise_transition(data.views.labels.cpu()[originals], r1_labels.cpu()[originals])
         return None if torch.equal(transition, torch.eye(num_classes)) else transition
     estimate = exp.run_dir.read_summary(data.seed, 1).get("symmetric_noise_estimate")
     if estimate is None:
@@ -193,9 +191,11 @@ def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: 
         seed_model_init(seed, generation, CROSS_FIT, f)
         model = build_model(exp.spec).to(pipeline.device).to(memory_format=torch.channels_last)
         images = data.images[inside.to(pipeline.device)]
-        fit(model, images, targets.subset(inside), data.val_images, data.val_labels, cfg.training, pipeline,
-            seed_keys=(seed, generation, CROSS_FIT, f), augment=exp.augment, progress=cfg.execution.progress,
-            sync_bn=cfg.execution.sync_bn, desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]", clock=exp.clock)
+        fit(model, TrainData(images, targets.subset(inside), data.val_images, data.val_labels),
+            TrainSetup(cfg.training, pipeline, (seed, generation, CROSS_FIT, f), exp.augment,
+                       sync_bn=cfg.execution.sync_bn),
+            FitHooks(progress=cfg.execution.progress, desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]",
+                     clock=exp.clock))
         if cfg.training.recalibrate_bn:
             recalibrate_batchnorm(model, recalibration_subset(images), pipeline)
         refined[held] = exp.recipe.refine(predict(model, data.images[held.to(pipeline.device)], pipeline))
@@ -264,11 +264,11 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
         log(f"[{tag}] resuming after epoch {resume_epoch}")
     rd.drop_metrics(seed, slot, resume_epoch)  # a restarted generation forgets epochs it will redo
     clock = _PhaseClock()
-    result = fit(model, data.images, targets, data.val_images, data.val_labels, training, pipeline,
-                 seed_keys=(seed, generation), augment=exp.augment, state_file=state_file,
-                 log=lambda r: rd.append_metrics({"kind": "epoch", "seed": seed, "generation": slot, **r}),
-                 progress=cfg.execution.progress, compile=cfg.execution.compile, sync_bn=cfg.execution.sync_bn,
-                 desc=f"[{tag}]", clock=exp.clock)
+    result = fit(model, TrainData(data.images, targets, data.val_images, data.val_labels),
+                 TrainSetup(training, pipeline, (seed, generation), exp.augment, compile=cfg.execution.compile,
+                            sync_bn=cfg.execution.sync_bn),
+                 FitHooks(state_file, progress=cfg.execution.progress, desc=f"[{tag}]", clock=exp.clock,
+                          log=lambda r: rd.append_metrics({"kind": "epoch", "seed": seed, "generation": slot, **r})))
     clock.lap("fit")
     if cfg.training.recalibrate_bn:  # on a subset of the images themselves (static copies left out)
         originals = data.images[(data.views.views == 0).to(pipeline.device)] if cfg.data.augment == "static" \
@@ -306,39 +306,30 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     }
     rd.finish_generation(seed, slot, summary)
     barrier()  # under torchrun: the others see it finished only once the main process has written it
-    _log_summary(tag, summary, exp.dataset.classes, previous, exp.cfg.refinement.noise_prior == "classwise")
+    _log_summary(tag, summary, exp.dataset.classes, previous, exp.cfg.refinement.prior.model == "classwise")
     return model, summary, refined
 
 
 def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fitted_given: bool) -> dict:
     """What a generation's ``(M, K)`` refined labels, as stored, say about the training images, each counted
-    once (static augmented copies left out), all from :func:`~labelrefinery.labelstats.label_statistics`:
+    once (static augmented copies left out), all from :func:`~labelrefinery.noise.label_statistics`:
     mean entropy (nats), agreement with the given labels (%), label quality; and for a model that fitted the
     given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1, no label smoothing and no
     cross-fit, the share of given labels they suggest are wrong (:func:`estimate_symmetric_noise`) and the
-    class-conditional estimate (:func:`classwise_noise_summary`)."""
+    class-conditional estimate (:func:`~labelrefinery.noise.classwise_summary`)."""
     originals = (data.views.views == 0).cpu()
     own, given = refined[originals], data.views.labels[originals].cpu()
     clean = None if data.clean_labels is None else data.clean_labels[originals].cpu().numpy()
-    quality = label_statistics(own.numpy(), given.numpy(), clean)
+    quality = label_statistics(given.numpy(), own.numpy(), clean)
     stats = {
         "refined_label_entropy": quality.pop("mean_entropy"),
         "refined_label_agreement": 100.0 * quality.pop("agreement"),
         "label_quality": {k: v for k, v in quality.items() if k != "changed"},
     }
     if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels():
-        stats["symmetric_noise_estimate"] = estimate_symmetric_noise(own, given)
-        stats["classwise_noise_estimate"] = classwise_noise_summary(own, given)
+        stats["symmetric_noise_estimate"] = estimate_symmetric_noise(given, own)
+        stats["classwise_noise_estimate"] = classwise_summary(given, own)
     return stats
-
-
-def classwise_noise_summary(refined: torch.Tensor, given: torch.Tensor) -> dict:
-    """What :func:`estimate_noise_transition` reads in ``(N, K)`` refined labels of the given ``(N,) int64``
-    labels, in a form small enough for ``summary.json`` whatever K: ``rate``, the share of wrong labels T
-    implies (:func:`implied_noise_rate`), and ``largest``, its five largest
-    off-diagonal entries as ``[true class, given class, P(given | true)]``."""
-    transition = estimate_noise_transition(refined, given)
-    return {"rate": implied_noise_rate(transition, given), "largest": largest_transitions(transition)}
 
 
 def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, classwise_prior: bool) -> None:

@@ -63,10 +63,8 @@ class ConvNet(nn.Module):
     Layout with the defaults: conv32 - pool - conv64 - conv64 - pool - conv128 - conv128 -
     global average pool - linear. ``stages`` gives the 3x3 conv-BN-ReLU layers per stage
     (stage i has ``width * 2**i`` channels, a 2x2 max-pool between stages); ``stem_stride=2`` makes the
-    first convolution stride 2 in place of the first max-pool. ``benchmarks/quick_frontier.py`` measures variants.
-    Measured on full Fashion-MNIST (the quick preset's recipe: Adam, one-cycle lr 3e-3, batch 128; fp32 on
-    AVX2 kernels of an avx2 avx512f avx512_bf16 CPU, 2 seeds):
-    92.43% test top-1 after 4 epochs, 92.07% after 3 (BENCHMARKS.md).
+    first convolution stride 2 in place of the first max-pool. ``benchmarks/quick_frontier.py`` measures variants
+    (their accuracy per second: BENCHMARKS.md).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32, stages: tuple[int, ...] = (1, 2, 2),

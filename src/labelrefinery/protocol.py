@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from .augment import RandomAffine, augment_uint8
 from .config import RunConfig
 from .data import Dataset, ImageData, load_dataset, stratified_split
 from .data.files import default_workers
 from .errors import ConfigError
 from .noise import LabelNoise, inject_label_noise
-from .seeding import label_noise_generator, static_copy_generator
+from .seeding import label_noise_generator
+
+# ``(images, hflip, copies, seed) -> copies`` stored augmented uint8 copies for ``--augment static``, made on the
+# training side (:func:`labelrefinery.augment.static_copies`): the data protocol only stores them as views.
+StaticCopies = Callable[[torch.Tensor, bool, int, int], list[torch.Tensor]]
 
 
 def load_run_dataset(cfg: RunConfig, device: torch.device | None = None) -> Dataset:
@@ -76,15 +80,25 @@ class TrainingViews:
     views: torch.Tensor
 
 
-def training_views(dataset: Dataset, train_idx: torch.Tensor, cfg: RunConfig, seed: int) -> TrainingViews:
-    """The images generation 1 trains on; with ``augment=static``, plus ``static_copies`` copies made once from the seed."""
+def training_views(dataset: Dataset, train_idx: torch.Tensor, cfg: RunConfig, seed: int,
+                   static_copies: StaticCopies | None = None) -> TrainingViews:
+    """The images generation 1 trains on; with ``augment=static``, plus ``static_copies`` copies made once from the seed.
+
+    Args:
+        static_copies: makes the copies (:func:`labelrefinery.augment.static_copies`); needed with ``augment=static``.
+
+    Raises:
+        ValueError: ``augment=static`` without ``static_copies``.
+    """
     images = dataset.train.images[train_idx]
     labels = dataset.train.labels[train_idx]
     parts, views = [images], [torch.zeros(len(images), dtype=torch.int64)]
     if cfg.data.augment == "static":
-        affine = RandomAffine(hflip=dataset.hflip_keeps_class)
-        for c in range(1, cfg.data.static_copies + 1):
-            parts.append(augment_uint8(images, affine, static_copy_generator(seed, c)))
+        if static_copies is None:
+            raise ValueError("augment=static: pass static_copies (labelrefinery.augment.static_copies) to make the "
+                             "stored copies")
+        for c, copy in enumerate(static_copies(images, dataset.hflip_keeps_class, cfg.data.static_copies, seed), 1):
+            parts.append(copy)
             views.append(torch.full((len(images),), c, dtype=torch.int64))
     reps = len(parts)
     return TrainingViews(parts[0] if reps == 1 else torch.cat(parts), labels.repeat(reps), train_idx.repeat(reps),
@@ -147,14 +161,15 @@ def with_label_noise(dataset: Dataset, spec: str | None) -> tuple[Dataset, Label
 
 
 def seed_data(dataset: Dataset, cfg: RunConfig, seed: int, device: torch.device,
-              noise: LabelNoise | None = None) -> SeedData:
+              noise: LabelNoise | None = None, static_copies: StaticCopies | None = None) -> SeedData:
     """Split, views and test images of ``seed``; the training views are moved to ``device``.
 
     Args:
         noise: the label noise ``dataset`` carries (see :func:`with_label_noise`), for the clean labels.
+        static_copies: makes the stored copies of ``augment=static`` (see :func:`training_views`).
     """
     train_idx, val_idx = seed_split(dataset, cfg, seed)
-    views = training_views(dataset, train_idx, cfg, seed)
+    views = training_views(dataset, train_idx, cfg, seed, static_copies)
     test_images, test_labels = reported_test_set(dataset, cfg)
     clean = noise.clean[views.indices] if noise is not None else None
     return SeedData(seed, views, views.images.to(device), views.labels.to(device), train_idx, val_idx,

@@ -33,7 +33,7 @@ from torch import nn
 from .batch import Pipeline
 from .config import parse_label_form
 from .losses import check_targets, soft_target_cross_entropy
-from .noise import disputes
+from .noise import noisy_label_posterior
 
 
 def refined_labels(
@@ -84,141 +84,6 @@ def refined_labels(
     return p
 
 
-def estimate_symmetric_noise(refined: torch.Tensor, given: torch.Tensor) -> float:
-    """The share of given labels a refinery trained on them believes wrong, under symmetric label noise.
-
-    A model fitted to labels of which a share r was replaced by a uniformly drawn other class predicts
-    that noise: where it is sure of the true class, every other class keeps about r / (K - 1) of the
-    probability. The estimate is (K - 1) x the median over images of the median of each row's K - 1
-    non-top probabilities, capped at the share of images whose refined argmax differs from the given label
-    (a refinery cannot believe more labels wrong than it disputes; an under-trained one, unsure of every
-    image, would otherwise read as noise). It reads near 0 for a refinery that memorised its labels (near
-    one-hot rows) and needs soft rows at T = 1 from a model trained without label smoothing. Measured on
-    Fashion-MNIST with 40% symmetric noise (12,000 images, ``convnet``, 8 epochs, best-validation epoch):
-    0.39-0.40 over 3 seeds (BENCHMARKS.md, "Telling the refinery how noisy the labels are").
-
-    Args:
-        refined: ``(N, K) float`` soft refined labels of a refinery trained on the given labels, K >= 2.
-        given: ``(N,) int64`` the given labels.
-
-    Returns:
-        r in [0, 1 - 1/K), clipped just below that bound.
-    """
-    num_classes = refined.shape[1]
-    rest = refined.float().sort(dim=1, descending=True).values[:, 1:]
-    floor = float(rest.median(dim=1).values.median()) * (num_classes - 1)
-    disputed = float(disputes(refined, given).float().mean())
-    return min(max(min(floor, disputed), 0.0), (1 - 1 / num_classes) * 0.99)
-
-
-def symmetric_transition(num_classes: int, noise_rate: float) -> torch.Tensor:
-    """The transition matrix of symmetric label noise of rate r: ``(K, K) float32``, T[c, y] = P(given label y |
-    true class c) = 1 - r on the diagonal and r / (K - 1) elsewhere.
-
-    Raises:
-        ValueError: r outside [0, 1 - 1/K) (T is then not invertible, or a wrong class is likelier than the
-            right one).
-    """
-    if not 0.0 <= noise_rate < 1 - 1 / num_classes:
-        raise ValueError(f"noise rate must be in [0, {1 - 1 / num_classes:.3g}) for {num_classes} classes, "
-                         f"got {noise_rate}")
-    off = noise_rate / (num_classes - 1)
-    return torch.full((num_classes, num_classes), off) + (1 - noise_rate - off) * torch.eye(num_classes)
-
-
-def estimate_noise_transition(refined: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
-    """Class-conditional label noise read from a refinery trained on the given labels: ``(K, K) float32`` T,
-    T[c, y] = P(given label y | true class c), rows summing to 1.
-
-    A model fitted to noisy labels predicts their noise: on an image of class c its soft labels approach row c
-    of T. Row c is the elementwise median of the refined rows of every image whose refined argmax is c,
-    renormalised: the anchor-point estimator of T in Patrini et al. 2017 ("Making deep neural networks robust
-    to label noise: a loss correction approach"; row c = the noisy-label prediction on an image surely of class
-    c), with the median over the images the refinery puts in class c in place of their single image at the 97th
-    percentile of p~_c. A class that no image's argmax picks keeps the identity row. As with :func:`estimate_symmetric_noise`, the share of wrong labels T implies,
-    sum_c pi_c (1 - T[c, c]) with pi the given labels' class shares, is capped at the share of given labels
-    the refinery disputes (T shrunk towards the identity): an unsure refinery does not read as noise.
-    Measured on Fashion-MNIST (12,000 images, ``convnet``, 8 epochs): BENCHMARKS.md, "Class-conditional noise".
-
-    Args:
-        refined: ``(N, K) float`` soft refined labels at T = 1 of a refinery trained on the given labels.
-        given: ``(N,) int64`` the given labels.
-
-    Returns:
-        ``(K, K) float32`` on the CPU.
-    """
-    p, given = refined.float().cpu(), given.cpu()
-    num_classes = p.shape[1]
-    top = p.argmax(1)
-    transition = torch.eye(num_classes)
-    for c in range(num_classes):
-        rows = p[top == c]
-        if len(rows):
-            median = rows.median(dim=0).values.clamp_min(0)
-            transition[c] = median / median.sum() if median.sum() > 0 else transition[c]
-    implied = implied_noise_rate(transition, given)
-    disputed = float(disputes(p, given).float().mean())
-    if implied > disputed:
-        transition = torch.eye(num_classes) + (disputed / implied) * (transition - torch.eye(num_classes))
-    return transition
-
-
-def implied_noise_rate(transition: torch.Tensor, given: torch.Tensor) -> float:
-    """The share of wrong labels a ``(K, K)`` transition matrix T implies for the ``(N,) int64`` given labels:
-    sum_c pi_c (1 - T[c, c]), pi the given labels' class shares (a fraction in [0, 1])."""
-    shares = torch.bincount(given.cpu(), minlength=len(transition)).float() / len(given)
-    return float((shares * (1 - transition.float().cpu().diagonal())).sum())
-
-
-def largest_transitions(transition: torch.Tensor, count: int = 5) -> list[list]:
-    """The ``count`` largest off-diagonal entries of a ``(K, K)`` transition matrix, largest first, as
-    ``[true class (int), given class (int), P(given | true) (float, 4 decimals)]`` rows."""
-    off = transition.float().clone()
-    off.fill_diagonal_(-1.0)
-    values, flat = off.flatten().topk(min(count, off.numel() - len(off)))
-    k = off.shape[1]
-    return [[int(i) // k, int(i) % k, round(float(v), 4)] for v, i in zip(values, flat)]
-
-
-def noisy_label_posterior(refined: torch.Tensor, given: torch.Tensor, transition: torch.Tensor,
-                          denoise: bool) -> torch.Tensor:
-    """P(true class | refined labels, given label) under label noise with transition matrix T.
-
-    The noise model: T[c, y] = P(given label y | true class c) (:func:`symmetric_transition` for symmetric noise
-    of rate r, :func:`estimate_noise_transition` for class-conditional noise). With ``denoise`` the refined rows
-    come from a refinery trained on the given labels, so they estimate the *noisy* label distribution
-    p~ = p T (row vectors); they are first mapped back, p = p~ T^-1 (the pseudo-inverse, should an estimated T
-    be singular), clipped at 1e-4 and renormalised (the
-    backward correction of Patrini et al. 2017, "Making deep neural networks robust to label noise: a loss
-    correction approach", section 3; for symmetric noise p_c = (p~_c - r / (K - 1)) / (1 - r K / (K - 1))).
-    Then Bayes' rule with the given label y: q_c proportional to p_c T[c, y]. The given label keeps its class
-    unless the refinery is confident of another: a soft target that trusts ground truth exactly as much as
-    the noise allows.
-
-    Args:
-        refined: ``(N, K) float32`` refined labels (rows summing to 1).
-        given: ``(N,) int64`` given labels.
-        transition: ``(K, K) float`` T, rows summing to 1.
-        denoise: whether the refinery fitted the given labels (generation 1 of a chain).
-
-    Returns:
-        ``(N, K) float32`` rows summing to 1.
-
-    Raises:
-        ValueError: a transition matrix that is not K x K.
-    """
-    num_classes = refined.shape[1]
-    if tuple(transition.shape) != (num_classes, num_classes):
-        raise ValueError(f"transition matrix must be {num_classes} x {num_classes}, got {tuple(transition.shape)}")
-    p = refined.float()
-    t = transition.to(device=p.device, dtype=torch.float64)
-    if denoise:
-        p = (p.double() @ torch.linalg.pinv(t)).float().clamp_min(1e-4)
-        p = p / p.sum(1, keepdim=True)
-    q = p * t.float().T[given.to(p.device)]
-    return q / q.sum(1, keepdim=True)
-
-
 @dataclass(frozen=True)
 class LabelRecipe:
     """How refinery logits become targets: temperature T, label form and ground-truth weight alpha.
@@ -245,7 +110,7 @@ class LabelRecipe:
         (:func:`noisy_label_posterior`, ``denoise`` when the refinery fitted the given labels), else
         alpha * one_hot(ground_truth) + (1 - alpha) * refined."""
         if transition is not None:
-            return noisy_label_posterior(refined, ground_truth, transition, denoise)
+            return noisy_label_posterior(ground_truth, refined, transition, denoise)
         if self.gt_weight == 0:
             return refined
         one_hot = F.one_hot(ground_truth.to(refined.device), refined.shape[1]).float()

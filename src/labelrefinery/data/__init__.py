@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..errors import ConfigError, DataError
 from .core import Dataset, ImageData, stratified_folds, stratified_split
 from .files import ImageFiles, read_all, read_batches
-from .folder import load_folder
+from .folder import FolderReading, load_folder
 from .idx import DEBIAN_FASHION_MNIST, load_fashion_mnist, load_mnist, read_idx
 from .small import load_digits, load_synthetic
 from .torchvision_sets import load_cifar, load_svhn
@@ -69,10 +69,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
     root = Path(data_dir) if data_dir is not None else None
     if name.startswith(FOLDER_PREFIX):
         cache = options.get("cache_dir")
-        return load_folder(Path(name[len(FOLDER_PREFIX):]), options.get("image_size"), root,
-                           in_memory=options.get("in_memory") or "yes", workers=options.get("workers") or 0,
-                           skip_bad_images=bool(options.get("skip_bad_images")), device=options.get("device"),
-                           cache_root=Path(cache) if cache else None, progress=options.get("progress", True))
+        reading = FolderReading(in_memory=options.get("in_memory") or "yes", workers=options.get("workers") or 0,
+                                skip_bad_images=bool(options.get("skip_bad_images")), device=options.get("device"),
+                                progress=options.get("progress", True))
+        return load_folder(Path(name[len(FOLDER_PREFIX):]), options.get("image_size"), root, reading=reading,
+                           cache_root=Path(cache) if cache else None)
     if options.get("in_memory") == "no":
         raise ConfigError(f"--data-in-memory no: {name} is read whole from its files (it fits in memory); only "
                           "folder:PATH datasets stream from disk: leave --data-in-memory at auto")

@@ -13,7 +13,7 @@ paired per seed (the mean and std of each seed's difference). A second table
 describes the refined labels each generation made: the share of training images
 whose refined argmax disputes the given label and, with ``--label-noise``, the
 shares of flipped labels corrected and clean labels harmed and the F1 of
-"disputed" as a detector of flipped labels (see :func:`labelrefinery.labelstats.label_statistics`).
+"disputed" as a detector of flipped labels (see :func:`labelrefinery.noise.label_statistics`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RESUMABLE_CHANGES, leaf_names
-from .rundir import RunDir
+from ..config import RESUMABLE_CHANGES, leaf_names, parse_noise_prior
+from ..rundir import RunDir
 
 
 def summarize_run(run_dir: Path) -> dict:
@@ -48,59 +48,75 @@ def summarize_run(run_dir: Path) -> dict:
         if gens:
             per_seed[str(seed)] = gens
     n_gen = max((len(v) for v in per_seed.values()), default=0)
-    generations = []
-    for g in range(1, n_gen + 1):
-        rows = [v[g - 1] for v in per_seed.values() if len(v) >= g]
-        test = np.array([r["test_top1"] for r in rows])
-        generations.append({
-            "generation": g,
-            "test_top1_mean": float(test.mean()),
-            "test_top1_std": float(test.std(ddof=1)) if len(test) > 1 else None,
-            "val_top1_mean": float(np.mean([r["val_top1"] for r in rows])),
-            "n_seeds": len(rows),
-            "collapsed_seeds": [r["seed"] for r in rows if r.get("collapsed")],
-            "gain_over_r1": _paired_gain(per_seed, lambda gens, g=g: gens[g - 1]["test_top1"] if len(gens) >= g
-                                         else None),
-            "label_quality": _mean_quality([r.get("label_quality") or {} for r in rows]),
-            **_mean_of(rows, "symmetric_noise_estimate"),
-            **_mean_of([{"classwise_noise_rate": (r.get("classwise_noise_estimate") or {}).get("rate")} for r in rows],
-                       "classwise_noise_rate"),
-        })
+    ensembles = rd.read_ensembles()
+    for e in ensembles:
+        e["gain_over_r1"] = _paired_gain(per_seed, lambda gens, e=e: e["per_seed"].get(str(gens[0]["seed"])))
+    return {"run_dir": str(run_dir), "config": cfg, "per_seed": per_seed,
+            "generations": [_generation_row(per_seed, g) for g in range(1, n_gen + 1)],
+            "best_by_validation": _best_row(per_seed), "ensemble": ensembles,
+            "controls": _control_rows(rd, per_seed), "external_refinery": _external_row(rd, per_seed)}
+
+
+def _generation_row(per_seed: dict[str, list[dict]], g: int) -> dict:
+    """Generation ``g`` over the seeds that finished it: mean ± std top-1, gain over R1, label quality."""
+    rows = [v[g - 1] for v in per_seed.values() if len(v) >= g]
+    test = np.array([r["test_top1"] for r in rows])
+    return {
+        "generation": g,
+        "test_top1_mean": float(test.mean()),
+        "test_top1_std": float(test.std(ddof=1)) if len(test) > 1 else None,
+        "val_top1_mean": float(np.mean([r["val_top1"] for r in rows])),
+        "n_seeds": len(rows),
+        "collapsed_seeds": [r["seed"] for r in rows if r.get("collapsed")],
+        "gain_over_r1": _paired_gain(per_seed, lambda gens: gens[g - 1]["test_top1"] if len(gens) >= g else None),
+        "label_quality": _mean_quality([r.get("label_quality") or {} for r in rows]),
+        **_mean_of(rows, "symmetric_noise_estimate"),
+        **_mean_of([{"classwise_noise_rate": (r.get("classwise_noise_estimate") or {}).get("rate")} for r in rows],
+                   "classwise_noise_rate"),
+    }
+
+
+def _best_row(per_seed: dict[str, list[dict]]) -> dict:
+    """Each seed's generation with the highest validation top-1, scored on test."""
     best = {seed: best_of(gens) for seed, gens in per_seed.items()}
     best_test = np.array([b["test_top1"] for b in best.values()])
-    best_row = {
+    return {
         "per_seed": {seed: {"generation": b["generation"], "val_top1": b["val_top1"], "test_top1": b["test_top1"]}
                      for seed, b in best.items()},
         "test_top1_mean": float(best_test.mean()) if len(best_test) else None,
         "test_top1_std": float(best_test.std(ddof=1)) if len(best_test) > 1 else None,
         "gain_over_r1": _paired_gain(per_seed, lambda gens: best_of(gens)["test_top1"]),
     }
-    controls = {}
+
+
+def _control_rows(rd: RunDir, per_seed: dict[str, list[dict]]) -> dict:
+    """The finished controls (``--controls``) by name, with their gain over R1 paired per seed."""
+    controls: dict[str, dict] = {}
     for seed in per_seed:
         for name in rd.finished_controls(int(seed)):
             controls.setdefault(name, {})[seed] = rd.read_summary(int(seed), name)
-    control_rows = {}
+    rows = {}
     for name, by_seed in sorted(controls.items()):
         test = np.array([c["test_top1"] for c in by_seed.values()])
-        control_rows[name] = {
+        rows[name] = {
             "per_seed": {seed: {"test_top1": c["test_top1"], "val_top1": c["val_top1"],
                                 "epochs_run": c["epochs_run"]} for seed, c in by_seed.items()},
             "test_top1_mean": float(test.mean()), "test_top1_std": float(test.std(ddof=1)) if len(test) > 1 else None,
             "gain_over_r1": _paired_gain(per_seed, lambda gens, b=by_seed: b[str(gens[0]["seed"])]["test_top1"]
                                          if str(gens[0]["seed"]) in b else None),
         }
+    return rows
+
+
+def _external_row(rd: RunDir, per_seed: dict[str, list[dict]]) -> dict | None:
+    """The ``--refinery-checkpoint`` model's own top-1 per seed, or None without one."""
     teacher = {seed: t for seed in per_seed if (t := rd.read_external_refinery(int(seed))) is not None}
+    if not teacher:
+        return None
     teacher_test = np.array([t["test_top1"] for t in teacher.values()])
-    external = None if not teacher else {
-        "per_seed": {seed: {"val_top1": t["val_top1"], "test_top1": t["test_top1"]} for seed, t in teacher.items()},
-        "test_top1_mean": float(teacher_test.mean()),
-        "test_top1_std": float(teacher_test.std(ddof=1)) if len(teacher_test) > 1 else None}
-    ensembles = rd.read_ensembles()
-    for e in ensembles:
-        e["gain_over_r1"] = _paired_gain(per_seed, lambda gens, e=e: e["per_seed"].get(str(gens[0]["seed"])))
-    return {"run_dir": str(run_dir), "config": cfg, "per_seed": per_seed, "generations": generations,
-            "best_by_validation": best_row, "ensemble": ensembles, "controls": control_rows,
-            "external_refinery": external}
+    return {"per_seed": {seed: {"val_top1": t["val_top1"], "test_top1": t["test_top1"]} for seed, t in teacher.items()},
+            "test_top1_mean": float(teacher_test.mean()),
+            "test_top1_std": float(teacher_test.std(ddof=1)) if len(teacher_test) > 1 else None}
 
 
 def best_of(gens: list[dict]) -> dict:
@@ -167,7 +183,7 @@ def _label_table(r: dict, name: str) -> list[str]:
     classwise = r["generations"][0].get("classwise_noise_rate") if r["generations"] else None
     # shown when used, or when it reads 5 points more than the symmetric estimate: wrong labels that depend on
     # the true class (on clean labels it reads a few % of classes the model finds alike)
-    used = r["config"].get("noise_prior") == "classwise"
+    used = parse_noise_prior(r["config"].get("noise_prior", "0")).model == "classwise"
     if classwise is not None and (used or classwise >= (estimate or 0.0) + 0.05):
         above = classwise >= (estimate or 0.0) + 0.05
         hint = ("" if not above else " That is well above the symmetric estimate: the wrong labels seem to depend "
@@ -208,17 +224,33 @@ def format_table(results: list[dict]) -> str:
     """Markdown: the mean ± std table (with paired gains over R1), per-seed tables, refined-label tables,
     then collapse warnings."""
     names = column_names(results)
+    seeds_text = ", ".join(f"{len(r['per_seed'])} seed(s)" for r in results)
+    out = ["Test top-1 accuracy (%), mean ± sample std over seeds (" + seeds_text + "); in brackets the gain over "
+           "R1 in points, paired per seed. Best by validation: each seed's generation with the highest validation "
+           "top-1, scored on test.", "", *_summary_lines(results, names), ""]
+    for r, name in zip(results, names):
+        out += _per_seed_lines(r, name)
+    for r, name in zip(results, names):
+        out += _label_table(r, name)
+    collapsed = [(name, s["generation"], s["collapsed_seeds"]) for r, name in zip(results, names)
+                 for s in r["generations"] if s["collapsed_seeds"]]
+    if collapsed:
+        out.append("! collapsed (validation near chance or > 10 points below the previous generation): "
+                   + "; ".join(f"{n} R{g} seeds {c}" for n, g, c in collapsed))
+        out.append("")
+    return "\n".join(out)
+
+
+def _summary_lines(results: list[dict], names: list[str]) -> list[str]:
+    """The main table: R1..Rn, best by validation, the external refinery, the controls, the ensembles."""
     n_gen = max((len(r["generations"]) for r in results), default=0)
     lines = ["| generation | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for g in range(n_gen):
         cells = []
         for r in results:
-            if g < len(r["generations"]):
-                s = r["generations"][g]
-                cells.append(_fmt(s["test_top1_mean"], s["test_top1_std"]) + (_gain(s.get("gain_over_r1")) if g else "")
-                             + (" !" if s["collapsed_seeds"] else ""))
-            else:
-                cells.append("")
+            s = r["generations"][g] if g < len(r["generations"]) else None
+            cells.append("" if s is None else _fmt(s["test_top1_mean"], s["test_top1_std"])
+                         + (_gain(s.get("gain_over_r1")) if g else "") + (" !" if s["collapsed_seeds"] else ""))
         lines.append(f"| R{g + 1} | " + " | ".join(cells) + " |")
     if n_gen > 1:
         cells = []
@@ -245,31 +277,21 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"| ensemble {label} ({name}) | " + " | ".join(
                 _fmt(e["test_top1_mean"], e.get("test_top1_std")) + _gain(e.get("gain_over_r1")) if rr is r else ""
                 for rr in results) + " |")
-    seeds_text = ", ".join(f"{len(r['per_seed'])} seed(s)" for r in results)
-    out = ["Test top-1 accuracy (%), mean ± sample std over seeds (" + seeds_text + "); in brackets the gain over "
-           "R1 in points, paired per seed. Best by validation: each seed's generation with the highest validation "
-           "top-1, scored on test.", "", *lines, ""]
-    for r, name in zip(results, names):
-        if not r["per_seed"]:
-            continue
-        seeds = list(r["per_seed"])
-        out += [f"Per seed, {name} (test top-1 %, validation in brackets):", "",
-                "| generation | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-                "|---" * (len(seeds) + 1) + "|"]
-        for g in range(len(r["generations"])):
-            row = []
-            for s in seeds:
-                gens = r["per_seed"][s]
-                row.append(f"{gens[g]['test_top1']:.2f} ({gens[g]['val_top1']:.2f})" + (" !" if gens[g].get("collapsed") else "")
-                           if g < len(gens) else "")
-            out.append(f"| R{g + 1} | " + " | ".join(row) + " |")
-        out.append("")
-    for r, name in zip(results, names):
-        out += _label_table(r, name)
-    collapsed = [(name, s["generation"], s["collapsed_seeds"]) for r, name in zip(results, names)
-                 for s in r["generations"] if s["collapsed_seeds"]]
-    if collapsed:
-        out.append("! collapsed (validation near chance or > 10 points below the previous generation): "
-                   + "; ".join(f"{n} R{g} seeds {c}" for n, g, c in collapsed))
-        out.append("")
-    return "\n".join(out)
+    return lines
+
+
+def _per_seed_lines(r: dict, name: str) -> list[str]:
+    """One run's per-seed table: test top-1 with validation in brackets, ``!`` on a collapsed generation."""
+    if not r["per_seed"]:
+        return []
+    seeds = list(r["per_seed"])
+    out = [f"Per seed, {name} (test top-1 %, validation in brackets):", "",
+           "| generation | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for g in range(len(r["generations"])):
+        row = []
+        for s in seeds:
+            gens = r["per_seed"][s]
+            row.append(f"{gens[g]['test_top1']:.2f} ({gens[g]['val_top1']:.2f})" + (" !" if gens[g].get("collapsed") else "")
+                       if g < len(gens) else "")
+        out.append(f"| R{g + 1} | " + " | ".join(row) + " |")
+    return out + [""]

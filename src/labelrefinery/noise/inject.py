@@ -1,4 +1,4 @@
-"""Label noise: injecting it into a training split, and scoring refined labels against it.
+"""Injecting label noise into a training split (``--label-noise``), clean labels kept for scoring.
 
 Letters: N images, K classes.
 
@@ -9,9 +9,8 @@ section 4). The draw comes from a stream of its own
 (:func:`labelrefinery.seeding.label_noise_generator`), so every run seed sees
 the same corrupted dataset; the test split is never touched.
 
-:func:`disputes` is the rule that says a refined label disputes the given one;
-:func:`labelrefinery.labelstats.label_statistics` scores a generation's refined
-labels against the given and the clean labels.
+How refined labels are scored against the clean labels:
+:func:`labelrefinery.noise.quality.label_statistics`.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import parse_label_noise
-from .errors import ConfigError
+from ..config import parse_label_noise
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,19 +41,6 @@ class LabelNoise:
         return self.noisy != self.clean
 
 
-
-def disputes(refined: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
-    """``(N,) bool``: another class has a strictly larger refined probability than the given label.
-
-    Args:
-        refined: ``(N, K)`` refined labels (probabilities or logits).
-        given: ``(N,) int64`` the given labels.
-
-    A given label tied with the top class (rows stored in float16 tie now and then) is not disputed, whatever
-    the class order, unlike ``argmax != given``.
-    """
-    p_given = refined.gather(1, given.to(refined.device).view(-1, 1)).squeeze(1)
-    return refined.max(1).values > p_given
 
 def max_noise_rate(num_classes: int) -> float:
     """The largest admissible P (exclusive): 1 - 1/K, beyond which a wrong class is as likely as the right one."""

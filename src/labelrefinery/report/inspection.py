@@ -5,7 +5,7 @@ too: what they did not save, such as label statistics, is computed from their
 refined labels) and writes, atomically:
 
 - ``report.html`` (``RUN_DIR/report.html`` for one run, else ``--out``): the page
-  (:mod:`labelrefinery.htmlreport`): results, what the labels became, Figure 4
+  (:mod:`labelrefinery.report.html`): results, what the labels became, Figure 4
   for real images, label issues, run facts;
 - ``report.json`` beside it: every number on the page (images left out);
 - ``report_label_stats.csv``: per run and generation, the refined labels' mean
@@ -32,19 +32,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .augment import input_size, make_augment
-from .batch import Pipeline
-from .console import interactive
-from .data import read_all
-from .errors import ConfigError, RunDirError, UserError
-from .fileio import atomic_write_text
-from .htmlreport import render
+from ..augment import input_size, make_augment
+from ..batch import Pipeline
+from ..console import interactive
+from ..data import read_all
+from ..errors import ConfigError, RunDirError, UserError
+from .html import render
 from .labelissues import given_label_scores, issue_rows, own_labels, split_labels
-from .labelstats import (class_overlap, confusion, crop_disagreement, generation_label_stats, pick_images,
-                         suggested_labels, top_k)
-from .protocol import load_run_dataset, with_label_noise
-from .report import best_of, format_table, summarize_run
-from .rundir import RunDir
+from .labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
+from ..noise import generation_label_stats, suggested_labels
+from ..protocol import load_run_dataset, with_label_noise
+from .tables import best_of, format_table, summarize_run
+from ..rundir import RunDir, write_report_files
 
 ISSUE_ROWS = 25  # label issues listed on the page (the CSV of `refinery label-issues` has them all)
 CROPS_SHOWN = 6  # crops of the one image in the per-crop view
@@ -150,7 +149,7 @@ STEPS_PER_RUN = 4  # progress steps of inspect_run: labels, image grids, per-cro
 
 def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
                 step: Callable[[], None] = lambda: None) -> dict:
-    """Everything the page shows about one run directory (a *view* of :func:`labelrefinery.htmlreport.render`).
+    """Everything the page shows about one run directory (a *view* of :func:`labelrefinery.report.html.render`).
 
     Args:
         images: images per group of the image grids (>= 1).
@@ -186,7 +185,7 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
     if not all(own for *_, own in loaded) and cfg.refinement.gt_weight:
         notes.append("This run's labels.npz files predate storing the refinery's own labels: they hold the labels "
                      "after the --gt-weight mix, so agreement with the given labels is inflated.")
-    stats = generation_label_stats(label_sets, given, clean)
+    stats = generation_label_stats(given, label_sets, clean)
     for g, s in zip(gens, stats):
         s["generation"] = g
     step()
@@ -211,7 +210,7 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
         "title": str(run_dir), "notes": notes, "results": results, "epochs": epochs, "seed": seed,
         "classes": classes, "label_stats": stats,
         "overlap": {g: _finite_or_none(class_overlap(label_sets[gens.index(g)], given, k)) for g in shown},
-        "confusion": {gens[-1]: confusion(given, suggested_labels(label_sets[-1], given), k).tolist()},
+        "confusion": {gens[-1]: confusion(given, suggested_labels(given, label_sets[-1]), k).tolist()},
         "groups": groups, "crops": crops,
         "issues": {"generation": best, "disputed": disputed, "total": len(given), "rows": rows},
         "facts": _facts(rd, results, seed, len(given), dataset), "config": results["config"],
@@ -265,13 +264,6 @@ def _images_csv(views: list[dict]) -> str:
     return _csv(header, rows)
 
 
-def report_paths(html_path: Path) -> dict[str, Path]:
-    """The page and its data files: ``html``, ``json``, ``label_stats`` and ``images`` paths, side by side."""
-    stem = html_path.with_suffix("")
-    return {"html": html_path, "json": stem.with_suffix(".json"),
-            "label_stats": Path(f"{stem}_label_stats.csv"), "images": Path(f"{stem}_images.csv")}
-
-
 def inspect_runs(run_dirs: list[Path], out: Path | None = None, images: int = 8,
                  seed: int | None = None) -> tuple[Path, float]:
     """Write the report of ``run_dirs`` (see the module docstring).
@@ -314,11 +306,7 @@ def inspect_runs(run_dirs: list[Path], out: Path | None = None, images: int = 8,
         markdown = format_table([v["results"] for v in views])
         page = render(views, markdown)
         bar.update(1)
-    paths = report_paths(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     data = {"results_markdown": markdown, "runs": [_without_images(v) for v in views]}
-    atomic_write_text(paths["json"], json.dumps(data, indent=1, default=float) + "\n")
-    atomic_write_text(paths["label_stats"], _stats_csv(views))
-    atomic_write_text(paths["images"], _images_csv(views))
-    atomic_write_text(out, page)  # last: the page appears only with its data files beside it
+    write_report_files(out, page, json.dumps(data, indent=1, default=float) + "\n", _stats_csv(views),
+                       _images_csv(views))  # the page last: it appears only with its data files beside it
     return out, time.perf_counter() - start

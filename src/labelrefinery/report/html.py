@@ -1,6 +1,6 @@
 """The HTML page of ``refinery inspect``: one self-contained file, plots and images embedded as PNG data URIs.
 
-:func:`render` turns what :mod:`labelrefinery.inspection` gathered about each
+:func:`render` turns what :mod:`labelrefinery.report.inspection` gathered about each
 run (a *view*: a plain dict, described in :func:`render`) into the page. Plots
 are drawn with matplotlib's Agg backend and images encoded by Pillow (a
 dependency of matplotlib); the page needs no server, no network and no
@@ -80,7 +80,7 @@ def _e(x: Any) -> str:
 
 
 def markdown_to_html(text: str) -> str:
-    """The results Markdown of :func:`labelrefinery.report.format_table` as HTML: pipe tables and paragraphs."""
+    """The results Markdown of :func:`labelrefinery.report.tables.format_table` as HTML: pipe tables and paragraphs."""
     out, rows = [], []
 
     def flush():
@@ -166,7 +166,7 @@ def label_stats_plot(stats: list[dict]) -> str:
     x = [s["generation"] for s in stats]
     a.bar(x, [s["mean_entropy"] for s in stats], color="#7a5cc8")
     a.set_title("mean entropy of refined labels (nats)", fontsize=9)
-    for key, label in (("agreement", "agree with given label"), ("changed", "argmax changed"),
+    for key, label in (("agreement", "agree with given label"), ("changed", "suggested label changed"),
                        ("corrected", "flipped corrected"), ("harmed", "clean harmed"), ("detection_f1", "detection F1")):
         values = [s.get(key) for s in stats]
         if any(v is not None for v in values):
@@ -247,41 +247,59 @@ def _pct(x: float | None) -> str:
 
 
 def _run_sections(v: dict, n: int) -> str:
+    """One run's sections: results, what the labels became, Figure 4, label issues, run facts."""
     out = [f'<h2 id="run{n}">Run {n + 1}: {_e(v["title"])}</h2>']
-    for note in v.get("notes", []):
-        out.append(f'<p class="note">{_e(note)}</p>')
-    # 1. results
+    out += [f'<p class="note">{_e(note)}</p>' for note in v.get("notes", [])]
     out.append("<h3>Results</h3>")
     out.append(_img(accuracy_plot(v["results"]), "test and validation top-1 per generation"))
     curves = epoch_curves_plot(v["epochs"])
     if curves:
         out.append(_img(curves, "validation top-1 per epoch"))
-    # 2. labels
-    seed, gens, classes = v["seed"], [s["generation"] for s in v["label_stats"]], v["classes"]
-    out.append(f"<h3>What the labels became (seed {seed})</h3>")
-    if v["label_stats"]:
-        keys = [("mean_entropy", "mean entropy (nats)"), ("agreement", "agree with given (%)"),
-                ("changed", "argmax changed (%)"), ("corrected", "flipped corrected (%)"),
-                ("harmed", "clean harmed (%)"), ("detection_precision", "detection precision (%)"),
-                ("detection_recall", "detection recall (%)"), ("detection_f1", "detection F1 (%)")]
-        keys = [(k, t) for k, t in keys if any(s.get(k) is not None for s in v["label_stats"])]
-        rows = [[f"R{s['generation']}"] + [f"{s[k]:.3f}" if k == "mean_entropy" else _pct(s.get(k)) for k, _ in keys]
-                for s in v["label_stats"]]
-        out.append('<p class="note">Refined labels each generation made for the training images (its softmax on '
-                   "each image itself). Argmax changed: from the previous generation's argmax (R1: from the given "
-                   "label).</p>")
-        out.append(_table(["generation"] + [t for _, t in keys], rows))
-        out.append(_img(label_stats_plot(v["label_stats"]), "refined-label statistics per generation"))
-        for g, m in v["overlap"].items():
-            out.append(_img(matrix_plot(m, classes, f"class overlap, R{g}: mean refined probability",
-                                        "refined label's class j", "given label i", ".2f"), f"class overlap R{g}"))
-        for g, m in v["confusion"].items():
-            out.append(_img(matrix_plot(m, classes, f"given label vs refined argmax, R{g} (images)",
-                                        "refined argmax", "given label", ".0f"), f"confusion R{g}"))
-    # 3. Figure 4
-    out.append(f"<h3>Figure 4, for real images (seed {seed})</h3>")
-    out.append('<p class="note">Each image with its given label and its top-3 refined labels with probabilities at '
-               "every generation (the Label Refinery paper's Figure 4); the given label is in bold and green.</p>")
+    gens = [s["generation"] for s in v["label_stats"]]
+    out += _label_sections(v)
+    out += _figure4_sections(v, gens)
+    out += _issue_sections(v, gens)
+    out.append("<h3>Run facts</h3>")
+    out.append(_facts(v["facts"]))
+    if v.get("timing"):
+        out.append(_table(["seed", "generation", "wall time (s)", "epochs", "images/s (training, median)"],
+                          v["timing"]))
+    out.append("<details><summary>Configuration</summary>" + _facts(v["config"]) + "</details>")
+    return "\n".join(out)
+
+
+def _label_sections(v: dict) -> list[str]:
+    """What the labels became: the statistics table and plot, class overlap and confusion matrices."""
+    out = [f"<h3>What the labels became (seed {v['seed']})</h3>"]
+    if not v["label_stats"]:
+        return out
+    classes = v["classes"]
+    keys = [("mean_entropy", "mean entropy (nats)"), ("agreement", "agree with given (%)"),
+            ("changed", "suggested label changed (%)"), ("corrected", "flipped corrected (%)"),
+            ("harmed", "clean harmed (%)"), ("detection_precision", "detection precision (%)"),
+            ("detection_recall", "detection recall (%)"), ("detection_f1", "detection F1 (%)")]
+    keys = [(k, t) for k, t in keys if any(s.get(k) is not None for s in v["label_stats"])]
+    rows = [[f"R{s['generation']}"] + [f"{s[k]:.3f}" if k == "mean_entropy" else _pct(s.get(k)) for k, _ in keys]
+            for s in v["label_stats"]]
+    out.append('<p class="note">Refined labels each generation made for the training images (its softmax on '
+               "each image itself). The suggested label is the refined argmax, or the given label where it ties "
+               "with the top class; changed: from the previous generation's (R1: from the given label).</p>")
+    out.append(_table(["generation"] + [t for _, t in keys], rows))
+    out.append(_img(label_stats_plot(v["label_stats"]), "refined-label statistics per generation"))
+    for g, m in v["overlap"].items():
+        out.append(_img(matrix_plot(m, classes, f"class overlap, R{g}: mean refined probability",
+                                    "refined label's class j", "given label i", ".2f"), f"class overlap R{g}"))
+    for g, m in v["confusion"].items():
+        out.append(_img(matrix_plot(m, classes, f"given label vs suggested label, R{g} (images)",
+                                    "suggested label", "given label", ".0f"), f"confusion R{g}"))
+    return out
+
+
+def _figure4_sections(v: dict, gens: list[int]) -> list[str]:
+    """The paper's Figure 4 for real images: image cards per group, and one image's crops."""
+    out = [f"<h3>Figure 4, for real images (seed {v['seed']})</h3>",
+           '<p class="note">Each image with its given label and its top-3 refined labels with probabilities at '
+           "every generation (the Label Refinery paper's Figure 4); the given label is in bold and green.</p>"]
     for name in ("disputed", "changed", "random"):
         items = v["groups"].get(name) or []
         if items:
@@ -295,9 +313,13 @@ def _run_sections(v: dict, n: int) -> str:
                    "refinery on that crop. This image's crops disagree the most among the candidates tried.</p>")
         out.append('<div class="cards">' + "".join(image_card(c, crops["generations"]) for c in crops["items"])
                    + "</div>")
-    # 4. label issues
+    return out
+
+
+def _issue_sections(v: dict, gens: list[int]) -> list[str]:
+    """Label issues: the most disputed rows of ``label-issues``, and with injected noise its three groups."""
     issues = v.get("issues")
-    out.append(f"<h3>Label issues (seed {seed})</h3>")
+    out = [f"<h3>Label issues (seed {v['seed']})</h3>"]
     if issues:
         out.append(f'<p class="note">R{issues["generation"]} (the best generation by validation) disputes '
                    f'{issues["disputed"]} of {issues["total"]} given labels; the {len(issues["rows"])} most '
@@ -310,14 +332,7 @@ def _run_sections(v: dict, n: int) -> str:
         if items is not None:
             body = "".join(image_card(it, gens) for it in items) or '<p class="note">none</p>'
             out.append(f"<h4>{_e(GROUP_TITLES[name])}</h4><div class=\"cards\">{body}</div>")
-    # 5. facts
-    out.append("<h3>Run facts</h3>")
-    out.append(_facts(v["facts"]))
-    if v.get("timing"):
-        out.append(_table(["seed", "generation", "wall time (s)", "epochs", "images/s (training, median)"],
-                          v["timing"]))
-    out.append("<details><summary>Configuration</summary>" + _facts(v["config"]) + "</details>")
-    return "\n".join(out)
+    return out
 
 
 def render(views: list[dict], results_markdown: str, title: str = "Label Refinery report") -> str:
@@ -325,14 +340,14 @@ def render(views: list[dict], results_markdown: str, title: str = "Label Refiner
 
     Args:
         views: one dict per run directory with keys ``title`` (str), ``notes`` (list of str), ``results``
-            (:func:`labelrefinery.report.summarize_run`), ``epochs`` (epoch records of ``metrics.jsonl``),
+            (:func:`labelrefinery.report.tables.summarize_run`), ``epochs`` (epoch records of ``metrics.jsonl``),
             ``seed`` (int), ``classes`` (K names), ``label_stats`` (per generation: ``generation``,
             ``mean_entropy``, ``agreement``, ``changed`` and the label-quality shares), ``overlap`` and
             ``confusion`` ({generation: K x K}), ``groups`` ({group name: [card item, see :func:`image_card`]}),
             ``crops`` (None or ``{"index", "given", "generations", "items": [card item]}``), ``issues``
             (None or ``{"generation", "disputed", "total", "rows": [dict]}``), ``facts`` and ``config``
             (dicts shown as lists), ``timing`` (table rows).
-        results_markdown: the results tables of all runs (:func:`labelrefinery.report.format_table`).
+        results_markdown: the results tables of all runs (:func:`labelrefinery.report.tables.format_table`).
 
     Returns:
         The HTML document as a string.

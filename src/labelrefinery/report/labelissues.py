@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, RunDirError
-from .fileio import atomic_write_bytes, atomic_write_text
-from .report import best_of
-from .rundir import RunDir
+from ..errors import ConfigError, RunDirError
+from .tables import best_of
+from ..rundir import RunDir
 
 
 def given_label_scores(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,13 +171,9 @@ def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | Non
     writer.writeheader()
     writer.writerows(rows)
     csv_path = Path(out) if out is not None else rd.label_issues_path
-    stem = csv_path.with_suffix("")
     try:
-        for suffix, array in (("pred_probs", probs.astype(np.float32)), ("labels", given), ("indices", indices)):
-            npy = io.BytesIO()
-            np.save(npy, array)
-            atomic_write_bytes(Path(f"{stem}_{suffix}.npy"), npy.getvalue())
-        atomic_write_text(csv_path, buf.getvalue())
+        rd.write_label_issues(buf.getvalue(), {"pred_probs": probs.astype(np.float32), "labels": given,
+                                               "indices": indices}, out)
     except RunDirError as e:
         if out is not None:
             raise

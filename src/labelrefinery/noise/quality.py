@@ -1,0 +1,101 @@
+"""How refined labels relate to the given labels and, where known, to the true ones: one rule, one function.
+
+Numpy in, numbers out, shaped like cleanlab's: ``given (N,) int64`` labels first, refined labels
+(``pred_probs``) ``(N, K) float`` probability rows second; ``clean (N,) int64`` true labels where known
+(injected noise, or labels a user verified). Shares are fractions in [0, 1]; entropies in nats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """``(N,) float64`` Shannon entropy of each row of ``probs: (N, K)``, in nats (0 log 0 = 0)."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return np.maximum(-terms.sum(1), 0.0)
+
+
+def suggested_labels(given: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``(N,) int64``: the class refined labels ``probs: (N, K)`` suggest for each image given ``given: (N,)``.
+
+    The argmax, except that a given label tied with the largest probability stands: a row is *disputed* only
+    when another class is strictly more probable than its given label. Rows stored as float16, or made from
+    bf16 logits, tie now and then, and ``argmax`` alone would then pick whichever class has the lower index.
+    Every statistic of refined labels (:func:`label_statistics`, :func:`confusion`, :func:`pick_images`,
+    ``refinery label-issues``) uses this one rule.
+    """
+    p = np.asarray(probs)
+    given = np.asarray(given, dtype=np.int64)
+    p_given = p[np.arange(len(given)), given]
+    return np.where(p.max(1) > p_given, p.argmax(1), given).astype(np.int64)
+
+
+def _share(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def label_statistics(given: np.ndarray, probs: np.ndarray, clean: np.ndarray | None = None,
+                     previous: np.ndarray | None = None) -> dict[str, float | None]:
+    """Every number reported about one generation's refined labels, from the rows exactly as stored.
+
+    ``summary.json`` (``refined_label_entropy``, ``refined_label_agreement``, ``label_quality``), the results
+    table, ``refinery inspect`` and its page all take their figures from this one function, given the rows a
+    generation's ``labels.npz`` reads back as (after float16 or top-J storage).
+
+    Args:
+        probs: ``(N, K) float`` refined labels (probability rows) of N training images, each counted once.
+        given: ``(N,) int64`` the labels the run was given (noisy when noise was injected).
+        clean: ``(N,) int64`` the true labels (injected noise, or labels a user verified), or None.
+        previous: ``(N,) int64`` the previous generation's suggested labels (:func:`suggested_labels`), or None
+            (the first generation: compared with the given labels).
+
+    Returns:
+        Shares in [0, 1] (None for a share of an empty set): ``mean_entropy`` (nats), ``agreement`` (suggested
+        label = given label), ``disputed`` (1 - agreement: another class strictly more probable than the given
+        label), ``changed`` (suggested label differs from ``previous``). With ``clean``: ``flipped`` (given label
+        wrong), ``corrected`` (of the flipped, suggested label = clean label), ``harmed`` (of the unflipped,
+        disputed), and ``detection_precision``, ``detection_recall``, ``detection_f1`` of "disputed" as a
+        detector of wrong given labels.
+    """
+    given = np.asarray(given, dtype=np.int64)
+    n = len(given)
+    suggested = suggested_labels(given, probs)
+    disputed = suggested != given
+    before = given if previous is None else np.asarray(previous, dtype=np.int64)
+    out = {"mean_entropy": float(entropy(probs).mean()) if n else None,
+           "agreement": _share(int((~disputed).sum()), n), "disputed": _share(int(disputed.sum()), n),
+           "changed": _share(int((suggested != before).sum()), n)}
+    if clean is None:
+        return out
+    clean = np.asarray(clean, dtype=np.int64)
+    flipped = given != clean
+    tp = int((disputed & flipped).sum())
+    precision, recall = _share(tp, int(disputed.sum())), _share(tp, int(flipped.sum()))
+    out.update({
+        "flipped": _share(int(flipped.sum()), n),
+        "corrected": _share(int((flipped & (suggested == clean)).sum()), int(flipped.sum())),
+        "harmed": _share(int((~flipped & disputed).sum()), int((~flipped).sum())),
+        "detection_precision": precision, "detection_recall": recall,
+        "detection_f1": 2 * precision * recall / (precision + recall) if precision and recall else None,
+    })
+    return out
+
+
+def generation_label_stats(given: np.ndarray, label_sets: list[np.ndarray],
+                           clean: np.ndarray | None = None) -> list[dict[str, float | None]]:
+    """:func:`label_statistics` of each generation, ``changed`` counted from the generation before (for the
+    first, from the given label).
+
+    Args:
+        label_sets: G arrays ``(N, K)``, the refined labels of generations 1..G on the same N images.
+        given: ``(N,) int64`` the given labels.
+        clean: ``(N,) int64`` the true labels, or None.
+    """
+    out, previous = [], None
+    for probs in label_sets:
+        out.append(label_statistics(given, probs, clean, previous))
+        previous = suggested_labels(given, probs)
+    return out
