@@ -13,6 +13,7 @@ module, so it is also part of what :func:`export_classifier` writes.
 from __future__ import annotations
 
 import csv
+import json
 import io
 import warnings
 from pathlib import Path
@@ -126,18 +127,21 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
             rgb = to_rgb(im)  # 16- and 32-bit images scaled to 8 bits as training read them, not clipped
             return rgb[:1] if channels == 1 else rgb
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}; leave it out or replace the file") from None
+        raise DataError(f"cannot read image {path}: {e}; leave it out, replace the file, or pass --skip-bad-images") from None
 
 
 def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3,
-                  batch_size: int = DEPLOYED_BATCH_SIZE) -> str:
+                  batch_size: int = DEPLOYED_BATCH_SIZE, skip_bad_images: bool = False) -> tuple[str, list[Path]]:
     """Top-``k`` class names and probabilities of every image file in ``paths`` (folders searched), as CSV text.
 
     Columns: ``path``, then ``label_1``, ``p_1``, ... ``label_k``, ``p_k``, most probable first.
 
+    Returns:
+        ``(csv text, unreadable files left out)``; the list is empty unless ``skip_bad_images``.
+
     Raises:
         ConfigError: ``top_k`` outside 1..K.
-        DataError: a missing path, no images, or an unreadable image.
+        DataError: a missing path, no images, an unreadable image (unless ``skip_bad_images``), or none readable.
     """
     from tqdm.auto import tqdm
 
@@ -145,37 +149,58 @@ def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 3,
     if not 1 <= top_k <= k:
         raise ConfigError(f"--top-k {top_k} must be in 1..{k} (the model's classes)")
     files = image_files(paths)
-    channels = int(classifier.preprocessing["channels"])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path"] + [x for i in range(1, top_k + 1) for x in (f"label_{i}", f"p_{i}")])
+    skipped: list[Path] = []
     with tqdm(total=len(files), desc="predict", unit="img", leave=False, disable=not interactive()) as bar:
         for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            size = classifier.stored_size
-            batch = torch.stack([F.center_crop(F.resize(read_image(f, channels), [size], antialias=True), [size, size])
-                                 for f in chunk])
-            probs = classifier.predict_proba(batch)
-            p, idx = probs.topk(top_k, dim=1)
-            for f, ps, ks in zip(chunk, p.tolist(), idx.tolist()):
-                writer.writerow([str(f)] + [x for pk, kk in zip(ps, ks) for x in (classifier.classes[kk], f"{pk:.4f}")])
-            bar.update(len(chunk))
-    return buf.getvalue()
+            chunk, images = _read_chunk(classifier, files[start : start + batch_size], skip_bad_images, skipped)
+            if chunk:
+                p, idx = classifier.predict_proba(torch.stack(images)).topk(top_k, dim=1)
+                for f, ps, ks in zip(chunk, p.tolist(), idx.tolist()):
+                    writer.writerow([str(f)] + [x for pk, kk in zip(ps, ks)
+                                                for x in (classifier.classes[kk], f"{pk:.4f}")])
+            bar.update(min(batch_size, len(files) - start))
+    if len(skipped) == len(files):
+        raise DataError(f"none of the {len(files)} image files could be read (e.g. {skipped[0]})")
+    return buf.getvalue(), skipped
 
 
-def predict_to(classifier: Classifier, paths: list[Path], top_k: int = 3, out: Path | None = None) -> str:
+def _read_chunk(classifier: Classifier, files: list[Path], skip: bool,
+                skipped: list[Path]) -> tuple[list[Path], list[torch.Tensor]]:
+    """The readable files of ``files`` and their images at the stored size; unreadable ones go to ``skipped``
+    when ``skip``, else raise :class:`DataError`."""
+    channels, size = int(classifier.preprocessing["channels"]), classifier.stored_size
+    kept, images = [], []
+    for f in files:
+        try:
+            image = read_image(f, channels)
+        except DataError:
+            if not skip:
+                raise
+            skipped.append(f)
+            continue
+        kept.append(f)
+        images.append(F.center_crop(F.resize(image, [size], antialias=True), [size, size]))
+    return kept, images
+
+
+def predict_to(classifier: Classifier, paths: list[Path], top_k: int = 3, out: Path | None = None,
+               skip_bad_images: bool = False) -> tuple[str, list[Path]]:
     """What ``refinery predict`` prints: the CSV text of :func:`predict_files` when ``out`` is None; else that
-    text written to ``out`` (atomically) and the line ``"<out>: <n> image(s)"`` (newline-terminated).
+    text written to ``out`` (atomically) and the line ``"<out>: <n> image(s)"`` (newline-terminated); with the
+    unreadable files left out (``skip_bad_images``).
 
     Raises:
         ConfigError, DataError: as :func:`predict_files`.
     """
-    text = predict_files(classifier, paths, top_k)
+    text, skipped = predict_files(classifier, paths, top_k, skip_bad_images=skip_bad_images)
     if out is None:
-        return text
+        return text, skipped
     atomic_write_text(out, text)
     n = text.count(chr(10)) - 1
-    return f"{out}: {n} image{'' if n == 1 else 's'}\n"
+    return f"{out}: {n} image{'' if n == 1 else 's'}\n", skipped
 
 
 def check_output_path(source: Path, out: Path, suffix: str) -> None:
@@ -202,7 +227,11 @@ def export_classifier(classifier: Classifier, out: Path, fmt: str) -> Path:
     Formats: ``torchscript`` (``torch.jit.trace``; load with ``torch.jit.load``), ``export``
     (``torch.export``; load with ``torch.export.load(path).module()``), ``onnx`` (needs the ``onnx`` and
     ``onnxscript`` packages). The exported model takes ``(N, C, S, S)`` float images in [0, 1] at the stored
-    size S (any N; resize other images to S x S first: the traced model does not) and returns logits.
+    size S (any N; resize other images to S x S first: the traced model does not) and returns logits. Every
+    format carries the class names (in logit order) and the preprocessing as JSON: TorchScript and
+    ``torch.export`` as the extra files ``classes.json`` and ``preprocessing.json`` (``torch.jit.load(path,
+    _extra_files=...)``, ``torch.export.load(path, extra_files=...)``), ONNX as the metadata properties
+    ``classes`` and ``preprocessing`` (``onnx.load(path).metadata_props``).
 
     Raises:
         ConfigError: an unknown format, or ``onnx`` without its packages (the message says what to install).
@@ -214,25 +243,36 @@ def export_classifier(classifier: Classifier, out: Path, fmt: str) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # torch.export wants the .pt2 suffix
+    facts = export_facts(classifier)
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated upstream in favour of torch.export
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the size check is constant for S x S input
-            torch.jit.trace(classifier, example).save(str(tmp))
+            torch.jit.trace(classifier, example).save(str(tmp), _extra_files=facts)
     elif fmt == "export":
         batch = torch.export.Dim("batch", min=1)
         program = torch.export.export(classifier, (example,), dynamic_shapes={"images": {0: batch}})
-        torch.export.save(program, str(tmp))
+        torch.export.save(program, str(tmp), extra_files=facts)
     else:
         try:
-            import onnx  # noqa: F401
+            import onnx
             import onnxscript  # noqa: F401
         except ImportError:
             raise ConfigError("--format onnx needs the onnx exporter: pip install onnx onnxscript") from None
         torch.onnx.export(classifier, (example,), str(tmp), input_names=["images"], output_names=["logits"],
                           dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+        model = onnx.load(str(tmp))
+        for key, value in facts.items():
+            model.metadata_props.add(key=key.removesuffix(".json"), value=value)
+        onnx.save(model, str(tmp))
     tmp.replace(out)
     return out
+
+
+def export_facts(classifier: Classifier) -> dict[str, str]:
+    """What every export carries beside the weights, as JSON text by file name: ``classes.json`` (the K class
+    names in logit order) and ``preprocessing.json`` (mean, std, channels, stored size, augmentation)."""
+    return {"classes.json": json.dumps(classifier.classes), "preprocessing.json": json.dumps(classifier.preprocessing)}
 
 
 def export_with_summary(classifier: Classifier, out: Path, fmt: str) -> str:

@@ -158,7 +158,13 @@ def _add_label_issues_parser(sub) -> None:
     li.add_argument("--out", type=Path, default=None,
                     help="CSV path; the .npy files go beside it (default: RUN_DIR/label_issues.csv)")
     li.add_argument("--all", action="store_true", dest="include_all",
-                    help="a row for every training image, not only the disputed ones")
+                    help="a row for every checked image, not only the disputed ones")
+    li.add_argument("--write-labels", type=Path, default=None, metavar="FILE.csv",
+                    help="also write the dataset's label file (path,label,split; folder: and csv: datasets) with "
+                    "the suggested label applied to the disputed images, for `refinery run --dataset csv:FILE.csv`")
+    li.add_argument("--min-margin", type=float, default=0.0, metavar="P",
+                    help="with --write-labels: change a label only where the suggested class's probability exceeds "
+                    "the given label's by more than P (0 to 1; default 0: every disputed image)")
 
 
 def _add_inspect_parser(sub) -> None:
@@ -195,6 +201,8 @@ def _add_predict_parser(sub) -> None:
     pr.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--top-k", type=int, default=3, help="classes per image, most probable first (default: 3)")
     pr.add_argument("--out", type=Path, default=None, help="write the CSV here (default: print it)")
+    pr.add_argument("--skip-bad-images", action="store_true",
+                    help="leave out image files that cannot be read (listed and counted on stderr) instead of stopping")
     _add_generation_flags(pr)
 
 
@@ -235,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_run_name(cfg: RunConfig, preset: str) -> str:
     """``<preset>-<dataset>-<model>-<augment>-<labels>``, safe as a directory name."""
-    dataset = cfg.data.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
+    dataset = cfg.data.dataset.replace("folder:", "folder-").replace("csv:", "csv-").replace("/", "_").strip("_")
     return f"{preset}-{dataset}-{cfg.model.replace(':', '-')}-{cfg.data.augment}-{cfg.refinement.labels}"
 
 
@@ -326,8 +334,20 @@ def _report(args: argparse.Namespace) -> int:
 def _label_issues(args: argparse.Namespace) -> int:
     from .report.labelissues import write_label_issues
 
-    path, rows, total = write_label_issues(args.run_dir, args.generation, args.seed, args.out, args.include_all)
-    print(f"{path}: {rows} of {total} training images" + ("" if args.include_all else " disputed"))
+    from .report.labelissues import write_fixed_labels
+
+    if not 0.0 <= args.min_margin < 1.0:
+        raise ConfigError(f"--min-margin {args.min_margin:g} must be in [0, 1): the lead in probability of the "
+                          "suggested class over the given label")
+    if args.write_labels is not None and args.write_labels.suffix != ".csv":
+        raise ConfigError(f"--write-labels {args.write_labels} must be a file path ending in .csv")
+    path, rows, total, generation = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
+                                                       args.include_all)
+    chosen = "" if args.generation is not None else ", the best by validation"
+    print(f"{path}: {rows} of {sum(total)} images ({total[0]} training, {total[1]} validation)"
+          + ("" if args.include_all else " disputed") + f" by seed {args.seed}'s R{generation}{chosen}")
+    if args.write_labels is not None:
+        print(write_fixed_labels(args.run_dir, args.seed, generation, args.write_labels, args.min_margin))
     return 0
 
 
@@ -345,7 +365,12 @@ def _predict(args: argparse.Namespace) -> int:
     from .classifier import predict_to
 
     classifier = _load_classifier(args, args.out, ".csv")
-    print(predict_to(classifier, args.images, args.top_k, args.out), end="")
+    text, skipped = predict_to(classifier, args.images, args.top_k, args.out, args.skip_bad_images)
+    print(text, end="")
+    if skipped:
+        shown = ", ".join(map(str, skipped[:5])) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"refinery: left out {len(skipped)} unreadable image file{'s' if len(skipped) > 1 else ''}: {shown}",
+              file=sys.stderr)
     return 0
 
 

@@ -42,9 +42,9 @@ class RunConfig:
         else:
             _need(isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= MAX_CHAIN, "seeds",
                   seeds, f"a count in 1..{MAX_CHAIN} or a list of seeds")
-        folder = self.data.dataset.startswith("folder:")
-        _only_with(self.execution.workers != 0, "workers", folder, "--dataset folder:PATH")
-        _only_with(self.execution.cache_dir is not None, "cache_dir", folder, "--dataset folder:PATH")
+        folder = self.data.dataset.startswith(("folder:", "csv:"))
+        _only_with(self.execution.workers != 0, "workers", folder, "--dataset folder:PATH or csv:FILE")
+        _only_with(self.execution.cache_dir is not None, "cache_dir", folder, "--dataset folder:PATH or csv:FILE")
         if self.refinement.prior.model != "none" and self.training.label_smoothing > 0:
             raise ConfigError(f"--noise-prior {self.refinement.noise_prior} makes soft targets from the given labels "
                               f"already; leave out --label-smoothing {self.training.label_smoothing:g}")
@@ -148,8 +148,9 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(key), str) and out[key]:
             out[key] = absolute(out[key])
     dataset = out.get("dataset")
-    if isinstance(dataset, str) and dataset.startswith("folder:") and len(dataset) > len("folder:"):
-        out["dataset"] = "folder:" + absolute(dataset[len("folder:"):])
+    for prefix in ("folder:", "csv:"):
+        if isinstance(dataset, str) and dataset.startswith(prefix) and len(dataset) > len(prefix):
+            out["dataset"] = prefix + absolute(dataset[len(prefix):])
     return out
 
 

@@ -18,14 +18,14 @@ class DataConfig:
     """The dataset and its protocol."""
 
     dataset: str = _f("fashion-mnist", "dataset name: fashion-mnist, mnist, digits, synthetic, cifar10, cifar100, "
-                      "svhn, folder:PATH")
+                      "svhn, folder:PATH, csv:FILE (rows path,label[,split])")
     data_dir: str | None = _f(None, "directory holding (or receiving) the dataset files; converted datasets are "
                               "cached in its labelrefinery-cache/ (none given: in ~/.cache/labelrefinery)")
     val_fraction: float = _f(0.15, "share of the training set held out for validation, stratified by class")
     train_size: int | None = _f(None, "use only this many training images (stratified, before the validation split)")
     test_size: int | None = _f(None, "evaluate on only this many test images (the first ones)")
     image_size: int | None = _f(None, "folder: datasets: resize (shorter side) and centre-crop every image to this "
-                                "many pixels per side (none given: 256)")
+                                "many pixels per side (none given: the images' own, the most common shorter side)")
     svhn_extra: bool = _f(False, "svhn: add the 531,131-image extra split to training")
     augment: str = _f("none", "training augmentation: none | static (2 stored copies, the write-up) | "
                       "online (fresh every epoch) | crop (random resized crop + flip)", choices=AUGMENTS)
@@ -51,11 +51,11 @@ class DataConfig:
         _need(1 <= self.static_copies <= MAX_STATIC_COPIES, "static_copies", self.static_copies,
               f"in [1, {MAX_STATIC_COPIES}]")
         _only_with(self.svhn_extra, "svhn_extra", self.dataset == "svhn", "--dataset svhn")
-        _only_with(self.image_size is not None, "image_size", self.dataset.startswith("folder:"),
-                   "--dataset folder:PATH")
+        _only_with(self.image_size is not None, "image_size", self.dataset.startswith(("folder:", "csv:")),
+                   "--dataset folder:PATH or csv:FILE")
         _only_with(self.static_copies != 2, "static_copies", self.augment == "static", "--augment static")
-        _only_with(self.skip_bad_images, "skip_bad_images", self.dataset.startswith("folder:"),
-                   "--dataset folder:PATH")
+        _only_with(self.skip_bad_images, "skip_bad_images", self.dataset.startswith(("folder:", "csv:")),
+                   "--dataset folder:PATH or csv:FILE")
         if self.label_noise is not None:  # one spelling per setting: symmetric:0.30 is symmetric:0.3
             kind, p = parse_label_noise(self.label_noise)
             self.label_noise = f"{kind}:{p:g}"

@@ -10,6 +10,7 @@ class names). Names (:data:`DATASETS`):
 - ``digits``: scikit-learn's bundled 8x8 digits; ``synthetic``: generated CIFAR-sized data (:mod:`.small`);
 - ``cifar10``, ``cifar100``, ``svhn``: torchvision's classes (:mod:`.torchvision_sets`);
 - ``folder:PATH``: an ImageNet-layout image folder (:mod:`.folder`).
+- ``csv:FILE``: image files listed in a CSV file of ``path,label[,split]`` rows (:mod:`.csvfile`).
 
 Converted datasets are cached as uint8 (:mod:`.cache`); image folders too large for memory stay
 files decoded per batch (:mod:`.files`).
@@ -24,6 +25,7 @@ from typing import Any, Callable
 from ..errors import ConfigError, DataError
 from .core import Dataset, ImageData, stratified_folds, stratified_split
 from .files import ImageFiles, read_all, read_batches
+from .csvfile import CSV_PREFIX, load_csv
 from .folder import FolderReading, load_folder
 from .idx import DEBIAN_FASHION_MNIST, load_fashion_mnist, load_mnist, read_idx
 from .small import load_digits, load_synthetic
@@ -40,12 +42,13 @@ _LOADERS: dict[str, Callable[[Path | None, dict[str, Any]], Dataset]] = {
     "svhn": lambda root, o: load_svhn(root, extra=bool(o.get("svhn_extra"))),
 }
 FOLDER_PREFIX = "folder:"
-DATASETS = [*_LOADERS, f"{FOLDER_PREFIX}PATH"]
+DATASETS = [*_LOADERS, f"{FOLDER_PREFIX}PATH", f"{CSV_PREFIX}FILE"]
+FILE_PREFIXES = (FOLDER_PREFIX, CSV_PREFIX)  # datasets read from image files a user gives
 
 
 def check_dataset_name(name: str) -> None:
     """Raise :class:`ConfigError` listing the known datasets when ``name`` is not one of them."""
-    if name in _LOADERS or (name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX)):
+    if name in _LOADERS or any(name.startswith(p) and len(name) > len(p) for p in FILE_PREFIXES):
         return
     raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
@@ -67,16 +70,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
     """
     check_dataset_name(name)
     root = Path(data_dir) if data_dir is not None else None
-    if name.startswith(FOLDER_PREFIX):
+    if name.startswith(FILE_PREFIXES):
         cache = options.get("cache_dir")
         reading = FolderReading(in_memory=options.get("in_memory") or "yes", workers=options.get("workers") or 0,
                                 skip_bad_images=bool(options.get("skip_bad_images")), device=options.get("device"),
                                 progress=options.get("progress", True))
-        return load_folder(Path(name[len(FOLDER_PREFIX):]), options.get("image_size"), root, reading=reading,
-                           cache_root=Path(cache) if cache else None)
+        load = load_folder if name.startswith(FOLDER_PREFIX) else load_csv
+        return load(Path(name.split(":", 1)[1]), options.get("image_size"), root, reading=reading,
+                    cache_root=Path(cache) if cache else None)
     if options.get("in_memory") == "no":
         raise ConfigError(f"--data-in-memory no: {name} is read whole from its files (it fits in memory); only "
-                          "folder:PATH datasets stream from disk: leave --data-in-memory at auto")
+                          "folder:PATH and csv:FILE datasets stream from disk: leave --data-in-memory at auto")
     return _LOADERS[name](root, options)
 
 

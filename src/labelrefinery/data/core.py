@@ -27,6 +27,7 @@ class ImageData:
         images: ``(N, C, H, W) uint8`` pixels in [0, 255]: a tensor, or :class:`~labelrefinery.data.files.ImageFiles`.
         labels: ``(N,) int64`` class indices in [0, K).
         classes: the K class names; ``labels`` index into this list.
+        sources: for datasets read from files (``folder:PATH``), the file of each image, in order; else None.
 
     Raises:
         DataError: on wrong dtypes, shapes, or labels outside [0, K).
@@ -35,6 +36,7 @@ class ImageData:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    sources: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:

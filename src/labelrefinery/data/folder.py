@@ -34,7 +34,8 @@ from .cache import cache_dir, load_cache, save_cache
 from .core import Dataset, ImageData
 from .files import ImageFiles, find_unreadable, read_all, read_batches
 
-DEFAULT_FOLDER_IMAGE_SIZE = 256
+DEFAULT_FOLDER_IMAGE_SIZE = 256  # when no image's size can be read
+SIZE_SAMPLE = 200  # training files whose headers decide the stored size when --image-size is not given
 MEMORY_SHARE = 0.5  # --data-in-memory auto: in memory when the decoded images take at most this share of free memory
 STATS_IMAGES = 2000  # mean and std come from every (N // 2000)-th training image, in memory or streamed
 
@@ -127,7 +128,7 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
 
     Args:
         path: the folder holding ``train/`` and ``val/``.
-        image_size: side of the stored images in pixels (default 256).
+        image_size: side of the stored images in pixels (default: the images' own, :func:`own_side`).
         data_dir: decides the cache directory (see :func:`labelrefinery.data.cache.cache_dir`).
         reading: in memory or streamed, workers, skipping bad images, device, progress (:class:`FolderReading`;
             default: its defaults).
@@ -139,15 +140,40 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
         ConfigError: an unknown ``in_memory`` choice.
     """
     reading = reading or FolderReading()
-    size = image_size or DEFAULT_FOLDER_IMAGE_SIZE
     path = Path(path)
-    classes, samples, listing = _scan(path)
-    key = f"folder-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}-{size}px-{listing[:10]}"
+    return load_listed(f"folder:{path}", str(path), Listing(*_scan(path)), image_size, data_dir,
+                       reading=reading, cache_root=cache_root)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Image files already listed: the class names, ``samples["train"]`` and ``samples["val"]`` (the test set)
+    as ``(file, class index)`` pairs, and ``digest``, a hex digest of the files (names, sizes, times) that names
+    the cache."""
+
+    classes: list[str]
+    samples: dict[str, list]
+    digest: str
+
+
+def load_listed(name: str, source: str, listed: Listing, image_size: int | None, data_dir: Path | None, *,
+                reading: FolderReading | None = None, cache_root: Path | None = None) -> Dataset:
+    """A dataset of listed image files (:class:`Listing`), held in memory or streamed as ``reading`` says,
+    exactly as :func:`load_folder` does with a folder's files (which it uses).
+
+    Raises:
+        DataError: an unreadable image (named by path), or every image of a split unreadable.
+    """
+    classes, samples, listing = listed.classes, listed.samples, listed.digest
+    reading = reading or FolderReading()
+    size = image_size or own_side(name, [f for f, _ in samples["train"]])
+    where = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:10]
+    key = f"{name.split(':')[0]}-{where}-{size}px-{listing[:10]}"
     root = cache_root if cache_root is not None else cache_dir(data_dir)
     if reading.skip_bad_images:  # the readable files only: cached apart from a run that reads every file
         key += "-readable"
     cache = root / f"{key}.safetensors"
-    name, pin = f"folder:{path}", reading.device is not None and reading.device.type == "cuda"
+    pin = reading.device is not None and reading.device.type == "cuda"
     files = {split: ImageFiles([f for f, _ in samples[split]], size, reading.workers, pin)
              for split in ("train", "val")}
     skipped = 0
@@ -161,9 +187,34 @@ def load_folder(path: Path, image_size: int | None = None, data_dir: Path | None
         train, test = _converted(cache, files, labels, classes, size, reading.progress)
     else:
         train, test = (ImageData(files[s], labels[s], list(classes)) for s in ("train", "val"))
+    train.sources, test.sources = ([str(f) for f, _ in samples[s]] for s in ("train", "val"))
     mean, std = _cached_stats(root / f"{key}-stats.json", train.images)
-    return Dataset(name, train, test, hflip_keeps_class=True, mean=mean, std=std, source=str(path),
+    return Dataset(name, train, test, hflip_keeps_class=True, mean=mean, std=std, source=source,
                    skipped_files=skipped)
+
+
+def own_side(name: str, files: list[str]) -> int:
+    """The side images are stored at when ``--image-size`` is not given: the most common shorter side among
+    :data:`SIZE_SAMPLE` training files spread over the folder (headers only, nothing decoded; on a tie the
+    larger), logged with the reason; :data:`DEFAULT_FOLDER_IMAGE_SIZE` if no header can be read."""
+    from collections import Counter
+
+    from PIL import Image
+
+    step = max(1, len(files) // SIZE_SAMPLE)
+    sides: Counter = Counter()
+    for f in files[::step][:SIZE_SAMPLE]:
+        try:
+            with Image.open(f) as im:
+                sides[min(im.size)] += 1
+        except (OSError, ValueError, SyntaxError):
+            continue
+    if not sides:
+        return DEFAULT_FOLDER_IMAGE_SIZE
+    side = max(sides, key=lambda k: (sides[k], k))
+    log(f"{name}: storing images at {side} x {side} px, the most common shorter side of {sum(sides.values())} "
+        "sampled training images (their own size: nothing upscaled); --image-size N sets another")
+    return side
 
 
 def _scan(path: Path) -> tuple[list[str], dict[str, list], str]:
@@ -200,11 +251,10 @@ def _scan(path: Path) -> tuple[list[str], dict[str, list], str]:
     if empty:  # as torchvision's ImageFolder: a class needs training images
         raise DataError(f"{path / 'train' / empty[0]} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...); add "
                         "images of that class or remove the folder")
-        # NOTE: never reached (it follows the raise), so ``listing`` stays the digest of nothing and the cache key
-        # does not see edited files; kept as it was by a restructure that changes no behaviour.
+    for split in ("train", "val"):  # every file's name, class, size and time: an edited folder is converted again
         for file, label in samples[split]:
             st = Path(file).stat()
-            listing.update(f"{file}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            listing.update(f"{split}|{file}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return classes, samples, listing.hexdigest()
 
 

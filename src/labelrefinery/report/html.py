@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -217,12 +218,15 @@ def image_card(item: dict, generations: list[int]) -> str:
     """One image with its given label (and clean label) and its top-3 refined labels at every generation.
 
     ``item``: ``{"index", "given", "clean" (optional), "image" (C, H, W) uint8 or None, "top3": per generation
-    a list of three [class name, probability] pairs, "caption" (optional)}``.
+    a list of three [class name, probability] pairs, "caption" (optional), "source" (optional: the image's
+    file, shown instead of the index)}``.
     """
     img = _img(png_data_uri(item["image"]), f"training image {item['index']}", "") if item.get("image") is not None \
         else ""
     clean = item.get("clean")
-    head = [f"#{item['index']}", f'given: <span class="given">{_e(item["given"])}</span>']
+    name = _e(Path(item["source"]).name) if item.get("source") else f"#{item['index']}"
+    where = f' title="{_e(item["source"])}"' if item.get("source") else ""
+    head = [f"<span{where}>{name}</span>", f'given: <span class="given">{_e(item["given"])}</span>']
     if clean is not None and clean != item["given"]:
         head.append(f'<span class="flip">clean: {_e(clean)} (flipped)</span>')
     if item.get("caption"):

@@ -38,7 +38,7 @@ from ..console import interactive
 from ..data import read_all
 from ..errors import ConfigError, RunDirError, UserError
 from .html import render
-from .labelissues import given_label_scores, issue_rows, own_labels, split_labels
+from .labelissues import checked_images, given_label_scores, issue_columns, issue_rows, own_labels, split_labels
 from .labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
 from ..noise import generation_label_stats, suggested_labels
 from ..protocol import load_run_dataset, with_label_noise
@@ -78,8 +78,10 @@ def _card(pos: int, indices, given, clean, label_sets, classes, dataset) -> dict
     for probs in label_sets:
         ks, ps = top_k(probs[pos : pos + 1])
         top3.append([[classes[k], float(p)] for k, p in zip(ks[0], ps[0])])
+    sources = None if dataset is None else dataset.train.sources
     return {"index": index, "given": classes[given[pos]], "clean": None if clean is None else classes[clean[pos]],
-            "image": None if dataset is None else dataset.train.images[index].numpy(), "top3": top3}
+            "image": None if dataset is None else dataset.train.images[index].numpy(), "top3": top3,
+            "source": "" if sources is None else sources[index]}
 
 
 def _crop_view(rd: RunDir, cfg, seed: int, gens: list[int], dataset, candidates: np.ndarray, given_names: list[str],
@@ -202,9 +204,7 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
         pool = np.unique(np.concatenate([picks["disputed"], picks["changed"], picks["random"]]))[:CROP_CANDIDATES]
         crops = _crop_view(rd, cfg, seed, gens, dataset, indices[pool], [classes[given[p]] for p in pool], classes)
     step()
-    best_probs = label_sets[gens.index(best)]
-    rows = issue_rows(best_probs, given, indices, classes, clean, limit=ISSUE_ROWS)
-    disputed = int((given_label_scores(best_probs, given)[1] < 0).sum())
+    issues = _issues_view(rd, seed, best, dataset, (indices, label_sets[gens.index(best)], given, clean), classes)
     step()
     return {
         "title": str(run_dir), "notes": notes, "results": results, "epochs": epochs, "seed": seed,
@@ -212,7 +212,7 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
         "overlap": {g: _finite_or_none(class_overlap(label_sets[gens.index(g)], given, k)) for g in shown},
         "confusion": {gens[-1]: confusion(given, suggested_labels(given, label_sets[-1]), k).tolist()},
         "groups": groups, "crops": crops,
-        "issues": {"generation": best, "disputed": disputed, "total": len(given), "rows": rows},
+        "issues": issues,
         "facts": _facts(rd, results, seed, len(given), dataset), "config": results["config"],
         "timing": _timing(rd, results, epochs),
     }
@@ -257,11 +257,27 @@ def _images_csv(views: list[dict]) -> str:
         for group, items in v["groups"].items():
             for it in items:
                 for g, top3 in zip(gens, it["top3"]):
-                    rows.append([v["title"], v["seed"], group, it["index"], it["given"], it.get("clean") or "", g]
+                    rows.append([v["title"], v["seed"], group, it["index"], it.get("source", ""), it["given"],
+                                 it.get("clean") or "", g]
                                 + [x for name, p in top3 for x in (name, f"{p:.4f}")])
-    header = ["run_dir", "seed", "group", "index", "given_label", "clean_label", "generation",
+    header = ["run_dir", "seed", "group", "index", "source", "given_label", "clean_label", "generation",
               "top1", "p_top1", "top2", "p_top2", "top3", "p_top3"]
     return _csv(header, rows)
+
+
+def _issues_view(rd: RunDir, seed: int, best: int, dataset, own: tuple, classes: list[str]) -> dict:
+    """The rows of ``refinery label-issues`` for generation ``best`` (validation images too where the data
+    loads); ``own`` is ``(indices, refined labels, given, clean)`` of the training images, used alone for a split
+    of an older version (its given labels recovered from the dataset)."""
+    if "train_labels" in rd.read_split(seed):
+        indices, probs, given, clean, splits, _ = checked_images(rd, seed, best, dataset)
+    else:
+        indices, probs, given, clean = own
+        splits = np.array(["train"] * len(indices))
+    columns = issue_columns(splits, None if dataset is None else dataset.train.sources, indices)
+    rows = issue_rows(probs, given, indices, classes, clean, limit=ISSUE_ROWS, columns=columns)
+    disputed = int((given_label_scores(probs, given)[1] < 0).sum())
+    return {"generation": best, "disputed": disputed, "total": len(given), "rows": rows}
 
 
 def inspect_runs(run_dirs: list[Path], out: Path | None = None, images: int = 8,

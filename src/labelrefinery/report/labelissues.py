@@ -1,21 +1,24 @@
-"""Label issues: the training images whose given label a generation's refined labels dispute, ranked.
+"""Label issues: the images whose given label a generation disputes, ranked, every labelled image checked.
 
 ``refinery label-issues RUN_DIR`` reads one generation's ``labels.npz`` (the
 refinery's own labels, on each training image itself, not on stored augmented
-copies) and the seed's ``split.npz``, and writes:
+copies), the seed's ``split.npz`` and the dataset, and checks every image of the
+dataset's training split the seed used: the training images by their refined
+labels, the validation images by the generation's saved model, out of sample (no
+generation trains on them). It writes:
 
-- ``label_issues.csv``: one row per disputed image (another class has a larger refined
+- ``label_issues.csv``: one row per disputed image (another class has a larger
   probability than the given label; ``--all`` for every image), most disputed first: ranked by the
-  refined probability of the given label, ascending (the order of cleanlab's
+  probability of the given label, ascending (the order of cleanlab's
   ``rank_by="self_confidence"``), ties by margin.
-  Columns: ``rank``, ``index`` (position in the dataset's training split), ``given_label``,
-  ``suggested_label`` (refined argmax; the given label where it ties with the top), ``p_given``, ``p_suggested``, ``margin``
-  (p_given minus the largest other probability: negative when disputed), ``top3``
-  (``class:probability`` thrice, ``;``-separated) and, with injected noise,
-  ``clean_label`` and ``flipped``.
-- ``label_issues_pred_probs.npy`` ``(M, K) float32``, ``label_issues_labels.npy`` ``(M,) int64`` (given) and
-  ``label_issues_indices.npy`` ``(M,) int64``: every training image's refined labels in ascending dataset
-  order, the ``pred_probs`` / ``labels`` pair cleanlab's ``find_label_issues`` takes.
+  Columns: ``rank``, ``index`` (position in the dataset's training split), ``split`` (``train`` or ``val``),
+  ``source`` (for ``folder:PATH`` datasets: the image's file), ``given_label``,
+  ``suggested_label`` (argmax; the given label where it ties with the top), ``p_given``, ``p_suggested``,
+  ``margin`` (p_given minus the largest other probability: negative when disputed), ``top3``
+  (``class:probability`` thrice, ``;``-separated) and, with injected noise, ``clean_label`` and ``flipped``.
+- ``label_issues_pred_probs.npy`` ``(M, K) float32``, ``label_issues_labels.npy`` ``(M,) int64`` (given),
+  ``label_issues_indices.npy`` ``(M,) int64`` and ``label_issues_splits.npy`` ``(M,) str``: every checked
+  image in ascending dataset order, the ``pred_probs`` / ``labels`` pair cleanlab's ``find_label_issues`` takes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunDirError
+from ..noise import suggested_labels
 from .tables import best_of
 from ..rundir import RunDir
 
@@ -91,17 +95,19 @@ def split_labels(split: dict[str, np.ndarray], indices: np.ndarray) -> tuple[np.
 
 
 def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classes: list[str],
-               clean: np.ndarray | None = None, include_all: bool = False, limit: int | None = None) -> list[dict]:
+               clean: np.ndarray | None = None, include_all: bool = False, limit: int | None = None,
+               columns: dict[str, np.ndarray] | None = None) -> list[dict]:
     """The rows of ``label_issues.csv`` (see the module docstring), most disputed first, as dicts by column.
 
     Args:
         probs: ``(M, K)`` refined labels; given, indices, clean: ``(M,) int64``.
         include_all: a row for every image, not only those whose refined argmax differs from the given label.
         limit: at most this many rows.
+        columns: more columns after ``index``, each ``(M,)`` values by row (``split``, ``source``).
     """
     p_given, margin = given_label_scores(probs, given)
     ranked = _most_disputed_first(p_given, margin)
-    suggested = np.where(margin < 0, probs.argmax(1), given)  # a given label tied with the top one stands
+    suggested = suggested_labels(given, probs)  # a given label tied with the top one stands
     if not include_all:
         ranked = ranked[margin[ranked] < 0]
     ranked = ranked[:limit]
@@ -109,7 +115,8 @@ def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classe
     rows = []
     for rank, (r, best) in enumerate(zip(ranked.tolist(), top3.tolist()), 1):
         p = probs[r]
-        row = {"rank": rank, "index": int(indices[r]), "given_label": classes[given[r]],
+        row = {"rank": rank, "index": int(indices[r]), **{k: str(v[r]) for k, v in (columns or {}).items()},
+               "given_label": classes[given[r]],
                "suggested_label": classes[suggested[r]], "p_given": f"{p_given[r]:.4f}",
                "p_suggested": f"{p[suggested[r]]:.4f}", "margin": f"{margin[r]:.4f}",
                "top3": ";".join(f"{classes[k]}:{p[k]:.3f}" for k in best)}
@@ -120,7 +127,7 @@ def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classe
 
 
 def write_label_issues(run_dir: Path, generation: int | None = None, seed: int = 0, out: Path | None = None,
-                       include_all: bool = False) -> tuple[Path, int, int]:
+                       include_all: bool = False) -> tuple[Path, int, tuple[int, int], int]:
     """Write the label-issue files of one generation of one seed (see the module docstring).
 
     Args:
@@ -130,7 +137,7 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
         include_all: a row for every training image, not only the disputed ones.
 
     Returns:
-        ``(csv path, rows written, training images)``.
+        ``(csv path, rows written, (training images, validation images) checked, the generation used)``.
 
     Raises:
         RunDirError: not a run directory, the seed or generation not finished, or a damaged file.
@@ -147,8 +154,78 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
     return _write_issues(rd, generation, seed, out, include_all)
 
 
+def validation_labels(rd: RunDir, seed: int, generation: int, dataset) -> tuple[np.ndarray, ...]:
+    """The seed's validation images as generation ``generation`` labels them, out of sample (no generation trains
+    on them): ``(indices (V,) int64, probs (V, K) float32, given (V,) int64, clean (V,) int64 or None)``, the
+    saved model run as users run it (:class:`~labelrefinery.deployed.Classifier`).
+
+    Raises:
+        RunDirError: a missing or damaged split or model.
+    """
+    import torch
+
+    from ..checkpoint import preprocessing_record
+    from ..deployed import Classifier
+
+    split = rd.read_split(seed)
+    indices = split["val_indices"].astype(np.int64)
+    given = split["val_labels"].astype(np.int64)
+    clean = split["clean_val_labels"].astype(np.int64) if "clean_val_labels" in split else None
+    model, classes = rd.load_model(seed, generation, torch.device("cpu"))
+    augment = rd.read_config().data.augment
+    classifier = Classifier(model, classes or dataset.classes, preprocessing_record(dataset, augment))
+    probs = classifier.predict_proba(dataset.train.images[torch.from_numpy(indices)]).numpy()
+    return indices, probs, given, clean
+
+
+def checked_images(rd: RunDir, seed: int, generation: int, dataset=None) -> tuple:
+    """Every image of the dataset's training split that the seed used, with generation ``generation``'s labels
+    of it: the training images by their refined labels, and (given the loaded ``dataset``) the validation images
+    by the saved model, out of sample. Ascending dataset index.
+
+    Returns:
+        ``(indices (M,) int64, probs (M, K) float32, given (M,) int64, clean (M,) int64 or None, splits (M,) str
+        ("train" | "val"), class names)``.
+
+    Raises:
+        RunDirError: a split of an older version without the given labels, or a missing or damaged file.
+    """
+    indices, probs, classes, _ = own_labels(rd, seed, generation)
+    given, clean = split_labels(rd.read_split(seed), indices)
+    if given is None:
+        raise RunDirError(f"{rd.seed_dir(seed) / 'split.npz'} predates stored training labels; rerun `refinery run` "
+                          f"on {rd.root} with the same settings to add them (finished generations are kept)")
+    splits = np.array(["train"] * len(indices))
+    if dataset is not None:
+        v_indices, v_probs, v_given, v_clean = validation_labels(rd, seed, generation, dataset)
+        splits = np.concatenate([splits, np.array(["val"] * len(v_indices))])
+        indices, given = np.concatenate([indices, v_indices]), np.concatenate([given, v_given])
+        probs = np.concatenate([probs, v_probs.astype(probs.dtype)])
+        clean = None if clean is None or v_clean is None else np.concatenate([clean, v_clean])
+    order = np.argsort(indices, kind="stable")
+    return (indices[order], probs[order], given[order], None if clean is None else clean[order], splits[order],
+            classes)
+
+
+def issue_columns(splits: np.ndarray, sources: list[str] | None, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``split`` column and, for datasets read from files, the ``source`` column of each row."""
+    columns = {"split": splits}
+    if sources is not None:
+        columns["source"] = np.array([sources[int(i)] for i in indices], dtype=object)
+    return columns
+
+
+def _checked_sources(dataset, indices: np.ndarray, name: str) -> list[str] | None:
+    """The dataset's training files (None for built-in datasets), checked to reach every index the run used."""
+    sources = dataset.train.sources
+    if sources is not None and len(indices) and int(indices.max()) >= len(sources):
+        raise RunDirError(f"{name} holds {len(sources)} training images, fewer than the run used: the folder "
+                          "changed since the run; restore it to map rows to files")
+    return sources
+
+
 def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | None,
-                  include_all: bool) -> tuple[Path, int, int]:
+                  include_all: bool) -> tuple[Path, int, tuple[int, int], int]:
     run_dir = rd.root
     finished = rd.finished_generations(seed) if seed in rd.seeds() else []
     if not finished:
@@ -158,13 +235,16 @@ def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | Non
         generation = best_of([rd.read_summary(seed, g) for g in finished])["generation"]
     elif generation not in finished:
         raise ConfigError(f"--generation {generation} is not finished for seed {seed}; finished: {finished}")
-    indices, probs, classes, _ = own_labels(rd, seed, generation)
-    given, clean = split_labels(rd.read_split(seed), indices)
-    if given is None:
-        raise RunDirError(f"{rd.seed_dir(seed) / 'split.npz'} predates stored training labels; rerun `refinery run` "
-                          f"on {run_dir} with the same settings to add them (finished generations are kept)")
-    rows = issue_rows(probs, given, indices, classes, clean, include_all)
-    header = ["rank", "index", "given_label", "suggested_label", "p_given", "p_suggested", "margin", "top3"]
+    from ..protocol import load_run_dataset
+
+    cfg = rd.read_config()
+    dataset = load_run_dataset(cfg)
+    indices, probs, given, clean, splits, classes = checked_images(rd, seed, generation, dataset)
+    sources = _checked_sources(dataset, indices, cfg.data.dataset)
+    columns = issue_columns(splits, sources, indices)
+    rows = issue_rows(probs, given, indices, classes, clean, include_all, columns=columns)
+    header = ["rank", "index", *columns, "given_label",
+              "suggested_label", "p_given", "p_suggested", "margin", "top3"]
     header += ["clean_label", "flipped"] if clean is not None else []
     buf = io.StringIO()
     writer = csv.DictWriter(buf, header, lineterminator="\n")
@@ -173,10 +253,53 @@ def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | Non
     csv_path = Path(out) if out is not None else rd.label_issues_path
     try:
         rd.write_label_issues(buf.getvalue(), {"pred_probs": probs.astype(np.float32), "labels": given,
-                                               "indices": indices}, out)
+                                               "indices": indices, "splits": splits}, out)
     except RunDirError as e:
         if out is not None:
             raise
         raise RunDirError(f"cannot write {csv_path} into the run directory ({str(e).split(': ', 1)[-1]}); give "
                           "--out FILE.csv in a writable place") from None
-    return csv_path, len(rows), len(indices)
+    return csv_path, len(rows), (int((splits == "train").sum()), int((splits == "val").sum())), generation
+
+
+def write_fixed_labels(run_dir: Path, seed: int, generation: int, out: Path, min_margin: float = 0.0) -> str:
+    """Write the dataset's label file with the suggested labels applied: ``path,label,split`` rows (absolute
+    paths, class names; ``train`` for the training split, ``test`` for the test split), every image of the
+    dataset once, in the dataset's order, read back by ``--dataset csv:OUT``. An image the seed checked takes its
+    suggested label where the suggested class's probability exceeds the given label's by more than
+    ``min_margin`` (:func:`checked_images`); every other image keeps the label the run was given. Returns the
+    line ``refinery label-issues`` prints.
+
+    Raises:
+        ConfigError: a dataset not read from files (built-in datasets have no paths to write), or an ``out`` in
+            the run's seed directories.
+    """
+    from ..fileio import atomic_write_text
+    from ..protocol import load_run_dataset
+
+    rd = RunDir(run_dir)
+    cfg = rd.read_config()
+    if not cfg.data.dataset.startswith(("folder:", "csv:")):
+        raise ConfigError(f"--write-labels needs a dataset of image files (folder:PATH or csv:FILE); "
+                          f"{cfg.data.dataset} has no paths to list")
+    rd.check_output_path(Path(out), ".csv")
+    dataset = load_run_dataset(cfg)
+    indices, probs, given, _, _, classes = checked_images(rd, seed, generation, dataset)
+    _, margin = given_label_scores(probs, given)
+    labels = dataset.train.labels.numpy().copy()
+    labels[indices] = np.where(margin < -min_margin, suggested_labels(given, probs), given)
+    changed = int((labels[indices] != given).sum())
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "split"])
+    for split, sources, split_labels_ in (("train", dataset.train.sources, labels),
+                                          ("test", dataset.test.sources, dataset.test.labels.numpy())):
+        writer.writerows([str(Path(f).resolve()), classes[int(y)], split] for f, y in zip(sources, split_labels_))
+    atomic_write_text(Path(out), buf.getvalue())
+    emptied = [classes[c] for c in range(len(classes)) if not (labels == c).any()]
+    warning = "" if not emptied else (f"; warning: no training image keeps class {emptied[0]!r}"
+                                      f"{f' (and {len(emptied) - 1} more)' if len(emptied) > 1 else ''}, so the file "
+                                      "cannot train as it is: raise --min-margin or relabel by hand")
+    return (f"{out}: {len(dataset.train) + len(dataset.test)} images ({len(dataset.train)} train, "
+            f"{len(dataset.test)} test), {changed} label{'' if changed == 1 else 's'} changed to the suggested one "
+            f"(lead > {min_margin:g}); train on it with `refinery run --dataset csv:{out}`{warning}")

@@ -194,23 +194,27 @@ def _label_table(r: dict, name: str) -> list[str]:
 
 
 def column_names(results: list[dict]) -> list[str]:
-    """A header per run: dataset and augment always, plus every other setting that differs between the runs."""
-    keys = ["dataset", "augment"]
-    for key in leaf_names():
-        if key in keys or key in RESUMABLE_CHANGES:
-            continue
-        values = {str(r["config"].get(key)) for r in results}
-        if len(values) > 1:
-            keys.append(key)
-    names = []
-    for r in results:
-        parts = [f"{r['config']['dataset']}", f"aug={r['config']['augment']}"]
-        parts += [f"{k}={r['config'].get(k)}" for k in keys[2:]]
-        names.append(" ".join(parts))
-    # Runs that differ only in what a column does not show (seeds, generations) get their directory's name.
+    """A header per run: for one run, its dataset and augmentation; for several, each run directory's name
+    (with its parent's where two names are alike), the settings that tell them apart listed by
+    :func:`differing_settings` under the table."""
+    if len(results) == 1:
+        c = results[0]["config"]
+        return [f"{c['dataset']} aug={c['augment']}"]
+    names = [Path(r["run_dir"]).name for r in results]
     if len(set(names)) < len(names):
-        names = [f"{n} ({Path(r['run_dir']).name})" for n, r in zip(names, results)]
+        names = [f"{Path(r['run_dir']).parent.name}/{Path(r['run_dir']).name}" for r in results]
+    if len(set(names)) < len(names):
+        names = [str(r["run_dir"]) for r in results]
     return names
+
+
+def differing_settings(results: list[dict]) -> list[str]:
+    """Per run, ``name=value`` of every setting (dataset and augment always) whose value differs between the
+    runs, other than those a run may extend (seeds, generations, execution)."""
+    keys = ["dataset", "augment"] + [k for k in leaf_names() if k not in ("dataset", "augment")
+                                     and k not in RESUMABLE_CHANGES
+                                     and len({str(r["config"].get(k)) for r in results}) > 1]
+    return [" ".join(f"{k}={r['config'].get(k)}" for k in keys) for r in results]
 
 
 def _gain(g: dict | None) -> str:
@@ -228,6 +232,8 @@ def format_table(results: list[dict]) -> str:
     out = ["Test top-1 accuracy (%), mean ± sample std over seeds (" + seeds_text + "); in brackets the gain over "
            "R1 in points, paired per seed. Best by validation: each seed's generation with the highest validation "
            "top-1, scored on test.", "", *_summary_lines(results, names), ""]
+    if len(results) > 1:
+        out += ["Runs: " + "; ".join(f"{n}: {d}" for n, d in zip(names, differing_settings(results))), ""]
     for r, name in zip(results, names):
         out += _per_seed_lines(r, name)
     for r, name in zip(results, names):

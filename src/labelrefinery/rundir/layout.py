@@ -33,7 +33,7 @@ from typing import Iterator
 from ..errors import ConfigError
 
 _SEED_DIR = re.compile(r"^seed-(\d+)$")
-LABEL_ISSUE_ARRAYS = ("pred_probs", "labels", "indices")  # the .npy files beside a label-issue table, in write order
+LABEL_ISSUE_ARRAYS = ("pred_probs", "labels", "indices", "splits")  # the .npy files beside a label-issue table, in write order
 
 
 def results_files(out_dir: Path) -> tuple[Path, Path]:

@@ -1,6 +1,11 @@
+import pytest
 import torch
 
 from labelrefinery import device
+from labelrefinery.device import resolve_precision
+from labelrefinery.errors import ConfigError
+
+CPU = torch.device("cpu")
 
 
 def test_cpu_features_are_known_simd_flags():
@@ -18,3 +23,10 @@ def test_precision_reason_names_the_deciding_features(monkeypatch):
     assert device.resolve_precision("auto", cpu) == torch.bfloat16
     assert device.precision_reason("auto", cpu, torch.bfloat16).startswith("bfloat16: this CPU has native bf16")
     assert device.precision_reason("fp32", cpu, None) == "fp32: --precision fp32"
+
+
+def test_precision_resolution():
+    assert resolve_precision("fp32", CPU) is None
+    assert resolve_precision("bf16", CPU) == torch.bfloat16
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_precision("fp8", CPU)

@@ -8,7 +8,7 @@ from labelrefinery.data import (DataError, ImageData, load_dataset, load_digits,
                                 stratified_split)
 from labelrefinery.errors import ConfigError
 
-from .conftest import needs_fashion_mnist, write_idx
+from ..conftest import needs_fashion_mnist, write_idx
 
 
 def test_read_idx_round_trip_gz_and_raw(tmp_path):

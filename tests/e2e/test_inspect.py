@@ -1,4 +1,5 @@
-"""`refinery inspect`: the numbers behind each section, bad input, old runs, and the page in a real browser."""
+"""`refinery inspect` on a real tiny run: the numbers behind each section, bad input, old runs, and the page in a
+real browser."""
 
 import csv
 import io
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 
 from labelrefinery.cli import main
-from labelrefinery.data import load_dataset
-from labelrefinery.report.labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
-from labelrefinery.noise import entropy, generation_label_stats
+
+pytestmark = pytest.mark.slow
+
 
 RUN = ["run", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--no-progress", "--generations", "2",
        "--label-noise", "symmetric:0.2", "--augment", "online", "--labels", "online"]
@@ -38,53 +39,6 @@ def _own_labels(run_dir: Path, g: int):
     return z["indices"][own][order], z["labels"][own][order].astype(np.float64)
 
 
-# ------------------------------------------------------------------ numbers on hand-made cases
-def test_entropy_overlap_confusion_by_hand():
-    probs = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.2, 0.2, 0.6], [0.0, 0.0, 1.0]])
-    labels = np.array([0, 0, 2, 2])
-    assert entropy(probs).tolist() == pytest.approx([np.log(2), 0.0, -(2 * 0.2 * np.log(0.2) + 0.6 * np.log(0.6)), 0])
-    overlap = class_overlap(probs, labels, 3)
-    assert overlap[0].tolist() == pytest.approx([0.75, 0.25, 0.0])
-    assert np.isnan(overlap[1]).all()  # no image is labelled 1
-    assert overlap[2].tolist() == pytest.approx([0.1, 0.1, 0.8])
-    assert confusion(labels, probs.argmax(1), 3).tolist() == [[2, 0, 0], [0, 0, 0], [0, 0, 2]]
-
-
-def test_generation_stats_and_top_k_by_hand():
-    given = np.array([0, 1, 1, 0])
-    r1 = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
-    r2 = np.array([[0.4, 0.6], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
-    s1, s2 = generation_label_stats(given, [r1, r2])
-    assert s1["agreement"] == 0.75 and s1["changed"] == 0.25  # R1 against the given labels
-    assert s2["agreement"] == 0.5 and s2["changed"] == 0.25  # R2 against R1's argmax
-    assert s1["mean_entropy"] == pytest.approx(entropy(r1).mean())
-    ks, ps = top_k(np.array([[0.1, 0.5, 0.1, 0.3]]), 3)
-    assert ks.tolist() == [[1, 3, 0]] and ps.tolist() == [[0.5, 0.3, 0.1]]
-
-
-def test_pick_images_by_hand():
-    given = np.array([0, 0, 1, 1, 0])
-    clean = np.array([0, 1, 1, 0, 0])  # images 1 and 3 were flipped
-    r1 = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.7, 0.3], [0.7, 0.3]])
-    r2 = np.array([[0.95, 0.05], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2], [0.15, 0.85]])
-    groups = pick_images([r1, r2], given, 2, np.random.default_rng(0), clean)
-    assert groups["disputed"].tolist() == [1, 4]  # p(given) in R2: 0.1, 0.15
-    assert groups["changed"].tolist() == [4, 2]  # total variation R1 -> R2: 0.55, 0.2
-    assert groups["flipped_corrected"].tolist() == [1, 3]  # both flips corrected, most confident first
-    assert groups["flipped_missed"].tolist() == []
-    assert groups["clean_harmed"].tolist() == [4]
-    assert len(set(groups["random"].tolist())) == 2
-
-
-def test_crop_disagreement_prefers_confident_different_crops():
-    sure_apart = [[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]  # two confident crops, two classes
-    unsure = [[0.4, 0.3, 0.3], [0.3, 0.4, 0.3]]  # two classes, neither crop confident
-    same = [[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]]
-    scores = crop_disagreement(np.array([sure_apart, unsure, same]))
-    assert scores.argmax() == 0 and scores[0] >= 2 > scores[2] >= 1 > scores[1]
-
-
-# ------------------------------------------------------------------ a real tiny run
 def test_inspect_writes_page_and_data(run_dir, report, capsys):
     assert report.is_file()
     data = json.loads((run_dir / "report.json").read_text())
@@ -185,7 +139,6 @@ def test_inspect_several_runs(run_dir, tmp_path, monkeypatch, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------ in a real browser
 def _browser():
     """A headless Debian Chromium driven by chromedriver, or a skip that says what is missing."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
@@ -205,6 +158,7 @@ def _browser():
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
+@pytest.mark.browser
 def test_report_in_headless_chromium(report, tmp_path):
     from PIL import Image
 

@@ -14,7 +14,8 @@ from labelrefinery.checkpoint import load_checkpoint
 from labelrefinery.cli import main
 from labelrefinery.data import load_dataset
 
-README = Path(__file__).parent.parent / "README.md"
+
+README = Path(__file__).parent.parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def run_dir(tmp_path_factory):
     return d / "r"
 
 
+@pytest.mark.slow
 def test_checkpoint_stores_its_preprocessing(run_dir):
     _, classes, spec, extra = load_checkpoint(run_dir / "seed-0/gen-1/model.safetensors")
     ds = load_dataset("digits")
@@ -34,6 +36,7 @@ def test_checkpoint_stores_its_preprocessing(run_dir):
     assert classes == ds.classes and spec["image_size"] == 8
 
 
+@pytest.mark.slow
 def test_loaded_generation_scores_what_the_run_measured(run_dir):
     ds = load_dataset("digits")
     for g in (1, 2):
@@ -52,6 +55,7 @@ def test_loaded_generation_scores_what_the_run_measured(run_dir):
         load_classifier(run_dir).predict_proba(ds.test.images.float())  # 0-255 floats would score wrongly
 
 
+@pytest.mark.slow
 def test_readme_example_prints_the_runs_accuracy(run_dir, capsys):
     text = README.read_text()
     section = text[text.index("## Use a trained generation"):]
@@ -67,6 +71,7 @@ def test_readme_example_prints_the_runs_accuracy(run_dir, capsys):
     assert acc == pytest.approx(chosen["test_top1"], abs=0.3)
 
 
+@pytest.mark.slow
 def test_predict_command_on_image_files(run_dir, tmp_path, capsys):
     from PIL import Image
 
@@ -90,6 +95,8 @@ def test_predict_command_on_image_files(run_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), str(folder), "--top-k", "11"]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
 def test_export_includes_preprocessing(run_dir, tmp_path, fmt, capsys):
     import subprocess
@@ -106,6 +113,7 @@ def test_export_includes_preprocessing(run_dir, tmp_path, fmt, capsys):
     assert torch.allclose(loaded(x), want, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_and_predict_never_write_among_the_runs_files(run_dir, tmp_path, capsys):
     weights = run_dir / "seed-0/gen-1/model.safetensors"
     before = weights.read_bytes()
@@ -120,6 +128,7 @@ def test_export_and_predict_never_write_among_the_runs_files(run_dir, tmp_path, 
     assert weights.read_bytes() == before and not (run_dir / "seed-0/p.csv").exists()
 
 
+@pytest.mark.slow
 def test_export_onnx_without_exporter_says_what_to_install(run_dir, tmp_path, capsys):
     try:
         import onnx  # noqa: F401
@@ -132,6 +141,7 @@ def test_export_onnx_without_exporter_says_what_to_install(run_dir, tmp_path, ca
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_old_checkpoint_inside_its_run_dir_recovers_preprocessing(run_dir, tmp_path):
     """Checkpoints of older versions store no preprocessing: it is recomputed from their run's dataset."""
     import shutil
@@ -152,110 +162,6 @@ def test_old_checkpoint_inside_its_run_dir_recovers_preprocessing(run_dir, tmp_p
     shutil.copy(path, lone)
     with pytest.raises(Exception, match="give its run directory"):
         load_classifier(lone)
-
-
-@pytest.fixture(scope="module")
-def imagenet_normalised_resnet(tmp_path_factory):
-    """A torchvision-style ResNet-18 trained on digits the standard way (ImageNet mean/std), saved as a plain
-    state dict, the way a user's own teacher arrives."""
-    from labelrefinery.models import ModelSpec, build_model
-
-    torch.manual_seed(0)
-    ds = load_dataset("digits")
-    model = build_model(ModelSpec("resnet18", 10, 1, 8))
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    x = (ds.train.images.float() / 255 - 0.449) / 0.226  # ImageNet's statistics, averaged for one channel
-    for _ in range(4):
-        model.train()
-        for idx in torch.randperm(len(x)).split(64):
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), ds.train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("teacher") / "resnet18.pt"
-    torch.save({"model": model.state_dict(), "epoch": 4}, path)  # a reference-script-like dict
-    return path
-
-
-def test_external_refinery_gets_its_own_normalisation(imagenet_normalised_resnet, tmp_path, capsys):
-    args = ["run", "--dataset", "digits", "--generations", "1", "--epochs", "1", "--batch-size", "64",
-            "--no-progress", "--refinery-checkpoint", str(imagenet_normalised_resnet), "--refinery-model",
-            "resnet18", "--runs-dir", str(tmp_path)]
-    agreement = {}
-    for norm in ("auto", "dataset"):
-        assert main([*args, "--name", norm] + ([] if norm == "auto" else ["--refinery-normalization", norm])) == 0
-        err = capsys.readouterr().err
-        agreement[norm] = float(re.search(r"agrees with the given label on ([\d.]+)%", err).group(1))
-        if norm == "auto":
-            assert "ImageNet statistics" in err
-            record = json.loads((tmp_path / "auto/seed-0/refinery/summary.json").read_text())
-            assert f"val {record['val_top1']:.2f}%  test {record['test_top1']:.2f}%" in err
-            assert record["agreement"] == pytest.approx(agreement["auto"], abs=0.06)
-            labels = np.load(tmp_path / "auto/seed-0/refinery/labels.npz")
-            assert labels["labels"].shape == (len(labels["indices"]), 10)
-            assert "| external refinery (--refinery-checkpoint) |" in (tmp_path / "auto/results.md").read_text()
-    assert agreement["auto"] >= 90  # fed as it was trained
-    assert agreement["dataset"] < agreement["auto"] - 2  # the digits' own statistics are not what it learned
-    assert main([*args, "--name", "bad", "--refinery-normalization", "0.5,0.5/0.2"]) == 2
-    assert main([*args, "--name", "bad", "--refinery-mean", "0.5"]) == 2  # needs --refinery-std too
-    capsys.readouterr()
-    assert main([*args, "--name", "explicit", "--refinery-mean", "0.449", "--refinery-std", "0.226"]) == 0
-    err = capsys.readouterr().err
-    assert "--refinery-normalization 0.449/0.226" in err
-    assert float(re.search(r"agrees with the given label on ([\d.]+)%", err).group(1)) == agreement["auto"]
-
-
-def _fake_lightning_attribute_dict():
-    """A class pickled under Lightning's name, as a real Lightning checkpoint references it (Lightning itself
-    is not needed to read the file, and not installed here)."""
-    import sys
-    import types
-
-    module = types.ModuleType("lightning.fabric.utilities.data")
-
-    class AttributeDict(dict):
-        pass
-
-    AttributeDict.__module__, AttributeDict.__qualname__ = module.__name__, "AttributeDict"
-    module.AttributeDict = AttributeDict
-    names = ["lightning", "lightning.fabric", "lightning.fabric.utilities", "lightning.fabric.utilities.data"]
-    saved = {n: sys.modules.get(n) for n in names}
-    for n in names[:-1]:
-        sys.modules[n] = types.ModuleType(n)
-    sys.modules[names[-1]] = module
-    return AttributeDict, lambda: [sys.modules.pop(n) if saved[n] is None else sys.modules.update({n: saved[n]})
-                                   for n in names]
-
-
-def test_reference_and_lightning_checkpoints_load(tmp_path):
-    import argparse
-
-    from labelrefinery.checkpoint import load_checkpoint, model_from_state
-    from labelrefinery.models import ModelSpec, build_model
-
-    spec = ModelSpec("convnet", 10, 1, 8)
-    net = build_model(spec)
-    opt = torch.optim.SGD(net.parameters(), 0.1)
-    reference = tmp_path / "reference.pth"  # torchvision/references/classification/train.py's layout
-    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "lr_scheduler": {}, "epoch": 3,
-                "args": argparse.Namespace(lr=0.1, data_path="/data"), "classes": [str(i) for i in range(10)]},
-               reference)
-    AttributeDict, cleanup = _fake_lightning_attribute_dict()
-    try:
-        lightning = tmp_path / "epoch=3.ckpt"
-        torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}},
-                   tmp_path / "bare.ckpt")  # only the state_dict, as the README describes Lightning's layout
-        torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3,
-                    "global_step": 120, "pytorch-lightning_version": "2.5.0", "optimizer_states": [opt.state_dict()],
-                    "hyper_parameters": AttributeDict(lr=0.1)}, lightning)
-    finally:
-        cleanup()
-    for path in (reference, lightning, tmp_path / "bare.ckpt"):
-        state, classes, _, _ = load_checkpoint(path)
-        model = model_from_state(state, spec, torch.device("cpu"), str(path))
-        x = torch.randn(4, 1, 8, 8)
-        assert torch.allclose(model(x), net.eval()(x), atol=1e-5)
-    assert load_checkpoint(reference)[1] == [str(i) for i in range(10)]  # a class list stored in a .pt is used
 
 
 USER_MODEL = '''
@@ -312,6 +218,7 @@ def test_user_factory_model_runs_resumes_and_evaluates(tmp_path, monkeypatch, ca
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_on_the_test_set_as_files_gives_the_runs_accuracy(run_dir, tmp_path):
     """Every digits test image written as a PNG file at its own size: `refinery predict` scores what the run did."""
     from PIL import Image

@@ -1,15 +1,18 @@
-"""How labels.npz stores refined labels (``--label-storage``): float32, float16, top-J; read back as float32 rows."""
+"""The run directory: how labels.npz stores refined labels (``--label-storage``: float32, float16, top-J; read
+back as float32 rows) and reading run directories of older versions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from labelrefinery.cli import main
+from labelrefinery.fileio import atomic_write_text
 from labelrefinery.rundir import LABEL_STORAGE_FLOAT32_MAX, RunDir, as_stored, label_storage
 
-from .conftest import interrupt_after_first_epoch
+from ..conftest import interrupt_after_first_epoch
 
 
 def _rows(m: int = 50, k: int = 10) -> torch.Tensor:
@@ -54,6 +57,7 @@ def test_a_bad_storage_is_one_line(tmp_path, capsys):
     assert "--label-storage" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_top_j_chain_resumes_to_the_same_labels(tmp_path, monkeypatch):
     args = ["run", "--dataset", "digits", "--model", "convnet", "--epochs", "2", "--generations", "3",
             "--label-storage", "topk:2", "--no-progress", "--threads", "1", "--runs-dir", str(tmp_path)]
@@ -67,21 +71,17 @@ def test_top_j_chain_resumes_to_the_same_labels(tmp_path, monkeypatch):
     assert a.read_summary(0, 3)["test_top1"] == b.read_summary(0, 3)["test_top1"]
 
 
-@pytest.mark.parametrize("storage", ["float16", "topk:3"])
-def test_the_next_generation_fits_exactly_the_stored_rows(tmp_path, monkeypatch, storage):
-    import labelrefinery.generation as generation
-
-    fitted = []
-
-    class Spy(generation.StoredTargets):
-        def __init__(self, rows, *args, **kwargs):
-            fitted.append(rows.clone())
-            super().__init__(rows, *args, **kwargs)
-
-    monkeypatch.setattr(generation, "StoredTargets", Spy)
-    assert main(["run", "--dataset", "digits", "--model", "convnet", "--epochs", "1", "--generations", "2",
-                 "--label-storage", storage, "--no-progress", "--threads", "1", "--runs-dir", str(tmp_path)]) == 0
-    run = next(tmp_path.iterdir())
-    stored = RunDir(run).load_labels(0, 1)["labels"]
-    assert len(fitted) == 2 and fitted[0].ndim == 1  # R1 fits the given labels, R2 the refined rows
-    np.testing.assert_array_equal(fitted[1].numpy(), stored)
+@pytest.mark.slow
+def test_old_flat_config_resumes(tmp_path, capsys):
+    """Run directories written before the sectioned config (flat keys, comma strings) still resume."""
+    args = ["run", "--dataset", "digits", "--epochs", "1", "--generations", "1", "--no-progress",
+            "--runs-dir", str(tmp_path), "--name", "old", "--ensemble", ""]
+    assert main(args) == 0
+    rd = RunDir(tmp_path / "old")
+    flat = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in rd.read_config().flat().items()}
+    atomic_write_text(rd.config_path, yaml.safe_dump(flat, sort_keys=False))
+    first = rd.read_summary(0, 1)
+    assert main(args[:-6] + ["--generations", "2", "--runs-dir", str(tmp_path), "--name", "old"]) == 0
+    assert rd.read_summary(0, 1) == first and rd.is_finished(0, 2)
+    assert rd.read_config().generations == 2
+    assert "data" in yaml.safe_load(rd.config_path.read_text())  # rewritten in the sectioned layout

@@ -1,5 +1,7 @@
 """Loaders for datasets that cannot be downloaded here, each tested on tiny files in its real on-disk format."""
 
+from __future__ import annotations
+
 import hashlib
 import pickle
 
@@ -9,9 +11,9 @@ import torch
 import torchvision.datasets as tvd
 from PIL import Image
 
-from labelrefinery.data import DataError, load_dataset
+from labelrefinery.data import DataError, ImageFiles, load_dataset, read_all, read_batches
 
-from .conftest import write_idx
+from ..conftest import CLASSES, write_idx
 
 
 def md5(path):
@@ -156,3 +158,36 @@ def test_image_folder_empty_class_refused(folder):
     (folder / "train" / "aaempty").mkdir()
     with pytest.raises(DataError, match=r"train/aaempty holds no images"):
         load_dataset(f"folder:{folder}", image_size=16)
+
+
+@pytest.mark.multiprocess
+def test_streamed_folder_reads_like_the_in_memory_one(digit_folder, tmp_path):
+    memory = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="yes", cache_dir=tmp_path)
+    streamed = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="no", workers=2, cache_dir=tmp_path)
+    assert streamed.streamed and not memory.streamed
+    assert isinstance(streamed.train.images, ImageFiles) and streamed.train.images.shape == (240, 3, 16, 16)
+    assert streamed.classes == memory.classes == sorted(CLASSES)
+    assert torch.equal(streamed.train.labels, memory.train.labels) and torch.equal(streamed.test.labels,
+                                                                                  memory.test.labels)
+    assert torch.equal(read_all(streamed.train.images), memory.train.images)  # the same pixels
+    assert streamed.mean == memory.mean and streamed.std == memory.std
+    # Batches in any order, by worker processes, equal the in-memory rows.
+    order = [torch.tensor([5, 0, 239]), torch.tensor([17]), torch.arange(100, 164)]
+    for idx, batch in zip(order, read_batches(streamed.train.images, order)):
+        assert torch.equal(batch, memory.train.images[idx])
+    picked = streamed.train.images[torch.tensor([3, 1])][1:]  # subsets of subsets stay lazy
+    assert isinstance(picked, ImageFiles) and torch.equal(picked[0], memory.train.images[1])
+    assert not list(digit_folder.rglob("*.safetensors")) and not list(digit_folder.rglob("*.json"))
+
+
+@pytest.mark.multiprocess
+def test_auto_streams_what_does_not_fit(digit_folder, tmp_path, monkeypatch, capsys):
+    import labelrefinery.data.folder as folder_module
+
+    monkeypatch.setattr(folder_module, "available_memory", lambda: 100_000)  # 100 kB: the 300 images take 230 kB
+    ds = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", workers=1, cache_dir=tmp_path)
+    assert ds.streamed
+    assert "streamed from the files by 1 worker process (more than half of the 0.1 MB RAM available; " \
+        "--data-in-memory auto)" in capsys.readouterr().err
+    monkeypatch.setattr(folder_module, "available_memory", lambda: 10**10)
+    assert not load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", cache_dir=tmp_path).streamed

@@ -24,6 +24,8 @@ import torch
 from labelrefinery.cli import main
 from labelrefinery.rundir import RunDir
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 ARGS = ["--dataset", "digits", "--model", "convnet", "--epochs", "3", "--batch-size", "64", "--lr-schedule",
         "onecycle", "--lr", "3e-3", "--early-stop-patience-epochs", "0", "--precision", "fp32", "--threads", "1",
         "--no-progress"]

@@ -11,9 +11,9 @@ from labelrefinery.cli import main
 from labelrefinery.data import load_dataset
 from labelrefinery.rundir import RunDir
 
-from .conftest import interrupt_after_first_epoch, needs_fashion_mnist
+from ..conftest import interrupt_after_first_epoch, needs_fashion_mnist
 
-pytestmark = needs_fashion_mnist
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 
 ARGS = ["run", "--dataset", "fashion-mnist", "--train-size", "3000", "--test-size", "1000", "--epochs", "2",
         "--batch-size", "128", "--no-progress"]

@@ -1,61 +1,16 @@
+"""`refinery run` end to end from the command line: resuming, logs, reports, config files, seeds."""
+
 import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from labelrefinery.cli import main
 
-from .conftest import write_idx
+from ..conftest import run_cli
 
-
-def run_cli(args, tmp_path):
-    return main(args + ["--runs-dir", str(tmp_path / "runs"), "--no-progress"])
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--generations", "0"], "--generations must be >= 1, got 0"),
-    (["--seeds", "0"], "--seeds must be a count in 1..1000 or a list of seeds, got 0"),
-    (["--model", "resnet9000"], "unknown model 'resnet9000'"),
-    (["--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'"),
-    (["--label-form", "topk:0"], "--label-form"),
-    (["--ensemble", "1,9"], "--ensemble"),
-    (["--threads", "-3"], "--threads must be in [0, 1024] (0 = all cores), got -3"),
-    (["--device", "cudafoo"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'cudafoo'"),
-    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
-    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
-    (["--temperature", "inf"], "--temperature must be a finite number > 0"),
-    (["--dataset", "digits", "--val-fraction", "0.001"], "--val-fraction between"),
-    (["--dataset", "digits", "--train-size", "5000"], "--train-size 5000 exceeds the 1437 train images"),
-    (["--dataset", "digits", "--model", "timm:not_a_model"], "timm has no model 'not_a_model'"),
-    (["--dataset", "digits", "--refinery-checkpoint", "/nonexistent.safetensors"], "does not exist"),
-    (["--name", ""], "--name must be a plain directory name"),
-    (["--train-scale-start", "1.5"], "--train-scale-start must be a fraction of the image side in (0, 1]"),
-    (["--dataset", "digits", "--train-scale-start", "0.4"],
-     "--train-scale-start 0.4 trains the digits images at 3 px; use a fraction that keeps at least 4 px"),
-])
-def test_bad_flags_exit_2_one_line_no_files(args, message, tmp_path, capsys):
-    assert run_cli(["run", *args], tmp_path) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "runs").exists()
-
-
-def test_corrupt_data_file_exit_2_no_files(tiny_idx_dir, tmp_path, capsys):
-    p = tiny_idx_dir / "train-images-idx3-ubyte.gz"
-    p.write_bytes(p.read_bytes()[:50])
-    code = run_cli(["run", "--data-dir", str(tiny_idx_dir), "--name", "x"], tmp_path)
-    err = capsys.readouterr().err
-    assert code == 2 and "train-images-idx3-ubyte.gz" in err
-    assert not (tmp_path / "runs" / "x").exists()
-
-
-def test_labels_out_of_range_exit_2(tiny_idx_dir, tmp_path, capsys):
-    write_idx(tiny_idx_dir / "train-labels-idx1-ubyte.gz", np.arange(120) % 11)
-    assert run_cli(["run", "--data-dir", str(tiny_idx_dir), "--name", "x"], tmp_path) == 2
-    assert "outside [0, 10)" in capsys.readouterr().err
-    assert not (tmp_path / "runs" / "x").exists()
+pytestmark = pytest.mark.slow
 
 
 def test_changed_config_refused(tmp_path, capsys):
@@ -64,32 +19,6 @@ def test_changed_config_refused(tmp_path, capsys):
     assert run_cli(base[:-2] + ["--name", "d", "--lr", "0.01"], tmp_path) == 2
     err = capsys.readouterr().err
     assert "different configuration (lr: 0.003 -> 0.01)" in err and "same flags" in err
-
-
-def test_help_documents_units():
-    out = subprocess.run([sys.executable, "-m", "labelrefinery", "run", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0
-    for flag in ("--generations", "--seeds", "--augment", "--batch-size", "--early-stop-min-delta", "--precision"):
-        assert flag in out.stdout
-    assert "percentage points" in out.stdout and "per optimizer step" in out.stdout
-
-
-def test_bad_refinery_files_leave_nothing(tmp_path, capsys):
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"\x80\x02random bytes")
-    assert run_cli(["run", "--dataset", "digits", "--refinery-checkpoint", str(junk), "--name", "j"], tmp_path) == 2
-    err = capsys.readouterr().err.strip()
-    assert "cannot read checkpoint" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "runs" / "j").exists()
-    assert run_cli(["run", "--dataset", "digits", "--refinery-checkpoint", str(tmp_path), "--name", "j"], tmp_path) == 2
-    assert "is not a file" in capsys.readouterr().err
-
-
-def test_runs_dir_that_is_a_file(tmp_path, capsys):
-    f = tmp_path / "afile"
-    f.write_text("x")
-    assert main(["run", "--dataset", "digits", "--runs-dir", str(f), "--no-progress"]) == 2
-    assert "cannot make run directory" in capsys.readouterr().err
 
 
 def test_resume_rules_logs_and_file_modes(tmp_path, capsys):
@@ -123,10 +52,14 @@ def test_report_columns_are_distinct(tmp_path, capsys):
     assert run_cli(base + ["--name", "b", "--no-recalibrate-bn"], tmp_path) == 0
     capsys.readouterr()
     assert main(["report", str(tmp_path / "runs/a"), str(tmp_path / "runs/b")]) == 0
-    header = capsys.readouterr().out.splitlines()[2]
-    assert "recalibrate_bn=True" in header and "recalibrate_bn=False" in header
+    out = capsys.readouterr().out
+    assert out.splitlines()[2] == "| generation | a | b |"  # columns by run directory
+    runs = next(line for line in out.splitlines() if line.startswith("Runs: "))
+    assert "a: dataset=digits augment=none recalibrate_bn=True" in runs and "b: " in runs
+    assert "recalibrate_bn=False" in runs
 
 
+@pytest.mark.multiprocess
 def test_log_file_gets_one_plain_line_per_epoch(tmp_path):
     """Redirected stderr (not a terminal): no redrawn bars, one line per epoch with loss, KL, accuracy, lr, speed."""
     out = subprocess.run([sys.executable, "-m", "labelrefinery", "run", "--dataset", "digits", "--epochs", "2",
@@ -138,32 +71,6 @@ def test_log_file_gets_one_plain_line_per_epoch(tmp_path):
     for part in ("KL", "train", "val", "lr", "images/s", "left in this fit", "chain ETA"):
         assert part in lines[0]
     assert lines[-1].endswith("chain ETA 0s")  # the last epoch of the chain: nothing left
-
-
-def test_chain_clock():
-    from labelrefinery.console import ChainClock, format_duration
-
-    clock = ChainClock(10)
-    assert clock.eta_s() is None and clock.eta_text() == "chain ETA ?"
-    clock.epoch_done(3.0)
-    clock.epoch_done(5.0)
-    assert clock.eta_s() == pytest.approx(4.0 * 8)
-    clock.skip(6)  # early stopping: 6 planned epochs will not run
-    assert clock.eta_s() == pytest.approx(8.0) and clock.eta_text() == "chain ETA 8s"
-    assert [format_duration(s) for s in (59.4, 61, 3725)] == ["59s", "1m01s", "1h02m"]
-
-
-def test_planned_epochs_counts_what_is_left(tmp_path):
-    from labelrefinery.config import resolve_config
-    from labelrefinery.generation import planned_epochs
-    from labelrefinery.rundir import RunDir
-
-    cfg = resolve_config("quick", {"dataset": "digits", "epochs": 3, "generations": 2, "seeds": 2, "controls": True})
-    rd = RunDir(tmp_path / "r")
-    assert planned_epochs(cfg, rd) == 2 * (3 + 3 + 3 + 3 * 2)  # per seed: R1, R2, label smoothing, equal compute
-    (tmp_path / "r/seed-0/gen-1").mkdir(parents=True)
-    (tmp_path / "r/seed-0/gen-1/summary.json").write_text("{}")
-    assert planned_epochs(cfg, rd) == 2 * 15 - 3
 
 
 def test_tensorboard_scalars(tmp_path):
@@ -182,34 +89,7 @@ def test_tensorboard_scalars(tmp_path):
         [s["test_top1"] for s in results["per_seed"]["0"]])
 
 
-def test_refine_preset_is_patient_and_controlled():
-    from labelrefinery.config import resolve_config
-    from labelrefinery.generation import planned_epochs
-    from labelrefinery.rundir import RunDir
-
-    cfg = resolve_config("refine", {})
-    assert cfg.refinement.controls and cfg.seeds >= 3 and cfg.refinement.labels == "offline"
-    assert cfg.training.epochs >= 2 * resolve_config("quick", {}).training.epochs  # patient generations
-    per_seed = planned_epochs(cfg, RunDir("/nonexistent")) // cfg.seeds
-    assert per_seed == 112  # the figure --help quotes: 3 x 16 + label smoothing 16 + equal compute 48
-    assert "112 epochs per seed" in " ".join(build_parser_help())
-
-
-def build_parser_help():
-    from labelrefinery.cli import build_parser
-
-    run = build_parser()._subparsers._group_actions[0].choices["run"]
-    return run.format_help().split()
-
-
-def test_no_abbreviated_flags(capsys):
-    """`--seed 5` is not silently `--seeds 5`: every flag must be given whole."""
-    for flags in (["--seed", "5"], ["--gen", "2"], ["--label-n", "symmetric:0.1"]):
-        assert main(["run", "--dataset", "digits", *flags]) == 2
-        err = capsys.readouterr().err
-        assert "unrecognized arguments" in err and flags[0] in err
-
-
+@pytest.mark.multiprocess
 def test_subset_sizes_in_start_line_and_run_json(tmp_path):
     out = subprocess.run([sys.executable, "-m", "labelrefinery", "run", "--dataset", "digits", "--epochs", "1",
                           "--generations", "1", "--batch-size", "64", "--train-size", "600", "--test-size", "100",
@@ -264,18 +144,6 @@ def test_relative_and_absolute_paths_are_the_same_setting(tmp_path, monkeypatch,
     assert "resuming" in capsys.readouterr().err
     saved = (tmp_path / "p/config.yaml").read_text()
     assert f"data_dir: {tmp_path / 'data'}" in saved
-
-
-def test_version_and_mps_device(capsys):
-    assert main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith("refinery (labelrefinery) 0.")
-    import torch
-
-    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        assert main(["run", "--dataset", "digits", "--device", "mps"]) == 2
-        assert "no usable MPS" in capsys.readouterr().err
-    assert main(["run", "--dataset", "digits", "--device", "tpu"]) == 2
-    assert "cuda:N or mps" in capsys.readouterr().err
 
 
 def test_explicit_seed_list(tmp_path, capsys):

@@ -23,6 +23,7 @@ LAYERS = [
     ["console", "device", "losses", "augment", "data.core", "data.files", "noise.inject", "report.html"],
     ["models", "batch", "data.cache", "data.idx", "noise.estimate", "noise.quality"],
     ["data.small", "data.torchvision_sets", "data.folder", "noise", "report.labelstats"],
+    ["data.csvfile"],
     ["data"],
     ["checkpoint", "protocol", "targets", "deployed", "inference", "schedule"],
     ["rundir.layout", "rundir.integrity", "rundir.lock", "rundir.labels"],

@@ -19,38 +19,9 @@ import pytest
 import torch
 
 from labelrefinery.cli import main
-from labelrefinery.data import ImageFiles, load_dataset, read_all, read_batches
-from labelrefinery.errors import DataError
+from labelrefinery.data import load_dataset
 
-from .conftest import interrupt_after_first_epoch
-
-CLASSES = ["zero", "one", "two"]
-
-
-@pytest.fixture(scope="module")
-def digit_folder(tmp_path_factory) -> Path:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    root = tmp_path_factory.mktemp("digit-folder")
-    digits = load_digits()
-    rng = np.random.default_rng(0)
-    count = {}
-    for image, label in zip(digits.images, digits.target):
-        if label > 2:
-            continue
-        i = count.get(label, 0)
-        if i >= 100:
-            continue
-        count[label] = i + 1
-        split = "val" if i % 5 == 0 else "train"
-        folder = root / split / CLASSES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        gray = np.kron(image / 16 * 255, np.ones((3, 3)))  # 24 x 24
-        rgb = np.stack([gray, gray * rng.uniform(0.5, 1), gray * rng.uniform(0.5, 1)], -1).clip(0, 255)
-        im = Image.fromarray(rgb.astype(np.uint8))
-        im.save(folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}")
-    return root
+from ..conftest import interrupt_after_first_epoch
 
 
 def _run(args: list[str], runs: Path, name: str) -> int:
@@ -63,37 +34,8 @@ def _common(folder: Path, cache: Path) -> list[str]:
             "--early-stop-patience-epochs", "0", "--workers", "2"]
 
 
-def test_streamed_folder_reads_like_the_in_memory_one(digit_folder, tmp_path):
-    memory = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="yes", cache_dir=tmp_path)
-    streamed = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="no", workers=2, cache_dir=tmp_path)
-    assert streamed.streamed and not memory.streamed
-    assert isinstance(streamed.train.images, ImageFiles) and streamed.train.images.shape == (240, 3, 16, 16)
-    assert streamed.classes == memory.classes == sorted(CLASSES)
-    assert torch.equal(streamed.train.labels, memory.train.labels) and torch.equal(streamed.test.labels,
-                                                                                  memory.test.labels)
-    assert torch.equal(read_all(streamed.train.images), memory.train.images)  # the same pixels
-    assert streamed.mean == memory.mean and streamed.std == memory.std
-    # Batches in any order, by worker processes, equal the in-memory rows.
-    order = [torch.tensor([5, 0, 239]), torch.tensor([17]), torch.arange(100, 164)]
-    for idx, batch in zip(order, read_batches(streamed.train.images, order)):
-        assert torch.equal(batch, memory.train.images[idx])
-    picked = streamed.train.images[torch.tensor([3, 1])][1:]  # subsets of subsets stay lazy
-    assert isinstance(picked, ImageFiles) and torch.equal(picked[0], memory.train.images[1])
-    assert not list(digit_folder.rglob("*.safetensors")) and not list(digit_folder.rglob("*.json"))
-
-
-def test_auto_streams_what_does_not_fit(digit_folder, tmp_path, monkeypatch, capsys):
-    import labelrefinery.data.folder as folder_module
-
-    monkeypatch.setattr(folder_module, "available_memory", lambda: 100_000)  # 100 kB: the 300 images take 230 kB
-    ds = load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", workers=1, cache_dir=tmp_path)
-    assert ds.streamed
-    assert "streamed from the files by 1 worker process (more than half of the 0.1 MB RAM available; " \
-        "--data-in-memory auto)" in capsys.readouterr().err
-    monkeypatch.setattr(folder_module, "available_memory", lambda: 10**10)
-    assert not load_dataset(f"folder:{digit_folder}", image_size=16, in_memory="auto", cache_dir=tmp_path).streamed
-
-
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_streamed_run_equals_in_memory_run_and_resumes_mid_generation(digit_folder, tmp_path, monkeypatch):
     runs, cache = tmp_path / "runs", tmp_path / "cache"
     args = [*_common(digit_folder, cache), "--generations", "2", "--augment", "crop", "--labels", "online"]
@@ -115,6 +57,8 @@ def test_streamed_run_equals_in_memory_run_and_resumes_mid_generation(digit_fold
     assert a["test_top1"] > 60  # three digit classes: it learned
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_per_crop_labels_see_the_students_crops(digit_folder, tmp_path, monkeypatch):
     from labelrefinery import targets as targets_module
 
@@ -143,6 +87,8 @@ def test_per_crop_labels_see_the_students_crops(digit_folder, tmp_path, monkeypa
         assert torch.equal(refinery_input, student_input)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_corrupt_file_named_then_skipped(digit_folder, tmp_path, capsys):
     import shutil
 
@@ -166,10 +112,12 @@ def test_static_augment_and_unstreamable_datasets_refused(digit_folder, tmp_path
     assert _run(args, tmp_path / "runs", "static") == 2
     assert "--augment static" in capsys.readouterr().err
     assert _run(["--dataset", "digits", "--data-in-memory", "no"], tmp_path / "runs", "digits") == 2
-    assert "only folder:PATH datasets stream" in capsys.readouterr().err
+    assert "only folder:PATH and csv:FILE datasets stream" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "static").exists() and not (tmp_path / "runs" / "digits").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ctrl_c_stops_the_workers(digit_folder, tmp_path):
     """SIGINT to the process group (what Ctrl-C sends): exit 130, the message, no worker process left."""
     cmd = [sys.executable, "-m", "labelrefinery", "run", *_common(digit_folder, tmp_path / "cache"),
@@ -197,6 +145,8 @@ def test_ctrl_c_stops_the_workers(digit_folder, tmp_path):
     assert not left, f"processes left in the group: {left}"
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_inspect_and_predict_a_streamed_run(digit_folder, tmp_path):
     """The report and the saved model read a streamed run's images from their files."""
     args = [*_common(digit_folder, tmp_path / "cache"), "--generations", "2", "--epochs", "1", "--data-in-memory",
@@ -215,6 +165,7 @@ def test_inspect_and_predict_a_streamed_run(digit_folder, tmp_path):
     assert 100 * correct / len(memory.test.labels) == summary["test_top1"] and summary["label_storage"] == "float16"
 
 
+@pytest.mark.multiprocess
 def test_config_file_yes_no_and_a_test_size_that_drops_classes(digit_folder, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("data_in_memory: no\nworkers: 1\n")  # YAML reads bare no as false
     args = [*_common(digit_folder, tmp_path / "cache"), "--generations", "1", "--epochs", "1", "--test-size", "20",

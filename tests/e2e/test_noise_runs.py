@@ -1,0 +1,199 @@
+"""Runs with label noise, end to end: the split, summaries and tables, `refinery label-issues`, cross-fitting
+and noise priors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labelrefinery.cli import main
+from labelrefinery.data import load_dataset
+from labelrefinery.report.labelissues import given_label_scores
+from labelrefinery.rundir import RunDir
+
+from ..conftest import SHORT_RUN
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("noisy")
+    assert main([*SHORT_RUN, "--runs-dir", str(d), "--name", "n", "--generations", "2",
+                 "--label-noise", "symmetric:0.3", "--label-smoothing", "0.1", "--gt-weight", "0.3"]) == 0
+    return d / "n"
+
+
+def test_noisy_run_split_summary_and_table(noisy_run):
+    ds = load_dataset("digits")
+    split = np.load(noisy_run / "seed-0/split.npz")
+    clean_all = ds.train.labels.numpy()
+    assert np.array_equal(split["clean_train_labels"], clean_all[split["train_indices"]])
+    assert np.array_equal(split["clean_val_labels"], clean_all[split["val_indices"]])
+    assert np.array_equal(split["train_flipped"], split["train_labels"] != split["clean_train_labels"])
+    assert np.array_equal(split["val_labels"][~split["val_flipped"]], split["clean_val_labels"][~split["val_flipped"]])
+    assert split["val_flipped"].any() and 0.2 < split["train_flipped"].mean() < 0.4
+    assert np.array_equal(split["test_labels"], ds.test.labels.numpy())
+    summary = json.loads((noisy_run / "seed-0/gen-1/summary.json").read_text())
+    q = summary["label_quality"]
+    assert set(q) == {"disputed", "flipped", "corrected", "harmed", "detection_precision", "detection_recall",
+                      "detection_f1"}
+    assert q["flipped"] == pytest.approx(split["train_flipped"].mean())
+    assert set(summary["phase_time_s"]) == {"fit", "recalibrate", "relabel", "evaluate"}
+    results = json.loads((noisy_run / "results.json").read_text())
+    assert results["ensemble"][0]["generations"] == [1, 2]  # every run reports the ensemble of all generations
+    best = results["best_by_validation"]["per_seed"]["0"]
+    gens = results["per_seed"]["0"]
+    assert best["val_top1"] == max(g["val_top1"] for g in gens)
+    assert results["generations"][1]["gain_over_r1"]["mean"] == pytest.approx(gens[1]["test_top1"] - gens[0]["test_top1"])
+    md = (noisy_run / "results.md").read_text()
+    assert "| best by validation |" in md and "ensemble R1+R2" in md and "flipped corrected" in md
+
+
+def test_stored_labels_are_the_refinerys_own(noisy_run):
+    """With --gt-weight, labels.npz holds what the refinery said, not the mix with the ground truth."""
+    from labelrefinery.batch import Pipeline
+    from labelrefinery.device import resolve_precision
+    from labelrefinery.inference import predict
+
+    rd = RunDir(noisy_run)
+    saved = rd.load_labels(0, 1)
+    ds = load_dataset("digits")
+    model, _ = rd.load_model(0, 1, torch.device("cpu"))
+    pipe = Pipeline.create(torch.device("cpu"), ds.mean, ds.std, resolve_precision("auto", torch.device("cpu")))
+    probs = predict(model, ds.train.images[torch.from_numpy(saved["indices"])], pipe).softmax(1).numpy()
+    assert saved["refinery_only"] and np.allclose(saved["labels"], probs, atol=2e-3)
+
+
+def test_label_issues_command(noisy_run, tmp_path, capsys):
+    assert main(["label-issues", str(noisy_run), "--generation", "1"]) == 0
+    assert "disputed" in capsys.readouterr().out
+    rows = list(csv.DictReader((noisy_run / "label_issues.csv").open()))
+    assert list(rows[0]) == ["rank", "index", "split", "given_label", "suggested_label", "p_given", "p_suggested",
+                             "margin", "top3", "clean_label", "flipped"]
+    p_given = [float(r["p_given"]) for r in rows]
+    assert p_given == sorted(p_given) and all(r["given_label"] != r["suggested_label"] for r in rows)
+    assert all(float(r["margin"]) < 0 for r in rows)
+    probs = np.load(noisy_run / "label_issues_pred_probs.npy")
+    labels = np.load(noisy_run / "label_issues_labels.npy")
+    indices = np.load(noisy_run / "label_issues_indices.npy")
+    assert probs.shape == (len(labels), 10) and np.all(np.diff(indices) > 0)
+    split = np.load(noisy_run / "seed-0/split.npz")
+    disputed = (given_label_scores(probs, labels)[1] < 0).sum()  # a tie with the top class is no dispute
+    assert len(rows) == disputed  # training and validation images, each checked once
+    assert sorted(indices) == sorted([*split["train_indices"], *split["val_indices"]])
+    splits = np.load(noisy_run / "label_issues_splits.npy")
+    assert (splits == "val").sum() == len(split["val_indices"]) and {r["split"] for r in rows} == {"train", "val"}
+    # every image with --all, to a path of one's own
+    assert main(["label-issues", str(noisy_run), "--all", "--out", str(tmp_path / "all.csv")]) == 0
+    assert len(list(csv.DictReader((tmp_path / "all.csv").open()))) == len(labels)
+    assert (tmp_path / "all_pred_probs.npy").is_file()
+
+
+def test_changed_noise_refuses_to_continue(noisy_run, capsys):
+    assert main([*SHORT_RUN, "--runs-dir", str(noisy_run.parent), "--name", "n", "--generations", "2",
+                 "--label-noise", "symmetric:0.2", "--label-smoothing", "0.1", "--gt-weight", "0.3"]) == 2
+    assert "label_noise" in capsys.readouterr().err
+
+
+def test_label_issues_bad_input(tmp_path, noisy_run, capsys):
+    assert main(["label-issues", str(tmp_path)]) == 2
+    assert main(["label-issues", str(noisy_run), "--generation", "7"]) == 2
+    assert main(["label-issues", str(noisy_run), "--seed", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "not a run directory" in err[0] and "not finished" in err[1] and "seed 3" in err[2]
+
+
+def test_cross_fit_run_and_bad_values(tmp_path, capsys):
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "cf", "--generations", "2", "--cross-fit", "3",
+                 "--label-noise", "pairflip:0.2"]) == 0
+    summary = json.loads((tmp_path / "cf/seed-0/gen-2/summary.json").read_text())
+    assert summary["label_quality"]["corrected"] is not None
+    assert "cross-fit fold 3/3" in capsys.readouterr().err
+    for bad, message in (("1", "--cross-fit must be 0 or in [2"), ("500", "--cross-fit 500 exceeds")):
+        assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "bad", "--cross-fit", bad]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
+def test_label_issues_out_never_overwrites_run_files(noisy_run, tmp_path, capsys):
+    summary = noisy_run / "seed-0/gen-1/summary.json"
+    before = summary.read_bytes()
+    for out in (summary, noisy_run / "seed-0/gen-1/issues.csv", tmp_path, tmp_path / "x.txt"):
+        assert main(["label-issues", str(noisy_run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--out" in err
+    assert summary.read_bytes() == before
+    assert not list(tmp_path.glob("*.npy")) and not list((noisy_run / "seed-0/gen-1").glob("issues*"))
+
+
+def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
+    """--noise-prior auto: R1 records its estimate, R2 fits the posterior of R1's de-noised labels at that rate,
+    R3 the posterior of R2's labels as they are."""
+    from labelrefinery.targets import LabelRecipe
+
+    calls = []
+    original = LabelRecipe.mix
+
+    def spy(self, refined, ground_truth, transition=None, denoise=False):
+        calls.append((refined.clone(), ground_truth.clone(), transition, denoise))
+        return original(self, refined, ground_truth, transition, denoise)
+
+    monkeypatch.setattr(LabelRecipe, "mix", spy)
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "np", "--generations", "3", "--epochs", "1",
+                 "--label-noise", "symmetric:0.4", "--noise-prior", "auto"]) == 0
+    rd = RunDir(tmp_path / "np")
+    estimate = rd.read_summary(0, 1)["symmetric_noise_estimate"]
+    assert 0 < estimate < 0.9
+    from labelrefinery.noise import symmetric_transition
+
+    assert [denoise for *_, denoise in calls] == [True, False]
+    assert all(torch.allclose(t, symmetric_transition(10, estimate)) for *_, t, _ in calls)
+    r1 = torch.from_numpy(rd.load_labels(0, 1)["labels"])
+    assert torch.allclose(calls[0][0], r1)
+    assert "symmetric_noise_estimate" not in rd.read_summary(0, 2)
+    assert f"suggest about {100 * estimate:.0f}% of the given labels are wrong" in (tmp_path / "np/results.md").read_text()
+
+
+def test_classwise_noise_prior_run(tmp_path, monkeypatch):
+    """--noise-prior classwise: R2 and R3 fit posteriors under the matrix estimated from R1's stored labels
+    (R3's read back from disk), and R1's summary and results.md report the estimate."""
+    from labelrefinery.noise import estimate_noise_transition
+    from labelrefinery.targets import LabelRecipe
+
+    calls = []
+    original = LabelRecipe.mix
+
+    def spy(self, refined, ground_truth, transition=None, denoise=False):
+        calls.append((transition, denoise))
+        return original(self, refined, ground_truth, transition, denoise)
+
+    monkeypatch.setattr(LabelRecipe, "mix", spy)
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "cw", "--generations", "3", "--epochs", "2",
+                 "--label-noise", "pairflip:0.3", "--noise-prior", "classwise"]) == 0
+    rd = RunDir(tmp_path / "cw")
+    saved, split = rd.load_labels(0, 1), rd.read_split(0)
+    by_index = torch.full((int(split["train_indices"].max()) + 1,), -1)
+    by_index[torch.from_numpy(split["train_indices"])] = torch.from_numpy(split["train_labels"])
+    given = by_index[torch.from_numpy(saved["indices"])]
+    assert [denoise for _, denoise in calls] == [True, False]
+    assert torch.allclose(calls[0][0], estimate_noise_transition(given, torch.from_numpy(saved["labels"])))
+    assert torch.equal(calls[0][0], calls[1][0])  # R3's matrix, from R1's labels read back, is R2's
+    t = calls[0][0]
+    shares = torch.bincount(given, minlength=10).float() / len(given)
+    estimate = rd.read_summary(0, 1)["classwise_noise_estimate"]
+    assert estimate["rate"] == pytest.approx(float((shares * (1 - t.diagonal())).sum()))
+    assert len(estimate["largest"]) == 5 and all(t[c, y] == pytest.approx(v, abs=1e-4)
+                                                 for c, y, v in estimate["largest"])
+    assert "classwise_noise_estimate" not in rd.read_summary(0, 2)
+    assert "Class by class (`--noise-prior classwise`)" in (tmp_path / "cw/results.md").read_text()
+
+
+def test_resume_names_an_invalid_value_before_comparing_settings(tmp_path, capsys):
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "r", "--generations", "1", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(tmp_path / "r"), "--noise-prior", "bogus", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--noise-prior must be auto, classwise or a share P" in err and "would change" not in err

@@ -1,0 +1,213 @@
+"""Label noise: injection, label quality, disputes and suggested labels, noise estimates and posteriors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labelrefinery.config import resolve_config
+from labelrefinery.data import load_dataset
+from labelrefinery.errors import ConfigError
+from labelrefinery.noise import inject_label_noise, label_statistics
+from labelrefinery.protocol import seed_data, with_label_noise
+from labelrefinery.seeding import label_noise_generator
+
+
+def test_symmetric_noise_rate_and_classes():
+    labels = torch.arange(60000) % 10
+    noise = inject_label_noise(labels, "symmetric:0.4", 10, label_noise_generator())
+    rate = noise.flipped.float().mean().item()
+    assert abs(rate - 0.4) < 4 * math.sqrt(0.4 * 0.6 / 60000)  # within binomial error
+    assert torch.equal(noise.clean, labels) and torch.equal(noise.flipped, noise.noisy != labels)
+    # every other class is reached about equally often from class 0
+    moved = noise.noisy[(labels == 0) & noise.flipped]
+    counts = torch.bincount(moved, minlength=10)
+    assert counts[0] == 0 and counts[1:].min() > 0.6 * counts[1:].float().mean()
+    again = inject_label_noise(labels, "symmetric:0.4", 10, label_noise_generator())
+    assert torch.equal(again.noisy, noise.noisy)  # one stream, the same corruption every time
+
+
+def test_pairflip_moves_to_next_class():
+    labels = torch.arange(1000) % 4
+    noise = inject_label_noise(labels, "pairflip:0.3", 4, label_noise_generator())
+    assert torch.equal(noise.noisy[noise.flipped], (labels[noise.flipped] + 1) % 4)
+    assert 0.25 < noise.flipped.float().mean() < 0.35
+
+
+def test_noise_rate_bound_needs_classes():
+    with pytest.raises(ConfigError, match=r"P must be in \[0, 0.750\) for 4 classes"):
+        inject_label_noise(torch.zeros(10, dtype=torch.int64), "symmetric:0.8", 4, label_noise_generator())
+
+
+def test_noise_touches_training_split_only_and_every_seed_sees_it():
+    ds = load_dataset("digits")
+    noisy, noise = with_label_noise(ds, "symmetric:0.3")
+    assert torch.equal(noisy.test.labels, ds.test.labels) and torch.equal(noisy.train.images, ds.train.images)
+    assert torch.equal(noise.clean, ds.train.labels) and torch.equal(noisy.train.labels, noise.noisy)
+    cfg = resolve_config("quick", {"dataset": "digits", "label_noise": "symmetric:0.3"})
+    for seed in (0, 1):
+        data = seed_data(noisy, cfg, seed, torch.device("cpu"), noise)
+        assert torch.equal(data.views.labels, noise.noisy[data.views.indices])
+        assert torch.equal(data.clean_labels, ds.train.labels[data.views.indices])
+        assert torch.equal(data.val_labels, noise.noisy[data.val_idx])  # validation is as noisy as training
+        assert torch.equal(data.test_labels, ds.test.labels)
+
+
+def test_label_quality_hand_made():
+    # 6 images, 3 classes. clean: 0 0 1 1 2 2; given: flips at 1 (0->1) and 4 (2->0).
+    clean = torch.tensor([0, 0, 1, 1, 2, 2])
+    given = torch.tensor([0, 1, 1, 1, 0, 2])
+    # refined argmax: 0 0 1 2 1 2 -> image 1 corrected; image 4 disputed but wrong; image 3 clean and harmed.
+    refined = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 2, 1, 2]), 3).float().numpy()
+    clean, given = clean.numpy(), given.numpy()
+    q = label_statistics(given, refined, clean)
+    assert q["disputed"] == pytest.approx(3 / 6)
+    assert q["flipped"] == pytest.approx(2 / 6)
+    assert q["corrected"] == pytest.approx(1 / 2)
+    assert q["harmed"] == pytest.approx(1 / 4)
+    assert q["detection_precision"] == pytest.approx(2 / 3) and q["detection_recall"] == pytest.approx(1.0)
+    assert q["detection_f1"] == pytest.approx(0.8)
+    assert set(label_statistics(given, refined)) == {"mean_entropy", "agreement", "disputed", "changed"}
+    assert label_statistics(given, refined)["agreement"] == pytest.approx(0.5)
+    none_flipped = label_statistics(clean, refined, clean)
+    assert none_flipped["corrected"] is None and none_flipped["detection_recall"] is None
+
+
+def _noisy_rows(clean: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
+    """What a refinery sure of each image's true class predicts after fitting labels with symmetric noise."""
+    rows = torch.full((len(clean), num_classes), rate / (num_classes - 1))
+    return rows.scatter_(1, clean.view(-1, 1), 1 - rate)
+
+
+def test_symmetric_noise_estimate():
+    from labelrefinery.noise import estimate_symmetric_noise
+
+    clean = torch.arange(500) % 10
+    given = clean.clone()
+    given[:250] = (clean[:250] + 3) % 10  # half the given labels wrong: the cap (disputed share) is 0.5
+    assert estimate_symmetric_noise(given, _noisy_rows(clean, 0.4, 10)) == pytest.approx(0.4, abs=1e-5)
+    assert estimate_symmetric_noise(given, _noisy_rows(clean, 0.1, 10)) == pytest.approx(0.1, abs=1e-5)
+    assert estimate_symmetric_noise(given, torch.eye(10)[clean]) == 0.0  # memorised: nothing to estimate
+    # an ambiguous second class on every image does not move the estimate
+    rows = _noisy_rows(clean, 0.4, 10)
+    rows[torch.arange(500), (clean + 1) % 10] += 0.2
+    rows[torch.arange(500), clean] -= 0.2
+    assert estimate_symmetric_noise(given, rows) == pytest.approx(0.4, abs=1e-5)
+    # an under-trained refinery, unsure of every image but disputing only 2% of the labels: capped at 0.02
+    unsure = _noisy_rows(clean, 0.6, 10)
+    assert estimate_symmetric_noise(torch.where(torch.arange(500) < 10, (clean + 1) % 10, clean), unsure) == \
+        pytest.approx(0.02)
+
+
+def test_noisy_label_posterior_hand_made():
+    from labelrefinery.noise import noisy_label_posterior, symmetric_transition
+
+    # K = 3, r = 0.3: T[c, y] = 0.7 if c == y else 0.15.
+    t = symmetric_transition(3, 0.3)
+    assert torch.allclose(t, torch.tensor([[0.7, 0.15, 0.15], [0.15, 0.7, 0.15], [0.15, 0.15, 0.7]]))
+    refined = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]])
+    given = torch.tensor([0, 1])
+    q = noisy_label_posterior(given, refined, t, denoise=False)
+    expected = torch.tensor([[0.6 * 0.7, 0.3 * 0.15, 0.1 * 0.15], [0.6 * 0.15, 0.3 * 0.7, 0.1 * 0.15]])
+    assert torch.allclose(q, expected / expected.sum(1, keepdim=True))
+    assert q[1].argmax() == 1  # the refinery's 0.6 does not overrule a given label it gives 0.3
+    # rows of a refinery that fitted noisy labels map back to the true class before Bayes' rule
+    noisy = _noisy_rows(torch.tensor([2, 2]), 0.3, 3)
+    q = noisy_label_posterior(torch.tensor([2, 0]), noisy, t, denoise=True)
+    assert q[0, 2] > 0.999 and q[1].argmax() == 2  # a wrong given label is corrected
+    assert torch.allclose(q.sum(1), torch.ones(2))
+    # the closed form of the symmetric inverse: p_c = (p~_c - r/(K-1)) / (1 - r K/(K-1)), clipped, renormalised
+    soft = torch.tensor([[0.5, 0.3, 0.2]])
+    back = ((soft - 0.15) / (1 - 0.3 * 3 / 2)).clamp_min(1e-4)
+    back = back / back.sum()
+    lik = torch.tensor([[0.15, 0.15, 0.7]])
+    assert torch.allclose(noisy_label_posterior(torch.tensor([2]), soft, t, denoise=True),
+                          back * lik / (back * lik).sum(), atol=1e-6)
+    with pytest.raises(ValueError, match="noise rate must be in"):
+        symmetric_transition(3, 0.7)
+    with pytest.raises(ValueError, match="must be 3 x 3"):
+        noisy_label_posterior(given, refined, torch.eye(4), denoise=False)
+
+
+def _pairflip_rows(clean: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
+    """What a refinery sure of each image's true class predicts after fitting labels with pair-flip noise."""
+    rows = torch.zeros(len(clean), num_classes)
+    rows[torch.arange(len(clean)), clean] = 1 - rate
+    rows[torch.arange(len(clean)), (clean + 1) % num_classes] += rate
+    return rows
+
+
+def test_noise_transition_estimate_class_by_class():
+    from labelrefinery.noise import estimate_noise_transition, largest_transitions, noisy_label_posterior
+
+    clean = torch.arange(1000) % 10
+    given = torch.where(torch.arange(1000) % 100 < 30, (clean + 1) % 10, clean)  # 30% pair flips
+    t = estimate_noise_transition(given, _pairflip_rows(clean, 0.3, 10))
+    expected = 0.7 * torch.eye(10) + 0.3 * torch.roll(torch.eye(10), 1, dims=1)
+    assert torch.allclose(t, expected, atol=1e-6)
+    assert all(y == (c + 1) % 10 and v == 0.3 for c, y, v in largest_transitions(t, 3))
+    # symmetric noise reads as the symmetric matrix
+    sym = _noisy_rows(clean, 0.4, 10)
+    given_sym = torch.where(torch.arange(1000) % 100 < 40, (clean + 3) % 10, clean)
+    assert torch.allclose(estimate_noise_transition(given_sym, sym),
+                          0.6 * torch.eye(10) + 0.4 / 9 * (1 - torch.eye(10)), atol=1e-6)
+    # memorised labels: nothing to estimate; an unsure refinery disputing 2% of labels is capped at 2%
+    assert torch.equal(estimate_noise_transition(given, torch.eye(10)[clean]), torch.eye(10))
+    unsure = estimate_noise_transition(torch.where(torch.arange(1000) < 20, (clean + 1) % 10, clean),
+                                       _pairflip_rows(clean, 0.4, 10))
+    assert float((1 - unsure.diagonal()).mean()) == pytest.approx(0.02, abs=1e-6)
+    # the posterior with the estimate corrects a pair-flipped label, which symmetric noise cannot
+    q = noisy_label_posterior(torch.tensor([5]), _pairflip_rows(torch.tensor([4]), 0.3, 10), t, denoise=True)
+    assert q.argmax() == 4 and q[0, 4] > 0.99
+    # a singular estimate (two classes' rows alike) still gives probability rows, not an error
+    singular = t.clone()
+    singular[1] = singular[0]
+    q = noisy_label_posterior(given[:20], _pairflip_rows(clean[:20], 0.3, 10), singular, denoise=True)
+    assert torch.isfinite(q).all() and torch.allclose(q.sum(1), torch.ones(20))
+
+
+def test_a_given_label_tied_with_the_top_class_is_not_disputed():
+    """float16 rows tie now and then: the given label tied for the top stands, whatever the class order."""
+    from labelrefinery.report.labelissues import issue_rows
+    from labelrefinery.noise import suggested_labels
+    from labelrefinery.noise import disputes
+
+    probs = np.array([[0.4, 0.4, 0.2], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32)
+    given = np.array([1, 0, 1])
+    assert disputes(torch.from_numpy(given), torch.from_numpy(probs)).tolist() == [False, False, True]
+    assert label_statistics(given, probs)["disputed"] == pytest.approx(1 / 3)
+    assert suggested_labels(given, probs).tolist() == [1, 0, 0]
+    rows = issue_rows(probs, given, np.arange(3), ["a", "b", "c"])
+    assert [r["index"] for r in rows] == [2]
+    every = issue_rows(probs, given, np.arange(3), ["a", "b", "c"], include_all=True)
+    assert {r["index"]: r["suggested_label"] for r in every} == {0: "b", 1: "a", 2: "a"}
+
+
+def test_an_estimate_of_no_noise_leaves_the_refined_labels_as_they_are():
+    """auto reading 0, or classwise reading T = I (an R1 that memorised its labels): no posterior, as with
+    --noise-prior 0; a non-zero estimate gives its matrix."""
+    from types import SimpleNamespace
+
+    from labelrefinery.generation import noise_transition
+    from labelrefinery.noise import symmetric_transition
+
+    from labelrefinery.config import parse_noise_prior
+
+    def exp(prior, estimate=0.0):
+        return SimpleNamespace(cfg=SimpleNamespace(refinement=SimpleNamespace(prior=parse_noise_prior(prior))),
+                               dataset=SimpleNamespace(train=SimpleNamespace(num_classes=10)),
+                               run_dir=SimpleNamespace(read_summary=lambda seed, g: {"symmetric_noise_estimate":
+                                                                                       estimate}))
+
+    labels = torch.arange(100) % 10
+    data = SimpleNamespace(seed=0, views=SimpleNamespace(views=torch.zeros(100, dtype=torch.long), labels=labels))
+    assert noise_transition(exp("0"), data) is None
+    assert noise_transition(exp("auto", 0.0), data) is None
+    assert torch.equal(noise_transition(exp("auto", 0.2), data), symmetric_transition(10, 0.2))
+    assert noise_transition(exp("classwise"), data, torch.eye(10)[labels]) is None
+    assert noise_transition(exp("classwise"), data, _pairflip_rows(labels, 0.3, 10)) is None  # disputes nothing
+    flipped = torch.where(torch.arange(100) < 30, (labels + 1) % 10, labels)
+    data.views.labels = flipped
+    t = noise_transition(exp("classwise"), data, _pairflip_rows(labels, 0.3, 10))
+    assert t is not None and t[0, 1] == pytest.approx(0.3, abs=1e-6)

@@ -1,0 +1,76 @@
+"""Reports: label statistics and image picks of `refinery inspect`, label-issue ranking, the results tables."""
+
+import numpy as np
+import pytest
+
+from labelrefinery.noise import entropy, generation_label_stats
+from labelrefinery.report.labelissues import rank_label_issues
+from labelrefinery.report.labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
+
+
+def test_entropy_overlap_confusion_by_hand():
+    probs = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.2, 0.2, 0.6], [0.0, 0.0, 1.0]])
+    labels = np.array([0, 0, 2, 2])
+    assert entropy(probs).tolist() == pytest.approx([np.log(2), 0.0, -(2 * 0.2 * np.log(0.2) + 0.6 * np.log(0.6)), 0])
+    overlap = class_overlap(probs, labels, 3)
+    assert overlap[0].tolist() == pytest.approx([0.75, 0.25, 0.0])
+    assert np.isnan(overlap[1]).all()  # no image is labelled 1
+    assert overlap[2].tolist() == pytest.approx([0.1, 0.1, 0.8])
+    assert confusion(labels, probs.argmax(1), 3).tolist() == [[2, 0, 0], [0, 0, 0], [0, 0, 2]]
+
+
+def test_generation_stats_and_top_k_by_hand():
+    given = np.array([0, 1, 1, 0])
+    r1 = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
+    r2 = np.array([[0.4, 0.6], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]])
+    s1, s2 = generation_label_stats(given, [r1, r2])
+    assert s1["agreement"] == 0.75 and s1["changed"] == 0.25  # R1 against the given labels
+    assert s2["agreement"] == 0.5 and s2["changed"] == 0.25  # R2 against R1's argmax
+    assert s1["mean_entropy"] == pytest.approx(entropy(r1).mean())
+    ks, ps = top_k(np.array([[0.1, 0.5, 0.1, 0.3]]), 3)
+    assert ks.tolist() == [[1, 3, 0]] and ps.tolist() == [[0.5, 0.3, 0.1]]
+
+
+def test_pick_images_by_hand():
+    given = np.array([0, 0, 1, 1, 0])
+    clean = np.array([0, 1, 1, 0, 0])  # images 1 and 3 were flipped
+    r1 = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.7, 0.3], [0.7, 0.3]])
+    r2 = np.array([[0.95, 0.05], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2], [0.15, 0.85]])
+    groups = pick_images([r1, r2], given, 2, np.random.default_rng(0), clean)
+    assert groups["disputed"].tolist() == [1, 4]  # p(given) in R2: 0.1, 0.15
+    assert groups["changed"].tolist() == [4, 2]  # total variation R1 -> R2: 0.55, 0.2
+    assert groups["flipped_corrected"].tolist() == [1, 3]  # both flips corrected, most confident first
+    assert groups["flipped_missed"].tolist() == []
+    assert groups["clean_harmed"].tolist() == [4]
+    assert len(set(groups["random"].tolist())) == 2
+
+
+def test_crop_disagreement_prefers_confident_different_crops():
+    sure_apart = [[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]  # two confident crops, two classes
+    unsure = [[0.4, 0.3, 0.3], [0.3, 0.4, 0.3]]  # two classes, neither crop confident
+    same = [[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]]
+    scores = crop_disagreement(np.array([sure_apart, unsure, same]))
+    assert scores.argmax() == 0 and scores[0] >= 2 > scores[2] >= 1 > scores[1]
+
+
+def test_rank_label_issues_order():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.2, 0.8]], dtype=np.float32)
+    given = np.array([0, 0, 0, 1])
+    assert rank_label_issues(probs, given).tolist() == [1, 2, 3, 0]
+
+
+def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetric_one():
+    from labelrefinery.report.tables import _label_table
+
+    def table(symmetric, classwise, prior="0"):
+        r = {"config": {"noise_prior": prior}, "generations": [
+            {"generation": 1, "label_quality": {"disputed": 0.1}, "symmetric_noise_estimate": symmetric,
+             "classwise_noise_rate": classwise}]}
+        return "\n".join(_label_table(r, "x"))
+
+    assert "Class by class" not in table(0.0, 0.034)  # clean labels: classes the model finds alike
+    assert "they suggest 29%" in table(0.01, 0.29)  # pair flips: the symmetric estimate misses them
+    assert "depend on the true class; try `--noise-prior classwise`." in table(0.01, 0.29)
+    assert "depend on the true class." in table(0.01, 0.29, prior="classwise")
+    assert "they suggest 3%" in table(0.0, 0.034, prior="classwise")  # always when used
+    assert "depend on" not in table(0.0, 0.034, prior="classwise")
