@@ -19,9 +19,8 @@ RECALIBRATION_IMAGES = 4096  # each epoch's BatchNorm statistics use every (N //
 def prediction_batch_size(device: torch.device) -> int:
     """Images per forward pass of :func:`predict`: 128 on a CPU, 1024 elsewhere.
 
-    On a 2-core CPU ``convnet`` predicts 1.8-2.0x faster in batches of 128 than of 1024 (a batch's activations
-    stay in cache): 4468 against 2484 images/s on AVX2 fp32 kernels, 12634 against 6478 in bf16 on AVX512-BF16
-    (a 2-core AMD EPYC with avx2 avx512_bf16 avx512f; ``benchmarks/predict_batch.py``, BENCHMARKS.md).
+    On a CPU a batch of 128 keeps its activations in cache, which larger batches do not (the speeds by batch
+    size: ``benchmarks/predict_batch.py``, BENCHMARKS.md).
     """
     return 128 if device.type == "cpu" else 1024
 
@@ -99,10 +98,8 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, pipeline: Pipe
 def recalibration_subset(images: torch.Tensor) -> torch.Tensor:
     """Every ``(N // RECALIBRATION_IMAGES)``-th of ``images: (N, C, H, W)``: all N below 8,192, else 4,096-8,191.
 
-    Precise-BatchNorm statistics (Wu & Johnson 2021) need a few thousand images, not the whole set:
-    ``benchmarks/step_settings.py --recalibration`` measured test top-1 88.38% after recalibrating a
-    one-epoch ``convnet`` on this subset (4,250 of 51,000 Fashion-MNIST images, 1.0 s in fp32 on AVX2
-    kernels of a 2-core avx2 avx512f avx512_bf16 CPU) and 88.40% on every image (16.3 s) (BENCHMARKS.md).
+    Precise-BatchNorm statistics (Wu & Johnson 2021) need a few thousand images, not the whole set (the
+    subset against every image: ``benchmarks/step_settings.py --recalibration``, BENCHMARKS.md).
     """
     return images[:: max(1, len(images) // RECALIBRATION_IMAGES)]
 

@@ -10,7 +10,7 @@ import torch
 
 from labelrefinery.cli import main
 from labelrefinery.data import load_dataset
-from labelrefinery.report.labelissues import given_label_scores
+from labelrefinery.noise import given_label_scores
 from labelrefinery.rundir import RunDir
 
 from ..conftest import SHORT_RUN
@@ -81,7 +81,7 @@ def test_label_issues_command(noisy_run, tmp_path, capsys):
     indices = np.load(noisy_run / "label_issues_indices.npy")
     assert probs.shape == (len(labels), 10) and np.all(np.diff(indices) > 0)
     split = np.load(noisy_run / "seed-0/split.npz")
-    disputed = (given_label_scores(probs, labels)[1] < 0).sum()  # a tie with the top class is no dispute
+    disputed = (given_label_scores(labels, probs)[1] < 0).sum()  # a tie with the top class is no dispute
     assert len(rows) == disputed  # training and validation images, each checked once
     assert sorted(indices) == sorted([*split["train_indices"], *split["val_indices"]])
     splits = np.load(noisy_run / "label_issues_splits.npy")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from labelrefinery.noise import entropy, generation_label_stats
-from labelrefinery.report.labelissues import rank_label_issues
+from labelrefinery.noise import rank_label_issues
 from labelrefinery.report.labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
 
 
@@ -56,7 +56,7 @@ def test_crop_disagreement_prefers_confident_different_crops():
 def test_rank_label_issues_order():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.2, 0.8]], dtype=np.float32)
     given = np.array([0, 0, 0, 1])
-    assert rank_label_issues(probs, given).tolist() == [1, 2, 3, 0]
+    assert rank_label_issues(given, probs).tolist() == [1, 2, 3, 0]
 
 
 def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetric_one():

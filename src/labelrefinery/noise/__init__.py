@@ -10,17 +10,18 @@ Functions are shaped like cleanlab's: the given labels ``(N,) int64`` first, a r
   under it (:func:`noisy_label_posterior`). **T[c, y] = P(given label y | true class c)**: cleanlab's
   ``noise_matrix`` transposed.
 - :mod:`~labelrefinery.noise.quality`: which label the refined labels suggest (:func:`suggested_labels`) and
-  every statistic reported about them (:func:`label_statistics`).
+  every statistic reported about them (:func:`label_statistics`), label issues ranked (:func:`rank_label_issues`).
 """
 
 from .estimate import (classwise_summary, disputes, estimate_noise_transition, estimate_symmetric_noise,
                        implied_noise_rate, largest_transitions, noisy_label_posterior,
                        symmetric_transition)
 from .inject import LabelNoise, inject_label_noise, max_noise_rate
-from .quality import entropy, generation_label_stats, label_statistics, suggested_labels
+from .quality import (entropy, generation_label_stats, given_label_scores, label_statistics, rank_label_issues,
+                      suggested_labels)
 
 __all__ = [
     "LabelNoise", "classwise_summary", "disputes", "entropy", "estimate_noise_transition", "estimate_symmetric_noise",
-    "generation_label_stats", "implied_noise_rate", "inject_label_noise", "label_statistics", "largest_transitions",
-    "max_noise_rate", "noisy_label_posterior", "suggested_labels", "symmetric_transition",
+    "generation_label_stats", "given_label_scores", "implied_noise_rate", "inject_label_noise", "label_statistics", "largest_transitions",
+    "max_noise_rate", "noisy_label_posterior", "rank_label_issues", "suggested_labels", "symmetric_transition",
 ]

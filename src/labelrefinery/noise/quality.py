@@ -1,4 +1,5 @@
-"""How refined labels relate to the given labels and, where known, to the true ones: one rule, one function.
+"""How refined labels relate to the given labels and, where known, to the true ones: one rule, one function;
+and the ranking of label issues (most disputed first, cleanlab's ``rank_by="self_confidence"``).
 
 Numpy in, numbers out, shaped like cleanlab's: ``given (N,) int64`` labels first, refined labels
 (``pred_probs``) ``(N, K) float`` probability rows second; ``clean (N,) int64`` true labels where known
@@ -99,3 +100,34 @@ def generation_label_stats(given: np.ndarray, label_sets: list[np.ndarray],
         out.append(label_statistics(given, probs, clean, previous))
         previous = suggested_labels(given, probs)
     return out
+
+
+def given_label_scores(given: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_given, margin)``, each ``(M,) float``: the refined probability of the given label, and it minus the
+    largest other probability (negative exactly when :func:`~labelrefinery.noise.estimate.disputes` holds: another class
+    has a strictly larger probability; a tie with the top class is 0, no dispute).
+
+    Args:
+        given: ``(M,) int64`` the given labels.
+        probs: ``(M, K)`` refined labels (rows of probabilities).
+    """
+    rows = np.arange(len(given))
+    p_given = probs[rows, given]
+    other = probs.copy()
+    other[rows, given] = -np.inf
+    return p_given, p_given - other.max(1)
+
+
+def rank_label_issues(given: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Row order of ``probs: (M, K)`` by refined probability of ``given: (M,) int64`` ascending, then margin.
+
+    Returns:
+        ``(M,) int64`` positions, most disputed first.
+    """
+    return most_disputed_first(*given_label_scores(given, probs))
+
+
+def most_disputed_first(p_given: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """``(M,) int64`` positions by ``p_given`` ascending, ties by ``margin`` ascending (see
+    :func:`given_label_scores`)."""
+    return np.lexsort((margin, p_given))

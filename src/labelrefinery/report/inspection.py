@@ -38,7 +38,8 @@ from ..console import interactive
 from ..data import read_all
 from ..errors import ConfigError, RunDirError, UserError
 from .html import render
-from .labelissues import checked_images, given_label_scores, issue_columns, issue_rows, own_labels, split_labels
+from ..noise import given_label_scores
+from .labelissues import checked_images, issue_columns, issue_rows, own_labels, split_labels
 from .labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
 from ..noise import generation_label_stats, suggested_labels
 from ..protocol import load_run_dataset, with_label_noise
@@ -276,7 +277,7 @@ def _issues_view(rd: RunDir, seed: int, best: int, dataset, own: tuple, classes:
         splits = np.array(["train"] * len(indices))
     columns = issue_columns(splits, None if dataset is None else dataset.train.sources, indices)
     rows = issue_rows(probs, given, indices, classes, clean, limit=ISSUE_ROWS, columns=columns)
-    disputed = int((given_label_scores(probs, given)[1] < 0).sum())
+    disputed = int((given_label_scores(given, probs)[1] < 0).sum())
     return {"generation": best, "disputed": disputed, "total": len(given), "rows": rows}
 
 

@@ -30,38 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunDirError
-from ..noise import suggested_labels
+from ..noise import given_label_scores, suggested_labels
+from ..noise.quality import most_disputed_first
 from .tables import best_of
 from ..rundir import RunDir
-
-
-def given_label_scores(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(p_given, margin)``, each ``(M,) float``: the refined probability of the given label, and it minus the
-    largest other probability (negative exactly when :func:`~labelrefinery.noise.disputes` holds: another class
-    has a strictly larger probability; a tie with the top class is 0, no dispute).
-
-    Args:
-        probs: ``(M, K)`` refined labels (rows of probabilities).
-        given: ``(M,) int64`` the given labels.
-    """
-    rows = np.arange(len(given))
-    p_given = probs[rows, given]
-    other = probs.copy()
-    other[rows, given] = -np.inf
-    return p_given, p_given - other.max(1)
-
-
-def rank_label_issues(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
-    """Row order of ``probs: (M, K)`` by refined probability of ``given: (M,) int64`` ascending, then margin.
-
-    Returns:
-        ``(M,) int64`` positions, most disputed first.
-    """
-    return _most_disputed_first(*given_label_scores(probs, given))
-
-
-def _most_disputed_first(p_given: np.ndarray, margin: np.ndarray) -> np.ndarray:
-    return np.lexsort((margin, p_given))
 
 
 def own_labels(rd: RunDir, seed: int, generation: int) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
@@ -105,8 +77,8 @@ def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classe
         limit: at most this many rows.
         columns: more columns after ``index``, each ``(M,)`` values by row (``split``, ``source``).
     """
-    p_given, margin = given_label_scores(probs, given)
-    ranked = _most_disputed_first(p_given, margin)
+    p_given, margin = given_label_scores(given, probs)
+    ranked = most_disputed_first(p_given, margin)
     suggested = suggested_labels(given, probs)  # a given label tied with the top one stands
     if not include_all:
         ranked = ranked[margin[ranked] < 0]
@@ -285,7 +257,7 @@ def write_fixed_labels(run_dir: Path, seed: int, generation: int, out: Path, min
     rd.check_output_path(Path(out), ".csv")
     dataset = load_run_dataset(cfg)
     indices, probs, given, _, _, classes = checked_images(rd, seed, generation, dataset)
-    _, margin = given_label_scores(probs, given)
+    _, margin = given_label_scores(given, probs)
     labels = dataset.train.labels.numpy().copy()
     labels[indices] = np.where(margin < -min_margin, suggested_labels(given, probs), given)
     changed = int((labels[indices] != given).sum())
