@@ -212,6 +212,17 @@ def run_seed(exp: Experiment, seed: int) -> list[dict]:
     return summaries
 
 
+def _check_finished_work(cfg: RunConfig, rd: RunDir) -> None:
+    """Read back (verify) the summary of every finished generation and control of every seed.
+
+    Raises:
+        UserError: an edited, damaged or foreign summary (see :meth:`RunDir.read_summary`).
+    """
+    for seed in cfg.seed_values():
+        for g in [*rd.finished_generations(seed), *rd.finished_controls(seed)]:
+            rd.read_summary(seed, g)
+
+
 def _write_run_facts(exp: Experiment, resumed: bool) -> None:
     cfg, ds, rd, device = exp.cfg, exp.dataset, exp.run_dir, exp.pipeline.device
     rd.write_config(cfg)
@@ -285,6 +296,8 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
                 log("keeping --controls: this run trains them for every seed (they cannot be dropped)")
                 cfg = dataclasses.replace(cfg, refinement=dataclasses.replace(cfg.refinement, controls=True))
                 exp.cfg = cfg
+            if resumed:
+                _check_finished_work(cfg, rd)  # a refused summary stops the run before any file is rewritten
             _write_run_facts(exp, resumed)
             dist.barrier()  # the other processes read the directory only once the main one has tidied it
             exp.clock = ChainClock(planned_epochs(cfg, rd))

@@ -15,7 +15,7 @@ from labelrefinery.cli import main
 from labelrefinery.rundir import RunDir
 
 from ..conftest import interrupt_after_first_epoch, tiny_run
-from .conftest import garble, one_line_error, resume, truncate
+from .conftest import garble, one_line_error, resume, tree, truncate
 
 
 DAMAGE = {"truncated": truncate, "garbled": garble}
@@ -98,12 +98,17 @@ def test_weights_replaced_by_nan_are_refused(copy, capsys):
 
 
 def test_edited_summary_values_are_refused(copy, capsys):
+    """Refused before anything is rewritten: run.json and config.yaml stay as they were."""
     p = copy / "seed-0/gen-2/summary.json"
     s = json.loads(p.read_text())
     s["test_top1"] = "ninety"
     p.write_text(json.dumps(s))
+    before = tree(copy)
     assert resume(copy) == 2
     one_line_error(capsys, "summary.json")
+    after = tree(copy)
+    after.pop(".lock"), before.pop(".lock")  # the lock is taken (and its pid written) before anything is read
+    assert after == before
 
 
 def test_edited_config_value_is_refused(copy, capsys):

@@ -181,8 +181,8 @@ def test_a_model_file_carries_its_own_checksum(copy, tmp_path, capsys):
     one_line_error(capsys, "model.safetensors", "weights do not match")
 
 
-def test_evaluate_refuses_an_ensemble_of_one_generation_repeated(copy, capsys):
-    for value in ("1,1", ""):
+def test_evaluate_refuses_an_ensemble_of_one_generation_repeated_or_with_an_empty_item(copy, capsys):
+    for value in ("1,1", "", "1,,2", "2,"):
         assert main(["evaluate", str(copy), "--ensemble", value]) == 2
         one_line_error(capsys, "--ensemble")
     assert "1, 1" not in (copy / "ensemble.json").read_text()

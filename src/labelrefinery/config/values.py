@@ -113,12 +113,13 @@ def parse_int_list(text: str | list | tuple, name: str) -> list[int]:
     """``"140,170"`` or ``[140, 170]`` -> ``[140, 170]``; ``""`` -> ``[]``.
 
     Raises:
-        ConfigError: an item that is not an integer.
+        ConfigError: an item that is not an integer (an empty item included: ``"1,,2"``).
     """
     if isinstance(text, (list, tuple)):
         items = list(text)
     else:
-        items = [t for t in str(text).replace(" ", "").split(",") if t]
+        stripped = str(text).replace(" ", "")
+        items = stripped.split(",") if stripped else []  # "1,,2" and "2," are refused, not read as 1,2 and 2
     try:
         return [int(t) for t in items]
     except (TypeError, ValueError):
