@@ -27,11 +27,13 @@ from .device import cpu_features, precision_name, precision_reason, resolve_devi
 from .errors import ConfigError, DataError
 from .deployed import DEPLOYED_BATCH_SIZE, DEPLOYED_PRECISION
 from .evaluate import ensemble_results
-from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, Experiment, planned_epochs, reload_generation,
+from .experiment import Experiment
+from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, planned_epochs, reload_generation,
                          target_source, train_generation)
 from .models import ModelSpec, build_model, check_model_name
 from .noise import max_noise_rate
-from .protocol import load_run_dataset, seed_data, seed_split, with_label_noise
+from .protocol import load_run_dataset, seed_data, seed_split, with_given_labels
+from .report.labelissues import issues_line, write_label_issues
 from .report.tables import format_table, summarize_run
 from .rundir import RunDir
 from .targets import LabelRecipe, StoredTargets
@@ -66,7 +68,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
     if dataset.streamed and d.augment == "static":
         raise ConfigError("--augment static stores augmented copies of every image in memory, but this dataset is "
                           "streamed from its files; use --augment online or crop, or --data-in-memory yes")
-    dataset, noise = with_label_noise(dataset, d.label_noise)
+    dataset, noise = with_given_labels(dataset, cfg)
     _check_against_data(cfg, dataset)
     side = input_size(d.augment, dataset.image_shape[1])
     spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
@@ -311,6 +313,8 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
                 return {}  # the main process summarises and prints
             results = summarize_run(rd.root)
             rd.write_results(results, format_table([results]))
+            if cfg.execution.label_issues:  # the list results.md points to
+                log(issues_line(*write_label_issues(rd.root), seed=0, include_all=False, chosen=True))
             return results
         except BaseException:
             tensorboard.close()

@@ -332,9 +332,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _label_issues(args: argparse.Namespace) -> int:
-    from .report.labelissues import write_label_issues
-
-    from .report.labelissues import write_fixed_labels
+    from .report.labelissues import issues_line, write_fixed_labels, write_label_issues
 
     if not 0.0 <= args.min_margin < 1.0:
         raise ConfigError(f"--min-margin {args.min_margin:g} must be in [0, 1): the lead in probability of the "
@@ -343,9 +341,7 @@ def _label_issues(args: argparse.Namespace) -> int:
         raise ConfigError(f"--write-labels {args.write_labels} must be a file path ending in .csv")
     path, rows, total, generation = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
                                                        args.include_all)
-    chosen = "" if args.generation is not None else ", the best by validation"
-    print(f"{path}: {rows} of {sum(total)} images ({total[0]} training, {total[1]} validation)"
-          + ("" if args.include_all else " disputed") + f" by seed {args.seed}'s R{generation}{chosen}")
+    print(issues_line(path, rows, total, generation, args.seed, args.include_all, args.generation is None))
     if args.write_labels is not None:
         print(write_fixed_labels(args.run_dir, args.seed, generation, args.write_labels, args.min_margin))
     return 0

@@ -17,66 +17,30 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .batch import Pipeline
-from .checkpoint import preprocessing_record
 from .config import RunConfig, TrainConfig
-from .console import ChainClock, log
-from .data import Dataset, stratified_folds
+from .console import log
+from .data import stratified_folds
 from .deployed import Classifier, deployed_top1
 from .dist import barrier
 from .errors import RunDirError
 from .engine import FitHooks, TrainData, TrainSetup, fit
 from .inference import predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
-from .models import ModelSpec, build_model
-from .noise import (LabelNoise, classwise_summary, estimate_noise_transition, estimate_symmetric_noise,
-                    label_statistics, symmetric_transition)
+from .models import build_model
+from .experiment import Experiment
+from .noise import classwise_summary, estimate_symmetric_noise, label_statistics
+from .noisemodel import MEMORISED_GAP_POINTS, noise_model, noise_records, noise_transition, verified_correction
 from .protocol import SeedData
 from .rundir import RunDir, as_stored, label_storage
 from .seeding import CROSS_FIT, derive_seed, seed_model_init
-from .targets import FrozenRefinery, LabelRecipe, RefineryTargets, StoredTargets, TargetSource
+from .targets import FrozenRefinery, RefineryTargets, StoredTargets, TargetSource
 
 COLLAPSE_MARGIN_POINTS = 5.0  # validation top-1 within this many points of chance counts as collapsed
 COLLAPSE_DROP_POINTS = 10.0  # ... and so does a drop of more than this many points from the previous generation
-
-
-@dataclass
-class Experiment:
-    """What every generation of a run shares.
-
-    Attributes:
-        cfg: the run's configuration.
-        dataset: the loaded dataset.
-        run_dir: where results go.
-        pipeline: device, normalisation, precision and evaluation view.
-        spec: the model every generation builds.
-        augment: the batched training augmentation, or None.
-        recipe: how refinery logits become targets.
-        external: a ``--refinery-checkpoint`` model that labels generation 1's targets, or None.
-        noise: the ``--label-noise`` injected into ``dataset``'s training labels, or None.
-        clock: the epochs the run has left, for the ETA in its progress output (None: no ETA).
-    """
-
-    cfg: RunConfig
-    dataset: Dataset
-    run_dir: RunDir
-    pipeline: Pipeline
-    spec: ModelSpec
-    augment: object | None
-    recipe: LabelRecipe
-    external: nn.Module | None = None
-    noise: LabelNoise | None = None
-    clock: ChainClock | None = None
-
-    @property
-    def preprocessing(self) -> dict:
-        """What every checkpoint of the run stores to be usable alone (:func:`~labelrefinery.checkpoint.preprocessing_record`)."""
-        return preprocessing_record(self.dataset, self.cfg.data.augment)
 
 
 def planned_epochs(cfg: RunConfig, run_dir: RunDir) -> int:
@@ -129,42 +93,17 @@ def target_source(exp: Experiment, data: SeedData, generation: int, refinery: nn
                                jitter_prob=ref.adversarial_jitter, jitter_eps=ref.jitter_eps)
     if stored is None:  # the external refinery's offline labels, made once on the stored views
         stored = exp.recipe.refine(predict(exp.external, data.images, pipeline))
+    model = noise_model(exp, data.seed, generation)
+    if model == "verified":
+        if refinery is None:
+            refinery = exp.run_dir.load_model(data.seed, generation - 1, pipeline.device, exp.spec)[0]
+        return StoredTargets(verified_correction(exp, data, generation, refinery, stored.to(pipeline.device)),
+                             exp.recipe.temperature)
     # R1 fitted the given labels, so its labels predict their noise; later refineries fitted posteriors.
     denoise = generation == 2 and exp.external is None
     mixed = exp.recipe.mix(stored.to(pipeline.device), data.ground_truth,
-                           noise_transition(exp, data, stored if denoise else None), denoise=denoise)
+                           noise_transition(exp, data, model, stored if denoise else None), denoise=denoise)
     return StoredTargets(mixed, exp.recipe.temperature)
-
-
-def noise_transition(exp: Experiment, data: SeedData, r1_labels: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The ``(K, K) float32`` noise transition matrix T[c, y] = P(given y | true c) that ``--noise-prior`` sets
-    for ``data.seed``, or None when it is off: symmetric with the share given, or with R1's estimate recorded
-    in its summary (``auto``: ``symmetric_noise_estimate``), or estimated class by class from R1's refined
-    labels (``classwise``: :func:`estimate_noise_transition`; ``r1_labels`` are R1's ``(M, K)`` rows when in
-    memory, else they are read back from the run directory). An estimate of no noise at all (T = I) is None
-    too: the refined labels are then used as they are, as with ``--noise-prior 0``.
-
-    Raises:
-        RunDirError: ``auto`` on a run whose R1 summary holds no estimate (written by an older version), or R1's
-            labels missing or damaged.
-    """
-    prior, num_classes = exp.cfg.refinement.prior, exp.dataset.train.num_classes
-    if prior.model == "none":
-        return None
-    if prior.model == "symmetric":
-        return symmetric_transition(num_classes, prior.rate)
-    if prior.model == "classwise":
-        if r1_labels is None:
-            r1_labels = torch.from_numpy(exp.run_dir.load_labels(data.seed, 1, len(data.views.indices),
-                                                                 num_classes)["labels"])
-        originals = (data.views.views == 0).cpu()
-        transition = estimate_noise_transition(data.views.labels.cpu()[originals], r1_labels.cpu()[originals])
-        return None if torch.equal(transition, torch.eye(num_classes)) else transition
-    estimate = exp.run_dir.read_summary(data.seed, 1).get("symmetric_noise_estimate")
-    if estimate is None:
-        raise RunDirError(f"seed {data.seed}'s R1 summary holds no symmetric_noise_estimate (an older version "
-                          "wrote it); give --noise-prior P or start a new --name")
-    return symmetric_transition(num_classes, float(estimate)) if estimate > 0 else None
 
 
 def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: TargetSource) -> torch.Tensor:
@@ -302,6 +241,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
         "label_storage": storage,
         "collapsed": is_collapsed(val_top1, exp.dataset.train.num_classes,
                                   previous["val_top1"] if previous else None),
+        **(noise_records(exp, seed, generation, len(data.val_labels), val_top1) if control is None else {}),
         "files": files,  # SHA-256 of what this generation wrote, checked whenever they are read back
     }
     rd.finish_generation(seed, slot, summary)
@@ -313,19 +253,26 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
 def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fitted_given: bool) -> dict:
     """What a generation's ``(M, K)`` refined labels, as stored, say about the training images, each counted
     once (static augmented copies left out), all from :func:`~labelrefinery.noise.label_statistics`:
-    mean entropy (nats), agreement with the given labels (%), label quality; and for a model that fitted the
+    mean entropy (nats), agreement with the given labels (%), label quality (with ``--true-labels``, the figures
+    against true labels on the ``true_labels_scored`` images that have one); and for a model that fitted the
     given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1, no label smoothing and no
     cross-fit, the share of given labels they suggest are wrong (:func:`estimate_symmetric_noise`) and the
     class-conditional estimate (:func:`~labelrefinery.noise.classwise_summary`)."""
     originals = (data.views.views == 0).cpu()
     own, given = refined[originals], data.views.labels[originals].cpu()
     clean = None if data.clean_labels is None else data.clean_labels[originals].cpu().numpy()
-    quality = label_statistics(given.numpy(), own.numpy(), clean)
+    quality = label_statistics(given.numpy(), own.numpy(), clean if clean is None or (clean >= 0).all() else None)
     stats = {
         "refined_label_entropy": quality.pop("mean_entropy"),
         "refined_label_agreement": 100.0 * quality.pop("agreement"),
         "label_quality": {k: v for k, v in quality.items() if k != "changed"},
     }
+    if clean is not None and not (clean >= 0).all():  # --true-labels: the figures against them, on their images
+        known = clean >= 0
+        scored = label_statistics(given.numpy()[known], own.numpy()[known], clean[known])
+        stats["label_quality"].update({k: scored[k] for k in ("flipped", "corrected", "harmed", "detection_precision",
+                                                             "detection_recall", "detection_f1")})
+        stats["true_labels_scored"] = int(known.sum())
     if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels():
         stats["symmetric_noise_estimate"] = estimate_symmetric_noise(given, own)
         stats["classwise_noise_estimate"] = classwise_summary(given, own)
@@ -341,6 +288,23 @@ def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, c
         f"epoch{'s' if s['epochs_run'] != 1 else ''}, "
         f"best {s['best_epoch']}, {s['train_time_s']:.0f} s; refined labels agree with the given labels on "
         f"{s['refined_label_agreement']:.1f}%, entropy {s['refined_label_entropy']:.3f} nats)")
+    evidence = s.get("noise_evidence")
+    if evidence and evidence["source"] == "trusted":
+        pairs = [f"{classes[c]} given as {classes[y]} ({100 * v:.0f}%)" for c, y, v in evidence["largest"][:3] if v]
+        log(f"[{tag}] the {evidence['images']} verified labels (--trusted) find {100 * evidence['rate']:.1f}% of their "
+            f"given labels wrong (95% interval {100 * evidence['low']:.1f}-{100 * evidence['high']:.1f}%)"
+            + (f"; most often true {', '.join(pairs)}" if pairs else ""))
+    elif evidence:
+        gap = s["refined_label_agreement"] - s["val_top1"]
+        log(f"[{tag}] R1 disputes {100 * evidence['rate']:.1f}% of the held-out given labels (95% interval "
+            f"{100 * evidence['low']:.1f}-{100 * evidence['high']:.1f}%; its own errors included); validation is as "
+            "noisy as training, so it cannot tell a better model from one that learned the wrong labels: give "
+            "--trusted FILE (a few hundred verified labels) to choose by labels known to be right")
+        if gap > MEMORISED_GAP_POINTS:
+            log(f"[{tag}] warning: R1 agrees with {s['refined_label_agreement']:.1f}% of its training labels but only "
+                f"{s['val_top1']:.1f}% of held-out ones: it fitted its labels, wrong ones included, so no estimate "
+                "from its training predictions can be trusted (they read too low); use --trusted, fewer --epochs, "
+                "or --cross-fit 4 for out-of-sample refined labels")
     if s.get("symmetric_noise_estimate") is not None:
         log(f"[{tag}] its refined labels suggest about {100 * s['symmetric_noise_estimate']:.0f}% of the given labels "
             "are wrong (symmetric-noise estimate; --noise-prior auto uses it)")
@@ -348,11 +312,14 @@ def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, c
     if classwise and classwise["largest"] and (classwise_prior or classwise["largest"][0][2] >= 0.1):
         pairs = [f"{classes[c]} given as {classes[y]} ({100 * v:.0f}%)" for c, y, v in classwise["largest"][:3]]
         log(f"[{tag}] class by class they suggest {100 * classwise['rate']:.0f}% are wrong; most often true class "
-            f"{', '.join(pairs)} (--noise-prior classwise uses these)")
+            f"{', '.join(pairs)}" + ("" if evidence and evidence["source"] == "trusted"
+                                     else " (--noise-prior classwise uses these)"))
     q = s.get("label_quality") or {}
     if q.get("corrected") is not None:
         f1 = "n/a" if q["detection_f1"] is None else f"{q['detection_f1']:.3f}"
-        log(f"[{tag}] injected noise: refined labels correct {100 * q['corrected']:.1f}% of the flipped labels, "
+        against = (f"against the {s['true_labels_scored']} --true-labels" if s.get("true_labels_scored")
+                   else "injected noise")
+        log(f"[{tag}] {against}: refined labels correct {100 * q['corrected']:.1f}% of the flipped labels, "
             f"dispute {100 * (q['harmed'] or 0):.1f}% of the clean ones; as a detector of flipped labels F1 {f1}")
     if s["collapsed"]:
         log(f"[{tag}] WARNING: generation collapsed (val {s['val_top1']:.2f}%, chance {100.0 / num_classes:.1f}%"

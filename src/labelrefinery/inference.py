@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .batch import Pipeline
-from .dist import broadcast_buffers, gather_rows, process_info, shard
+from .dist import all_reduce_sum, broadcast_buffers, gather_rows, process_info, shard
 from .losses import soft_target_cross_entropy
 
 RECALIBRATION_IMAGES = 4096  # each epoch's BatchNorm statistics use every (N // 4096)-th training image
@@ -52,6 +52,53 @@ def predict(model: nn.Module, images: torch.Tensor, pipeline: Pipeline, batch_si
     if process_info().world_size > 1:  # gathered where the processes talk: the CPU (gloo) or the GPU (NCCL)
         local = gather_rows(_with_width(local, model, images, pipeline).to(pipeline.device), len(images)).cpu()
     return local
+
+
+def final_linear(model: nn.Module, num_classes: int) -> nn.Linear | None:
+    """The model's classifier layer: its last ``nn.Linear`` (in registration order) with ``num_classes`` outputs, or
+    None. Whether the logits are its outputs is checked by :func:`predict_features`."""
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    return found[-1] if found else None
+
+
+def predict_features(model: nn.Module, images: torch.Tensor, pipeline: Pipeline,
+                     num_classes: int) -> torch.Tensor | None:
+    """The penultimate features of ``model`` on ``images``: what its classifier layer (:func:`final_linear`) takes,
+    ``(N, D) float32`` on the CPU in dataset order (gathered from every process as :func:`predict` does); None when
+    the model has no such layer or its logits are not that layer's outputs (checked on every batch)."""
+    layer = final_linear(model, num_classes)
+    if layer is None:
+        return None
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = layer.register_forward_hook(lambda _m, inp, out: seen.append((inp[0].detach(), out.detach())))
+    model.eval()
+    start, end = shard(len(images))
+    feats, matches = [], True
+    try:
+        with torch.inference_mode():
+            for x in pipeline.eval_batches(images[start:end], prediction_batch_size(pipeline.device)):
+                seen.clear()
+                with pipeline.autocast():
+                    logits = model(x)
+                if len(seen) != 1 or seen[0][1].shape != logits.shape or not torch.equal(seen[0][1], logits):
+                    matches = False
+                    break
+                feats.append(seen[0][0].float().flatten(1).cpu())
+    finally:
+        handle.remove()
+    if not _all_agree(matches, pipeline):
+        return None
+    local = torch.cat(feats) if feats else torch.empty(0, layer.in_features)
+    if process_info().world_size > 1:
+        local = gather_rows(local.to(pipeline.device), len(images)).cpu()
+    return local
+
+
+def _all_agree(flag: bool, pipeline: Pipeline) -> bool:
+    """Whether ``flag`` holds on every process (itself in a single process)."""
+    if process_info().world_size == 1:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([0.0 if flag else 1.0], device=pipeline.device)).item() == 0)
 
 
 def _with_width(local: torch.Tensor, model: nn.Module, images, pipeline: Pipeline) -> torch.Tensor:

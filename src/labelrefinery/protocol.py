@@ -5,23 +5,26 @@ seed, after an optional stratified ``train_size`` subset drawn once) and test
 images keep their given labels in every generation: they are never augmented,
 refined, or used to make refined labels. Injected label noise
 (:func:`with_label_noise`) changes the training split's labels before any of
-this, so validation is as noisy as training; test labels stay clean.
+this, so validation is as noisy as training; test labels stay clean. Verified labels
+(``--trusted``, :func:`with_trusted`) replace the validation split: then epochs and
+generations are chosen by labels known to be right.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .config import RunConfig
-from .data import Dataset, ImageData, load_dataset, stratified_split
+from .data import Dataset, VerifiedLabels, load_dataset, read_verified_labels, stratified_split
 from .data.files import default_workers
 from .errors import ConfigError
 from .noise import LabelNoise, inject_label_noise
-from .seeding import label_noise_generator
+from .seeding import label_noise_generator, trusted_generator
 
 # ``(images, hflip, copies, seed) -> copies`` stored augmented uint8 copies for ``--augment static``, made on the
 # training side (:func:`labelrefinery.augment.static_copies`): the data protocol only stores them as views.
@@ -48,11 +51,20 @@ def load_run_dataset(cfg: RunConfig, device: torch.device | None = None) -> Data
 def seed_split(dataset: Dataset, cfg: RunConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train indices, validation indices)``, ``(M,) int64`` each, into the dataset's training split for ``seed``.
 
+    With verified labels (``dataset.trusted``, ``--trusted``) they are the validation split for every seed, and
+    the training images are the others (a ``train_size`` subset of them drawn once, when set).
+
     Raises:
         ConfigError: a validation share that cannot hold every class.
     """
     labels = dataset.train.labels
     pool = torch.arange(len(labels))
+    if dataset.trusted is not None:  # the verified images are the validation split; the rest may train
+        pool = pool[~torch.isin(pool, dataset.trusted.indices)]
+        if cfg.data.train_size is not None and cfg.data.train_size < len(pool):
+            _, keep = stratified_split(labels[pool], cfg.data.train_size / len(pool), seed=0)
+            pool = pool[keep]
+        return pool, dataset.trusted.indices.clone()
     if cfg.data.train_size is not None and cfg.data.train_size < len(labels):
         k = int(labels.max()) + 1
         if cfg.data.train_size < 4 * k:
@@ -118,7 +130,8 @@ class SeedData:
         val_images, val_labels: validation ``(V, C, H, W) uint8`` (on the training device) and ``(V,) int64``.
         test_images, test_labels: the (first ``test_size``) test images and labels.
         clean_labels: ``(M,) int64`` the true label of each training view when label noise was injected
-            (``views.labels`` then holds the given, noisy ones), else None.
+            (``views.labels`` then holds the given, noisy ones), or with ``--true-labels`` (-1 where none is
+            known), else None.
     """
 
     seed: int
@@ -155,9 +168,70 @@ def with_label_noise(dataset: Dataset, spec: str | None) -> tuple[Dataset, Label
     """
     if spec is None:
         return dataset, None
-    noise = inject_label_noise(dataset.train.labels, spec, dataset.train.num_classes, label_noise_generator())
-    train = ImageData(dataset.train.images, noise.noisy, dataset.train.classes)
-    return dataclasses.replace(dataset, train=train), noise
+    images = None if dataset.streamed else dataset.train.images  # idn:P reads the pixels
+    noise = inject_label_noise(dataset.train.labels, spec, dataset.train.num_classes, label_noise_generator(), images)
+    return dataclasses.replace(dataset, train=dataclasses.replace(dataset.train, labels=noise.noisy)), noise
+
+
+def _known_labels(dataset: Dataset, indices: torch.Tensor) -> torch.Tensor | None:
+    """``(M,) int64`` the ``--true-labels`` label of each of ``indices`` (-1 where none is known), or None."""
+    truth = dataset.true_labels
+    if truth is None:
+        return None
+    known = torch.full((len(dataset.train),), -1, dtype=torch.int64)
+    known[truth.indices] = truth.verified
+    return known[indices]
+
+
+def with_given_labels(dataset: Dataset, cfg: RunConfig) -> tuple[Dataset, LabelNoise | None]:
+    """``dataset`` with the labels a run is given: ``--label-noise`` injected (:func:`with_label_noise`), then
+    ``--trusted`` verified labels set on their images (:func:`with_trusted`), and ``--true-labels`` recorded
+    (``dataset.true_labels``; the images keep their given labels).
+
+    Raises:
+        UserError: a noise spec or verified-label file that cannot be used.
+    """
+    dataset, noise = with_label_noise(dataset, cfg.data.label_noise)
+    dataset = with_trusted(dataset, cfg.data.trusted, noise)
+    if cfg.data.true_labels is not None:
+        indices, verified = read_verified_labels(Path(cfg.data.true_labels), dataset.train, "--true-labels")
+        truth = VerifiedLabels(indices, dataset.train.labels[indices].clone(), verified)
+        dataset = dataclasses.replace(dataset, true_labels=truth)
+    return dataset, noise
+
+
+def with_trusted(dataset: Dataset, spec: str | None, noise: LabelNoise | None) -> Dataset:
+    """``dataset`` whose training images listed by ``--trusted`` carry their verified labels (``dataset.trusted``
+    records which, and what they were given).
+
+    Args:
+        spec: ``N`` (that many training images drawn from their own stream, the same for every seed, with the
+            clean labels ``noise`` kept) or a CSV file (:func:`~labelrefinery.data.read_verified_labels`); None:
+            ``dataset`` as it is.
+
+    Raises:
+        ConfigError: N without injected noise, or too few or too many images for a validation split.
+        DataError: a file that cannot be used.
+    """
+    if spec is None:
+        return dataset
+    train = dataset.train
+    k, n = train.num_classes, len(train)
+    if spec.isdigit():
+        if noise is None:
+            raise ConfigError(f"--trusted {spec} needs --label-noise, whose clean labels it reveals; give --trusted "
+                              "FILE with your own verified labels")
+        indices = torch.randperm(n, generator=trusted_generator())[: int(spec)].sort().values
+        verified = noise.clean[indices]
+    else:
+        indices, verified = read_verified_labels(Path(spec), train)
+    if not 2 * k <= len(indices) <= n // 2:
+        raise ConfigError(f"--trusted {spec} gives {len(indices)} verified images; a validation split of {k} classes "
+                          f"needs from {2 * k} to {n // 2} (half the training split)")
+    labels = train.labels.clone()
+    labels[indices] = verified
+    trusted = VerifiedLabels(indices, train.labels[indices].clone(), verified)
+    return dataclasses.replace(dataset, train=dataclasses.replace(train, labels=labels), trusted=trusted)
 
 
 def seed_data(dataset: Dataset, cfg: RunConfig, seed: int, device: torch.device,
@@ -171,7 +245,7 @@ def seed_data(dataset: Dataset, cfg: RunConfig, seed: int, device: torch.device,
     train_idx, val_idx = seed_split(dataset, cfg, seed)
     views = training_views(dataset, train_idx, cfg, seed, static_copies)
     test_images, test_labels = reported_test_set(dataset, cfg)
-    clean = noise.clean[views.indices] if noise is not None else None
+    clean = noise.clean[views.indices] if noise is not None else _known_labels(dataset, views.indices)
     return SeedData(seed, views, views.images.to(device), views.labels.to(device), train_idx, val_idx,
                     dataset.train.images[val_idx].to(device), dataset.train.labels[val_idx], test_images, test_labels,
                     clean)

@@ -18,6 +18,7 @@ EPOCH_GLOBAL = 1  # per-epoch global torch RNG (dropout and any other global-RNG
 CROSS_FIT = 0xC805F  # --cross-fit: fold assignment and the fold models of a generation
 RANK_STREAM = 0x4A4E  # torchrun: each process's augmentation stream within an epoch
 LABEL_NOISE = 0x401CE  # --label-noise: which labels flip and to what (the same for every run seed)
+TRUSTED = 0x7257ED  # --trusted N: which training images have their labels verified (the same for every run seed)
 
 
 def derive_seed(*keys: int) -> int:
@@ -50,6 +51,11 @@ def static_copy_generator(seed: int, copy: int) -> torch.Generator:
 def label_noise_generator() -> torch.Generator:
     """The generator of injected label noise: one stream for the whole run, whatever the run seed."""
     return torch.Generator().manual_seed(derive_seed(LABEL_NOISE))
+
+
+def trusted_generator() -> torch.Generator:
+    """The generator that draws the images of ``--trusted N``: one stream for the whole run, whatever the run seed."""
+    return torch.Generator().manual_seed(derive_seed(TRUSTED))
 
 
 def rank_generator(generator: torch.Generator, rank: int) -> torch.Generator:

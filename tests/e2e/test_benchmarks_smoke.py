@@ -56,6 +56,8 @@ CASES: dict[str, tuple[list[str], str | None]] = {
                               "full-size candidate epochs are built in"),
     "step_settings.py": ([], "about 1-2 minutes at least: 50 timed steps of batch 128-256 per setting, six settings "
                              "at fixed batch sizes, are built in"),
+    "noise_learning_curve.py": (["--train-size", "300", "--epochs", "1", "--out", "{out}"],
+                                None if HAVE_FASHION_MNIST else "needs the Debian package dataset-fashion-mnist"),
     "noise_posterior_study.py": ([], "minutes: R1 for 8 epochs on 10,200 Fashion-MNIST images is built in"),
 }
 

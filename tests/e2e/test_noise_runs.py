@@ -196,4 +196,85 @@ def test_resume_names_an_invalid_value_before_comparing_settings(tmp_path, capsy
     capsys.readouterr()
     assert main(["run", "--resume", str(tmp_path / "r"), "--noise-prior", "bogus", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "--noise-prior must be auto, classwise or a share P" in err and "would change" not in err
+    assert "--noise-prior must be auto, classwise, evidence, verified or a share P" in err and "would change" not in err
+
+
+def test_annotator_like_noise_with_and_without_verified_labels(tmp_path, capsys):
+    """idn noise: without --trusted the page says validation is as noisy as training (and R1's held-out
+    disagreement with its interval); with --trusted N the verified labels are the validation split, give the
+    share of wrong labels with its interval, and --noise-prior evidence corrects R1's labels on them."""
+    base = [*SHORT_RUN, "--runs-dir", str(tmp_path), "--label-noise", "idn:0.3", "--generations", "2",
+            "--noise-prior", "evidence"]
+    assert main([*base, "--name", "plain"]) == 0
+    plain = json.loads((tmp_path / "plain/seed-0/gen-1/summary.json").read_text())
+    e = plain["noise_evidence"]
+    assert e["source"] == "held-out" and e["low"] <= e["rate"] <= e["high"]
+    assert e["rate"] == pytest.approx(1 - plain["val_top1"] / 100, abs=1 / e["images"])
+    md = (tmp_path / "plain/results.md").read_text()
+    assert "**Validation is as noisy as training**" in md and "--noise-prior evidence: " in capsys.readouterr().err
+    assert main([*base, "--name", "trusted", "--trusted", "100"]) == 0
+    err = capsys.readouterr().err
+    assert "[seed 0 R2] --noise-prior evidence: verified (corrected on the verified labels)" in err
+    r2 = json.loads((tmp_path / "trusted/seed-0/gen-2/summary.json").read_text())
+    c = r2["verified_correction"]
+    assert f"agree with {c['verified_top1_before']:.1f}% of them, corrected {c['verified_top1_after']:.1f}%" in err
+    summary = json.loads((tmp_path / "trusted/seed-0/gen-1/summary.json").read_text())
+    split = np.load(tmp_path / "trusted/seed-0/split.npz")
+    wrong = float((split["val_labels"] != split["clean_val_labels"]).mean())
+    assert wrong == 0.0 and len(split["val_indices"]) == 100  # validation = the verified labels
+    given = noisy_given(split["val_indices"])
+    e = summary["noise_evidence"]
+    assert e["source"] == "trusted" and e["images"] == 100
+    assert e["rate"] == pytest.approx(float((given != split["val_labels"]).mean()))
+    md = (tmp_path / "trusted/results.md").read_text()
+    assert f"**Wrong labels: {100 * e['rate']:.1f}% (95% interval" in md and "Validation is as noisy" not in md
+    assert f"agree with {c['verified_top1_before']:.1f}% of the verified labels" in md
+
+
+def noisy_given(indices):
+    """The given (idn:0.3) labels of training images ``indices`` of digits."""
+    from labelrefinery.noise import inject_label_noise
+    from labelrefinery.seeding import label_noise_generator
+
+    ds = load_dataset("digits")
+    noisy = inject_label_noise(ds.train.labels, "idn:0.3", 10, label_noise_generator(), ds.train.images).noisy
+    return noisy.numpy()[indices]
+
+
+def test_a_bad_verified_label_file_is_one_line(tmp_path, capsys):
+    f = tmp_path / "v.csv"
+    f.write_text("index,label\n3,seven\n")
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "x", "--trusted", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 2: label 'seven'" in err[0] and not (tmp_path / "x").exists()
+
+
+def test_true_labels_score_the_refined_labels_on_their_images_only(tmp_path, capsys):
+    """--true-labels FILE: corrected / harmed / detection on the listed training images, recomputed here from
+    labels.npz by hand; the images train with their given labels."""
+    ds = load_dataset("digits")
+    truth = {i: (int(ds.train.labels[i]) + (1 if i % 4 == 0 else 0)) % 10 for i in range(0, len(ds.train), 3)}
+    f = tmp_path / "true.csv"
+    f.write_text("index,label\n" + "".join(f"{i},{ds.classes[y]}\n" for i, y in truth.items()))
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "t", "--true-labels", str(f)]) == 0
+    assert "against the" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "t/seed-0/gen-1/summary.json").read_text())
+    labels = np.load(tmp_path / "t/seed-0/gen-1/labels.npz")
+    idx, rows = labels["indices"], labels["labels"].astype(np.float32)
+    given = ds.train.labels.numpy()[idx]
+    listed = np.array([i in truth for i in idx])
+    true = np.array([truth.get(int(i), -1) for i in idx])
+    p_given = rows[np.arange(len(idx)), given]
+    disputed = rows.max(1) > p_given
+    suggested = np.where(disputed, rows.argmax(1), given)
+    flipped = listed & (given != true)
+    q = summary["label_quality"]
+    assert summary["true_labels_scored"] == int(listed.sum())
+    assert q["flipped"] == pytest.approx(flipped.sum() / listed.sum())
+    assert q["corrected"] == pytest.approx((flipped & (suggested == true)).sum() / flipped.sum())
+    assert q["harmed"] == pytest.approx((listed & ~flipped & disputed).sum() / (listed & ~flipped).sum())
+    assert q["disputed"] == pytest.approx(disputed.mean())  # over every training image
+    split = np.load(tmp_path / "t/seed-0/split.npz")
+    assert np.array_equal(split["train_labels"], ds.train.labels.numpy()[split["train_indices"]])
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "u", "--true-labels", str(f),
+                 "--label-noise", "symmetric:0.2"]) == 2

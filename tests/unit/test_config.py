@@ -18,7 +18,7 @@ def test_bad_label_form(bad):
 
 @pytest.mark.parametrize("spec", ["uniform:0.2", "symmetric", "symmetric:-0.1", "symmetric:1", "pairflip:x"])
 def test_bad_noise_spec(spec):
-    with pytest.raises(ConfigError, match="--label-noise must be symmetric:P or pairflip:P"):
+    with pytest.raises(ConfigError, match="--label-noise must be symmetric:P, pairflip:P or idn:P"):
         parse_label_noise(spec)
 
 
@@ -41,7 +41,7 @@ def test_noise_spec_is_compared_by_value():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--noise-prior", "x"], "--noise-prior must be auto, classwise or a share P"),
+    (["--noise-prior", "x"], "--noise-prior must be auto, classwise, evidence, verified or a share P"),
     (["--noise-prior", "0.95"], "is not below 1 - 1/K = 0.9"),
     (["--noise-prior", "0.2", "--labels", "online", "--augment", "online"], "got --labels online"),
     (["--noise-prior", "0.2", "--label-form", "hard"], "needs --label-form soft"),
@@ -50,6 +50,13 @@ def test_noise_spec_is_compared_by_value():
     (["--noise-prior", "0.2", "--label-storage", "topk:3"], "use --label-storage auto, float32 or float16"),
     (["--noise-prior", "0.2", "--label-smoothing", "0.1"], "leave out --label-smoothing 0.1"),
     (["--noise-prior", "auto", "--cross-fit", "2"], "read too noisy; give the share you believe, e.g. --noise-prior 0.2"),
+    (["--noise-prior", "verified"], "add --trusted FILE"),
+    (["--trusted", "50"], "--trusted 50 takes the true labels of that many images from injected --label-noise"),
+    (["--trusted", "0"], "--trusted must be a CSV file"),
+    (["--label-noise", "idn:0.2", "--trusted", "5000"], "needs from 20 to"),
+    (["--label-noise", "idn:0.95"], "P must be in"),
+    (["--label-noise", "idn:0.2", "--true-labels", "t.csv"], "leave one out"),
+    (["--true-labels", "missing.csv"], "--true-labels missing.csv: No such file"),
 ])
 def test_bad_noise_prior_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "bad", "--generations", "2", *args]) == 2

@@ -189,25 +189,120 @@ def test_an_estimate_of_no_noise_leaves_the_refined_labels_as_they_are():
     --noise-prior 0; a non-zero estimate gives its matrix."""
     from types import SimpleNamespace
 
-    from labelrefinery.generation import noise_transition
+    from labelrefinery.noisemodel import noise_transition
     from labelrefinery.noise import symmetric_transition
 
     from labelrefinery.config import parse_noise_prior
 
     def exp(prior, estimate=0.0):
         return SimpleNamespace(cfg=SimpleNamespace(refinement=SimpleNamespace(prior=parse_noise_prior(prior))),
-                               dataset=SimpleNamespace(train=SimpleNamespace(num_classes=10)),
+                               dataset=SimpleNamespace(train=SimpleNamespace(num_classes=10), trusted=None),
                                run_dir=SimpleNamespace(read_summary=lambda seed, g: {"symmetric_noise_estimate":
                                                                                        estimate}))
 
     labels = torch.arange(100) % 10
     data = SimpleNamespace(seed=0, views=SimpleNamespace(views=torch.zeros(100, dtype=torch.long), labels=labels))
-    assert noise_transition(exp("0"), data) is None
-    assert noise_transition(exp("auto", 0.0), data) is None
-    assert torch.equal(noise_transition(exp("auto", 0.2), data), symmetric_transition(10, 0.2))
-    assert noise_transition(exp("classwise"), data, torch.eye(10)[labels]) is None
-    assert noise_transition(exp("classwise"), data, _pairflip_rows(labels, 0.3, 10)) is None  # disputes nothing
+    assert noise_transition(exp("0"), data, "none") is None
+    assert noise_transition(exp("auto", 0.0), data, "auto") is None
+    assert torch.equal(noise_transition(exp("auto", 0.2), data, "auto"), symmetric_transition(10, 0.2))
+    assert noise_transition(exp("classwise"), data, "classwise", torch.eye(10)[labels]) is None
+    assert noise_transition(exp("classwise"), data, "classwise", _pairflip_rows(labels, 0.3, 10)) is None  # disputes nothing
     flipped = torch.where(torch.arange(100) < 30, (labels + 1) % 10, labels)
     data.views.labels = flipped
-    t = noise_transition(exp("classwise"), data, _pairflip_rows(labels, 0.3, 10))
+    t = noise_transition(exp("classwise"), data, "classwise", _pairflip_rows(labels, 0.3, 10))
     assert t is not None and t[0, 1] == pytest.approx(0.3, abs=1e-6)
+
+
+def test_instance_dependent_noise_moves_the_most_ambiguous_share_of_every_class_to_its_look_alike():
+    """idn:P: exactly round(P n_c) images of each class move, to another class; the images that move are the
+    ones a class-mean classifier finds ambiguous; deterministic; the streamed case is refused."""
+    ds = load_dataset("digits")
+    labels, images = ds.train.labels, ds.train.images
+    noise = inject_label_noise(labels, "idn:0.3", 10, label_noise_generator(), images)
+    for c in range(10):
+        members = labels == c
+        assert int(noise.flipped[members].sum()) == round(0.3 * int(members.sum()))
+    assert not (noise.noisy[noise.flipped] == labels[noise.flipped]).any()
+    again = inject_label_noise(labels, "idn:0.3", 10, label_noise_generator(), images)
+    assert torch.equal(again.noisy, noise.noisy)
+    # independent check of "ambiguous": distance to the nearest other class mean minus to the own class mean
+    x = images.flatten(1).double()
+    means = torch.stack([x[labels == c].mean(0) for c in range(10)])
+    d = torch.cdist(x, means)
+    own = d.gather(1, labels.view(-1, 1)).squeeze(1)
+    gap = d.scatter(1, labels.view(-1, 1), float("inf")).min(1).values - own
+    assert gap[noise.flipped].median() < gap[~noise.flipped].median()
+    # where they go: mostly to the class whose mean is nearest among the others (the look-alike)
+    nearest_other = d.scatter(1, labels.view(-1, 1), float("inf")).argmin(1)
+    assert (noise.noisy[noise.flipped] == nearest_other[noise.flipped]).float().mean() > 0.5
+    with pytest.raises(ConfigError, match="--data-in-memory yes"):
+        inject_label_noise(labels, "idn:0.3", 10, label_noise_generator(), None)
+    assert inject_label_noise(labels, "idn:0", 10, label_noise_generator(), images).flipped.sum() == 0
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    """Brown, Cai & DasGupta 2001: 0 of 10 -> [0, 0.278]; 5 of 10 -> [0.237, 0.763]; it holds the share."""
+    from labelrefinery.noise import wilson_interval
+
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = wilson_interval(84, 240)
+    assert low < 84 / 240 < high and high - low < 0.13
+
+
+def test_trusted_estimate_counts_the_verified_labels():
+    from labelrefinery.noise import trusted_noise_estimate, trusted_transition
+
+    verified = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    given = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 2, 0])
+    t = trusted_transition(given, verified, 3)
+    # class 0: 3 kept + 1 pseudo-count, 1 to class 1 -> [4, 1, 0] / 5; class 2: [1, 0, 2] / 3
+    assert torch.allclose(t[0], torch.tensor([0.8, 0.2, 0.0])) and torch.allclose(t[2], torch.tensor([1 / 3, 0, 2 / 3]))
+    assert torch.allclose(t.sum(1), torch.ones(3))
+    e = trusted_noise_estimate(given, verified, 3)
+    assert e["rate"] == pytest.approx(0.2) and e["images"] == 10 and e["low"] < 0.2 < e["high"]
+    assert e["largest"][0] == [2, 0, pytest.approx(1 / 3, abs=1e-4)]
+
+
+def test_trusted_images_are_the_validation_split_with_their_verified_labels(tmp_path):
+    """--trusted N: the same N images for every seed, their clean labels, never trained on; --train-size draws
+    from the rest; the file form reads indices and class names; bad files are refused naming the line."""
+    from labelrefinery.data import DataError
+    from labelrefinery.protocol import seed_split, with_given_labels
+
+    cfg = resolve_config("quick", {"dataset": "digits", "label_noise": "idn:0.3", "trusted": "60"})
+    ds, noise = with_given_labels(load_dataset("digits"), cfg)
+    t = ds.trusted
+    assert len(t.indices) == 60 and torch.equal(t.verified, noise.clean[t.indices])
+    assert torch.equal(t.given, noise.noisy[t.indices]) and torch.equal(ds.train.labels[t.indices], t.verified)
+    for seed in (0, 1):
+        data = seed_data(ds, cfg, seed, torch.device("cpu"), noise)
+        assert torch.equal(data.val_idx, t.indices) and torch.equal(data.val_labels, noise.clean[t.indices])
+        assert not torch.isin(data.train_idx, t.indices).any() and len(data.train_idx) == len(ds.train) - 60
+    small = resolve_config("quick", {"dataset": "digits", "label_noise": "idn:0.3", "trusted": "60", "train_size": 500})
+    train_idx, val_idx = seed_split(with_given_labels(load_dataset("digits"), small)[0], small, 0)
+    assert len(train_idx) == 500 and torch.equal(val_idx, t.indices)
+
+    listed = tmp_path / "verified.csv"
+    rows = ["index,label"] + [f"{i},{ds.classes[i % 10]}" for i in range(0, 40)] + ["41,3"]
+    listed.write_text("\n".join(rows) + "\n")
+    from_file = resolve_config("quick", {"dataset": "digits", "trusted": str(listed)})
+    fds, _ = with_given_labels(load_dataset("digits"), from_file)
+    assert fds.trusted.indices.tolist() == [*range(40), 41]
+    assert fds.train.labels[:40].tolist() == [i % 10 for i in range(40)] and int(fds.train.labels[41]) == 3
+    for bad, match in ((["index,label", "5,3", "5,4"], "line 3: image '5' is listed twice"),
+                       (["index,label", "5,cat"], "line 2: label 'cat' is not one of"),
+                       (["index,label", "99999,3"], "line 2: index 99999 is outside"),
+                       (["file,label", "5,3"], "needs a header line"),
+                       (["index,label", "a.png,3"], "this dataset has no files")):
+        listed.write_text("\n".join(bad) + "\n")
+        with pytest.raises(DataError, match=match):
+            with_given_labels(load_dataset("digits"), from_file)
+    listed.write_bytes(b"index,label\n1,\xff\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        with_given_labels(load_dataset("digits"), from_file)
+    with pytest.raises(ConfigError, match="--trusted 60 takes the true labels"):
+        resolve_config("quick", {"dataset": "digits", "trusted": "60"})
+    listed.write_text("index,label\n1,3\n")
+    with pytest.raises(ConfigError, match="needs from 20 to"):
+        with_given_labels(load_dataset("digits"), from_file)

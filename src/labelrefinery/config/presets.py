@@ -28,6 +28,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         optimizer="adam", lr=3e-3, weight_decay=5e-4, lr_schedule="onecycle", early_stop_patience_epochs=0,
         temperature=1.0, label_form="soft", gt_weight=0.0, controls=True,
     ),
+    # "My labels may be wrong": the refinery with the noise model chosen from the evidence (counted on --trusted
+    # verified labels when given), 3 generations of the noisy-label benchmarks' 8-epoch convnet recipe, 3 seeds,
+    # the controls trained beside it; BENCHMARKS.md, "Annotator-like noise".
+    "noisy": dict(
+        model="convnet", generations=3, seeds=3, augment="none", labels="offline", epochs=8, batch_size=128,
+        optimizer="adam", lr=3e-3, weight_decay=5e-4, lr_schedule="onecycle", early_stop_patience_epochs=0,
+        temperature=1.0, label_form="soft", gt_weight=0.0, noise_prior="evidence", controls=True, label_issues=True,
+    ),
     # The blog post "Label Refinery: A Softer Approach": Keras ResNet50, Adam 1e-3, batch 250, plateau, early stop,
     # 5 seeds, static augmentation.
     "blog": dict(

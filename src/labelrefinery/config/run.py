@@ -48,6 +48,9 @@ class RunConfig:
         if self.refinement.prior.model != "none" and self.training.label_smoothing > 0:
             raise ConfigError(f"--noise-prior {self.refinement.noise_prior} makes soft targets from the given labels "
                               f"already; leave out --label-smoothing {self.training.label_smoothing:g}")
+        if self.refinement.prior.model == "verified" and self.data.trusted is None:
+            raise ConfigError("--noise-prior verified corrects refined labels on verified labels; add --trusted FILE "
+                              "(or --trusted N with --label-noise), or use --noise-prior evidence")
         gens = self.refinement.ensemble
         if gens and (len(gens) < 2 or any(not 1 <= g <= self.generations for g in gens)):
             raise ConfigError(f"--ensemble needs two or more generations in 1..{self.generations}, got "

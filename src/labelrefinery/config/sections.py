@@ -35,12 +35,29 @@ class DataConfig:
                                "recorded in run.json); without it such a file stops the run, named by path")
     label_noise: str | None = _f(None, "inject label noise into the training split before validation is drawn: "
                                  "symmetric:P (each label, with probability P, becomes a uniformly drawn other "
-                                 "class) | pairflip:P (class k becomes k+1 mod K); the same for every seed; "
-                                 "test labels are never touched")
+                                 "class) | pairflip:P (class k becomes k+1 mod K) | idn:P (instance-dependent, "
+                                 "as annotators err: the share P of images a linear classifier finds most "
+                                 "ambiguous get the class it confuses them with; Chen et al. 2021); the same for "
+                                 "every seed; test labels are never touched")
+    trusted: str | None = _f(None, "verified labels that replace the validation split (the 'gold' set of Hendrycks "
+                             "et al. 2018): FILE, a CSV of image,label rows (image: a file of the dataset or its "
+                             "index), or N, that many training images whose true labels injected --label-noise "
+                             "knows; they choose epochs and generations, give the noise estimate, and never train")
+    true_labels: str | None = _f(None, "a CSV of image,label rows: verified labels of some training images, used only "
+                                 "to score the refined labels (corrected, harmed, detection F1 on those images), as "
+                                 "--label-noise does for all; they train with their given labels")
 
     def __post_init__(self) -> None:
         _check_finite_floats(self)
         _need(isinstance(self.dataset, str) and bool(self.dataset), "dataset", self.dataset, "a dataset name")
+        if self.trusted is not None:
+            self.trusted = str(self.trusted).strip()
+            _need(bool(self.trusted) and self.trusted != "0", "trusted", self.trusted,
+                  "a CSV file of image,label rows or a number of images")
+            if self.trusted.isdigit() and self.label_noise is None:
+                raise ConfigError(f"--trusted {self.trusted} takes the true labels of that many images from injected "
+                                  "--label-noise, which this run has none of; give --trusted FILE, a CSV of your own "
+                                  "verified image,label rows")
         _need(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in (0, 1)")
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
@@ -56,6 +73,9 @@ class DataConfig:
         _only_with(self.static_copies != 2, "static_copies", self.augment == "static", "--augment static")
         _only_with(self.skip_bad_images, "skip_bad_images", self.dataset.startswith(("folder:", "csv:")),
                    "--dataset folder:PATH or csv:FILE")
+        if self.true_labels is not None and self.label_noise is not None:
+            raise ConfigError("--true-labels scores refined labels against verified ones, but --label-noise already "
+                              "keeps every true label; leave one out")
         if self.label_noise is not None:  # one spelling per setting: symmetric:0.30 is symmetric:0.3
             kind, p = parse_label_noise(self.label_noise)
             self.label_noise = f"{kind}:{p:g}"
@@ -131,7 +151,7 @@ class RefineConfig:
     temperature: float = _f(1.0, "softmax temperature T of refined labels; the soft loss is scaled by T^2")
     label_form: str = _f("soft", "refined label form: soft | hard | topk:K")
     gt_weight: float = _f(0.0, "alpha: targets = alpha * one-hot ground truth + (1 - alpha) * refined labels")
-    noise_prior: str = _f("0", "P | auto | classwise: the share of given labels believed wrong (symmetric "
+    noise_prior: str = _f("0", "P | auto | classwise | verified | evidence: P, the share of given labels believed wrong (symmetric "
                           "noise: a wrong label is any other class alike); the next generation then fits "
                           "P(true class | refined labels, given label) by Bayes' rule, with R1's labels first mapped "
                           "back through the noise (needs calibrated soft labels: --labels offline, --label-form "
@@ -139,6 +159,9 @@ class RefineConfig:
                           "from R1's refined labels (R1's summary.json: symmetric_noise_estimate); classwise: a "
                           "wrong label's class depends on the true one (e.g. a 3 often given as 5), the K x K noise "
                           "matrix estimated from R1's refined labels (summary.json: classwise_noise_estimate); "
+                          "verified (needs --trusted): each generation's refined labels corrected by a map "
+                          "fitted on the verified labels (for noise that depends on the image, which R1 learns); "
+                          "evidence: verified with --trusted, else auto or classwise as R1's estimates favour; "
                           "0 = off")
     refinery_checkpoint: str | None = _f(None, "a trained model that makes generation 1's labels instead of the "
                                          "ground truth (a model.safetensors of this tool, or a torchvision/timm "
@@ -239,6 +262,8 @@ class ExecConfig:
     threads: int = _f(0, "CPU threads for torch (0 = all cores)")
     compile: bool = _f(False, "torch.compile the model (pays off only for long runs)")
     progress: bool = _f(True, "show a progress bar per epoch")
+    label_issues: bool = _f(False, "at the end, write label_issues.csv into the run directory, as `refinery "
+                            "label-issues RUN` does (seed 0's best generation by validation)")
     data_in_memory: str = _f("auto", "folder: datasets: yes (decode every image once, cache it as uint8 and hold "
                              "it in memory) | no (stream: decode each batch from the files in --workers processes) "
                              "| auto (in memory when the decoded images take at most half of the available RAM "

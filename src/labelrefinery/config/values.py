@@ -144,11 +144,11 @@ def parse_label_form(form: str) -> tuple[str, int]:
     raise ConfigError(f"--label-form must be soft, hard or topk:K with K >= 1, got {form!r}")
 
 
-NOISE_KINDS = ("symmetric", "pairflip")
+NOISE_KINDS = ("symmetric", "pairflip", "idn")
 
 
 def parse_label_noise(spec: str) -> tuple[str, float]:
-    """Parse ``symmetric:P`` or ``pairflip:P`` into (kind, P) with P in [0, 1) (the bound 1 - 1/K needs K:
+    """Parse ``symmetric:P``, ``pairflip:P`` or ``idn:P`` into (kind, P) with P in [0, 1) (the bound 1 - 1/K needs K:
     see :func:`labelrefinery.noise.inject_label_noise`).
 
     Raises:
@@ -160,11 +160,12 @@ def parse_label_noise(spec: str) -> tuple[str, float]:
     except ValueError:
         p = -1.0
     if kind not in NOISE_KINDS or not 0.0 <= p < 1.0:
-        raise ConfigError(f"--label-noise must be symmetric:P or pairflip:P with 0 <= P < 1 - 1/K, got {spec!r}")
+        raise ConfigError(f"--label-noise must be symmetric:P, pairflip:P or idn:P with 0 <= P < 1 - 1/K, "
+                          f"got {spec!r}")
     return kind, p
 
 
-ESTIMATED_NOISE_PRIORS = ("auto", "classwise")
+ESTIMATED_NOISE_PRIORS = ("auto", "classwise", "evidence", "verified")
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,10 @@ class NoisePrior:
 
     Attributes:
         model: ``none`` (refined labels used as they are), ``symmetric`` (a share ``rate`` of the given labels is
-            believed wrong, uniformly), ``auto`` (that share estimated from R1's refined labels) or ``classwise``
-            (a class-by-class noise matrix estimated from them).
+            believed wrong, uniformly), ``auto`` (that share estimated from R1's refined labels), ``classwise``
+            (a class-by-class noise matrix estimated from them), ``verified`` (refined labels corrected by a map
+            fitted on ``--trusted`` verified labels: :mod:`labelrefinery.noise.correct`) or ``evidence`` (``verified``
+            with verified labels, else ``auto`` or ``classwise`` as R1's estimates favour).
         rate: with ``symmetric``, the share in (0, 1); else None. The bound 1 - 1/K needs K and is checked with
             the data (:func:`labelrefinery.noise.max_noise_rate`).
     """
@@ -184,13 +187,15 @@ class NoisePrior:
 
     @property
     def estimated(self) -> bool:
-        """True for ``auto`` and ``classwise``: R1's refined labels decide the noise model."""
+        """True for ``auto``, ``classwise``, ``evidence`` and ``verified``: the run's own evidence decides the noise
+        model."""
         return self.model in ESTIMATED_NOISE_PRIORS
 
 
 def parse_noise_prior(text: str) -> NoisePrior:
     """Parse ``--noise-prior``: a share P in [0, 1) of given labels believed wrong (0: none), or ``auto`` /
-    ``classwise`` (estimated from generation 1's refined labels, as one symmetric rate or class by class).
+    ``classwise`` (estimated from generation 1's refined labels, as one symmetric rate or class by class) /
+    ``verified`` (corrected on ``--trusted`` labels) / ``evidence`` (the one of these the evidence favours).
 
     Raises:
         ConfigError: anything else.
@@ -202,8 +207,8 @@ def parse_noise_prior(text: str) -> NoisePrior:
     except ValueError:
         p = -1.0
     if not 0.0 <= p < 1.0:
-        raise ConfigError(f"--noise-prior must be auto, classwise or a share P with 0 <= P < 1 - 1/K (e.g. 0.2), "
-                          f"got {text!r}")
+        raise ConfigError("--noise-prior must be auto, classwise, evidence, verified or a share P with "
+                          f"0 <= P < 1 - 1/K (e.g. 0.2), got {text!r}")
     return NoisePrior("none") if p == 0.0 else NoisePrior("symmetric", p + 0.0)
 
 

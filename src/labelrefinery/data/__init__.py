@@ -12,6 +12,8 @@ class names). Names (:data:`DATASETS`):
 - ``folder:PATH``: an ImageNet-layout image folder (:mod:`.folder`).
 - ``csv:FILE``: image files listed in a CSV file of ``path,label[,split]`` rows (:mod:`.csvfile`).
 
+Verified labels of some training images (``--trusted FILE``, ``--true-labels FILE``): :mod:`.verified`.
+
 Converted datasets are cached as uint8 (:mod:`.cache`); image folders too large for memory stay
 files decoded per batch (:mod:`.files`).
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, DataError
-from .core import Dataset, ImageData, stratified_folds, stratified_split
+from .core import Dataset, ImageData, VerifiedLabels, stratified_folds, stratified_split
+from .verified import read_verified_labels
 from .files import ImageFiles, read_all, read_batches
 from .csvfile import CSV_PREFIX, load_csv
 from .folder import FolderReading, load_folder
@@ -84,7 +87,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
     return _LOADERS[name](root, options)
 
 
-__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "DataError", "Dataset", "ImageData", "ImageFiles",
+__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "DataError", "Dataset", "ImageData", "ImageFiles", "VerifiedLabels",
+           "read_verified_labels",
            "check_dataset_name", "read_all", "read_batches",
            "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist", "load_synthetic", "read_idx",
            "stratified_folds", "stratified_split"]

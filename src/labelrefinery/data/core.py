@@ -64,6 +64,22 @@ class ImageData:
         return len(self.classes)
 
 
+@dataclass(frozen=True)
+class VerifiedLabels:
+    """Training images whose labels were verified: ``--trusted`` (they are the run's validation split) or
+    ``--true-labels`` (they only score the refined labels).
+
+    Attributes:
+        indices: ``(T,) int64`` sorted positions in the dataset's training split.
+        given: ``(T,) int64`` the labels the dataset gave them (before verification).
+        verified: ``(T,) int64`` the verified labels.
+    """
+
+    indices: torch.Tensor
+    given: torch.Tensor
+    verified: torch.Tensor
+
+
 @dataclass
 class Dataset:
     """A named dataset: training and test splits plus facts the protocol needs.
@@ -75,6 +91,10 @@ class Dataset:
         mean, std: per-channel normalisation constants in [0, 1] pixel units.
         source: where the data was read from (a directory, a package, "generated").
         skipped_files: unreadable image files left out (``--skip-bad-images``).
+        trusted: training images with verified labels (``--trusted``; ``train.labels`` holds the verified ones),
+            or None.
+        true_labels: training images with verified labels that only score the refined labels (``--true-labels``;
+            ``train.labels`` keeps the given ones), or None.
     """
 
     name: str
@@ -85,6 +105,8 @@ class Dataset:
     std: tuple[float, ...] = field(default=())
     source: str = ""
     skipped_files: int = 0
+    trusted: VerifiedLabels | None = None
+    true_labels: VerifiedLabels | None = None
 
     def __post_init__(self) -> None:
         if self.train.classes != self.test.classes:

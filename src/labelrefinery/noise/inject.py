@@ -9,6 +9,11 @@ section 4). The draw comes from a stream of its own
 (:func:`labelrefinery.seeding.label_noise_generator`), so every run seed sees
 the same corrupted dataset; the test split is never touched.
 
+``idn:P`` is instance-dependent noise as annotators make it: the ambiguous images get the similar
+class (:func:`instance_dependent_noise`, the recipe of Chen et al. 2021, "Beyond Class-Conditional
+Assumption: A Primary Attempt to Combat Instance-Dependent Label Noise", section 3, with a linear
+discriminant as the scorer and the images ranked within each class).
+
 How refined labels are scored against the clean labels:
 :func:`labelrefinery.noise.quality.label_statistics`.
 """
@@ -18,9 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..config import parse_label_noise
 from ..errors import ConfigError
+
+IDN_SIDE = 16  # the scorer of idn:P sees images average-pooled to at most 16 x 16 px per channel
+IDN_SHRINKAGE = 0.1  # its covariance, shrunk this far towards a multiple of the identity
 
 
 @dataclass(frozen=True)
@@ -47,19 +56,29 @@ def max_noise_rate(num_classes: int) -> float:
     return 1.0 - 1.0 / num_classes
 
 
-def inject_label_noise(labels: torch.Tensor, spec: str, num_classes: int, generator: torch.Generator) -> LabelNoise:
-    """Corrupt ``labels: (N,) int64`` per ``spec`` (``symmetric:P`` or ``pairflip:P``).
+def inject_label_noise(labels: torch.Tensor, spec: str, num_classes: int, generator: torch.Generator,
+                       images: torch.Tensor | None = None) -> LabelNoise:
+    """Corrupt ``labels: (N,) int64`` per ``spec`` (``symmetric:P``, ``pairflip:P`` or ``idn:P``).
 
-    Each label is flipped independently with probability P; a symmetric flip draws its new
-    class uniformly from the K - 1 other classes, a pair flip takes k + 1 mod K.
+    ``symmetric`` and ``pairflip`` flip each label independently with probability P; a symmetric flip draws
+    its new class uniformly from the K - 1 other classes, a pair flip takes k + 1 mod K. ``idn`` flips exactly
+    round(P N) labels, chosen by the images (:func:`instance_dependent_noise`; ``generator`` unused).
+
+    Args:
+        images: ``(N, C, H, W) uint8`` the images, needed by ``idn`` only.
 
     Raises:
-        ConfigError: a malformed spec, or P outside [0, 1 - 1/K).
+        ConfigError: a malformed spec, P outside [0, 1 - 1/K), or ``idn`` without images in memory.
     """
     kind, p = parse_label_noise(spec)
     if num_classes < 2 or not p < max_noise_rate(num_classes):
         raise ConfigError(f"--label-noise {spec}: P must be in [0, {max_noise_rate(num_classes):.3f}) for "
                           f"{num_classes} classes (1 - 1/K); use a smaller P")
+    if kind == "idn":
+        if images is None:
+            raise ConfigError(f"--label-noise {spec} chooses the images to relabel by their pixels, but this dataset "
+                              "is streamed from its files; add --data-in-memory yes")
+        return LabelNoise(labels.clone(), instance_dependent_noise(images, labels, num_classes, p))
     flip = torch.rand(len(labels), generator=generator) < p
     if kind == "symmetric":
         shift = torch.randint(1, num_classes, (len(labels),), generator=generator)
@@ -67,3 +86,59 @@ def inject_label_noise(labels: torch.Tensor, spec: str, num_classes: int, genera
         shift = torch.ones(len(labels), dtype=torch.int64)
     noisy = torch.where(flip, (labels + shift) % num_classes, labels)
     return LabelNoise(labels.clone(), noisy)
+
+
+def instance_dependent_noise(images: torch.Tensor, labels: torch.Tensor, num_classes: int, rate: float,
+                             chunk: int = 4096) -> torch.Tensor:
+    """Instance-dependent label noise: ``(N,) int64`` labels in which, in every class, the share ``rate`` of its
+    images that look most like another class were moved to that class.
+
+    After Chen et al. 2021 ("Beyond Class-Conditional Assumption: A Primary Attempt to Combat Instance-Dependent
+    Label Noise", AAAI, section 3): a classifier trained on the clean labels scores every image; the images whose
+    strongest *other* class comes closest to (or beats) their own are the ambiguous ones an annotator gets wrong,
+    and each chosen image takes that other class. Two choices differ from theirs, both stated so the noise can be
+    reproduced elsewhere:
+
+    - the scorer is linear discriminant analysis (Gaussian classes with one shared covariance, shrunk by
+      ``IDN_SHRINKAGE`` towards its mean variance; closed form in float64) of the images average-pooled to at most
+      ``IDN_SIDE`` x ``IDN_SIDE`` px, in place of a CNN's predictions averaged over its epochs: deterministic, under
+      a second for 60,000 Fashion-MNIST images, and the confusions a person makes there (Shirt as T-shirt/top or
+      Coat, Pullover as Coat, Sandal as Sneaker);
+    - the images are ranked within each class (round(rate n_c) of class c's n_c images move), where Chen et al.
+      rank all images together: on Fashion-MNIST at rate 0.35 that relabels 85% of the shirts, which leaves no
+      method anything to learn the class from. Which images move, and where to, depends on the image alone.
+
+    The ambiguity of an image of class y is max_{c != y} s_c - s_y for its discriminant scores s; ties go to the
+    lower index.
+
+    Args:
+        images: ``(N, C, H, W) uint8``.
+        labels: ``(N,) int64`` the clean labels in [0, K).
+        rate: the share of each class to relabel, in [0, 1).
+
+    Returns:
+        ``(N,) int64`` the noisy labels (a new tensor).
+    """
+    n = len(labels)
+    side = (min(IDN_SIDE, images.shape[2]), min(IDN_SIDE, images.shape[3]))
+    x = torch.cat([F.adaptive_avg_pool2d(images[i:i + chunk].float(), side).flatten(1)
+                   for i in range(0, n, chunk)]).double() / 255
+    onehot = F.one_hot(labels, num_classes).double()
+    counts = onehot.sum(0)
+    means = (onehot.T @ x) / counts.clamp_min(1)[:, None]
+    centred = x - means[labels]
+    cov = centred.T @ centred / max(n - num_classes, 1)
+    cov = (1 - IDN_SHRINKAGE) * cov + IDN_SHRINKAGE * float(cov.diagonal().mean().clamp_min(1e-12)) * \
+        torch.eye(len(cov), dtype=torch.float64)
+    a = torch.linalg.solve(cov, means.T)
+    scores = x @ a - 0.5 * (means * a.T).sum(1) + torch.log(counts.clamp_min(1) / n)
+    own = scores.gather(1, labels.view(-1, 1)).squeeze(1)
+    best_other, confused_with = scores.scatter(1, labels.view(-1, 1), float("-inf")).max(1)
+    ambiguity = best_other - own
+    noisy = labels.clone()
+    for c in range(num_classes):
+        members = (labels == c).nonzero().squeeze(1)
+        ranked = torch.sort(ambiguity[members], descending=True, stable=True).indices
+        chosen = members[ranked[:round(rate * len(members))]]
+        noisy[chosen] = confused_with[chosen]
+    return noisy

@@ -42,7 +42,7 @@ from ..noise import given_label_scores
 from .labelissues import checked_images, issue_columns, issue_rows, own_labels, split_labels
 from .labelstats import class_overlap, confusion, crop_disagreement, pick_images, top_k
 from ..noise import generation_label_stats, suggested_labels
-from ..protocol import load_run_dataset, with_label_noise
+from ..protocol import load_run_dataset, with_given_labels
 from .tables import best_of, format_table, summarize_run
 from ..rundir import RunDir, write_report_files
 
@@ -64,10 +64,9 @@ def _seed_to_show(rd: RunDir, wanted: int | None) -> int:
 
 
 def _load_dataset(cfg, notes: list[str]):
-    d = cfg.data
     try:
         dataset = load_run_dataset(cfg)
-        return with_label_noise(dataset, d.label_noise)[0]
+        return with_given_labels(dataset, cfg)[0]
     except UserError as e:
         notes.append(f"Images are not shown: the dataset could not be loaded here ({e}).")
         return None

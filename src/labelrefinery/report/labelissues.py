@@ -126,6 +126,14 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
     return _write_issues(rd, generation, seed, out, include_all)
 
 
+def issues_line(path: Path, rows: int, checked: tuple[int, int], generation: int, seed: int, include_all: bool,
+                chosen: bool) -> str:
+    """What :func:`write_label_issues` wrote, in one line (``chosen``: the generation is the seed's best)."""
+    what = "rows for all" if include_all else "disputed of the"
+    return (f"{path}: {rows} {what} {sum(checked)} images checked ({checked[0]} training, {checked[1]} validation) "
+            f"by seed {seed}'s R{generation}" + (", the best by validation" if chosen else ""))
+
+
 def validation_labels(rd: RunDir, seed: int, generation: int, dataset) -> tuple[np.ndarray, ...]:
     """The seed's validation images as generation ``generation`` labels them, out of sample (no generation trains
     on them): ``(indices (V,) int64, probs (V, K) float32, given (V,) int64, clean (V,) int64 or None)``, the

@@ -51,7 +51,9 @@ def summarize_run(run_dir: Path) -> dict:
     ensembles = rd.read_ensembles()
     for e in ensembles:
         e["gain_over_r1"] = _paired_gain(per_seed, lambda gens, e=e: e["per_seed"].get(str(gens[0]["seed"])))
-    return {"run_dir": str(run_dir), "config": cfg, "per_seed": per_seed,
+    classes = (rd.read_run_info().get("dataset") or {}).get("classes") if any(
+        g.get("noise_evidence", {}).get("largest") for gens in per_seed.values() for g in gens[:1]) else None
+    return {"run_dir": str(run_dir), "config": cfg, "per_seed": per_seed, "classes": classes,
             "generations": [_generation_row(per_seed, g) for g in range(1, n_gen + 1)],
             "best_by_validation": _best_row(per_seed), "ensemble": ensembles,
             "controls": _control_rows(rd, per_seed), "external_refinery": _external_row(rd, per_seed)}
@@ -73,7 +75,30 @@ def _generation_row(per_seed: dict[str, list[dict]], g: int) -> dict:
         **_mean_of(rows, "symmetric_noise_estimate"),
         **_mean_of([{"classwise_noise_rate": (r.get("classwise_noise_estimate") or {}).get("rate")} for r in rows],
                    "classwise_noise_rate"),
+        **_evidence(rows),
+        **_correction(rows),
     }
+
+
+def _correction(rows: list[dict]) -> dict:
+    """The verified-label correction its labels had (mean over seeds of the out-of-fold top-1 before and after)."""
+    found = [r["verified_correction"] for r in rows if r.get("verified_correction")]
+    return {"verified_correction": {"before": float(np.mean([c["verified_top1_before"] for c in found])),
+                                    "after": float(np.mean([c["verified_top1_after"] for c in found]))}} if found else {}
+
+
+def _evidence(rows: list[dict]) -> dict:
+    """R1's ``noise_evidence`` over the seeds (:func:`labelrefinery.generation.noise_evidence`): its source, the
+    mean share and interval, the mean agreement with the training labels and with held-out ones (top-1, %)."""
+    found = [r for r in rows if r.get("noise_evidence")]
+    if not found:
+        return {}
+    e = [r["noise_evidence"] for r in found]
+    return {"noise_evidence": {
+        "source": e[0]["source"], "images": e[0]["images"], **{k: float(np.mean([x[k] for x in e]))
+                                                               for k in ("rate", "low", "high")},
+        "largest": e[0].get("largest"), "train_agreement": float(np.mean([r["refined_label_agreement"] for r in found])),
+        "val_top1": float(np.mean([r["val_top1"] for r in found]))}}
 
 
 def _best_row(per_seed: dict[str, list[dict]]) -> dict:
@@ -169,13 +194,17 @@ def _label_table(r: dict, name: str) -> list[str]:
     if not gens:
         return []
     cols = [(k, title) for k, title in QUALITY_COLUMNS if any(k in g["label_quality"] for g in gens)]
+    scored = r["per_seed"] and next(iter(r["per_seed"].values()))[0].get("true_labels_scored")
     lines = [f"Refined labels made by each generation, {name} (% of training images, mean over seeds; disputed: "
-             "refined argmax differs from the given label):", "",
+             "refined argmax differs from the given label" + (
+                 f"; flipped, corrected, harmed and detection on the {scored} training images with --true-labels"
+                 if scored else "") + "):", "",
              "| generation | " + " | ".join(t for _, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for g in gens:
         q = g["label_quality"]
         lines.append(f"| R{g['generation']} | " + " | ".join(
             "" if q.get(k) is None else f"{100 * q[k]:.1f}" for k, _ in cols) + " |")
+    lines += _evidence_lines(r)
     estimate = r["generations"][0].get("symmetric_noise_estimate") if r["generations"] else None
     if estimate is not None:
         lines += ["", f"R1's refined labels suggest about {100 * estimate:.0f}% of the given labels are wrong "
@@ -191,6 +220,65 @@ def _label_table(r: dict, name: str) -> list[str]:
         lines += ["", f"Class by class (`--noise-prior classwise`), they suggest {100 * classwise:.0f}% (mean over "
                   "seeds; each seed's largest confusions: its R1 `summary.json`, `classwise_noise_estimate`)." + hint]
     return [*lines, ""]
+
+
+def _evidence_lines(r: dict) -> list[str]:
+    """What the labels look like, in words: the share that looks wrong with its interval and where it comes from;
+    without verified labels, what a noisy validation split means and whether R1 fitted its labels."""
+    e = r["generations"][0].get("noise_evidence") if r["generations"] else None
+    if not e:
+        return []
+    span = f"{100 * e['rate']:.1f}% (95% interval {100 * e['low']:.1f}-{100 * e['high']:.1f}%)"
+    classes = r.get("classes") or []
+    if e["source"] == "trusted":
+        pairs = [f"{classes[c] if c < len(classes) else c} given as {classes[y] if y < len(classes) else y} "
+                 f"({100 * v:.0f}%)" for c, y, v in (e.get("largest") or [])[:3] if v]
+        out = ["", f"**Wrong labels: {span} of the given labels**, counted on the {e['images']} verified labels "
+               "(`--trusted`), which are also the validation split that chose epochs and generations"
+               + (f"; the largest confusions: true {', '.join(pairs)}." if pairs else ".")]
+        corrected = [g for g in r["generations"] if g.get("verified_correction")]
+        if corrected:
+            out += ["", "Each generation's labels were corrected on the verified labels before the next fitted them "
+                    "(`--noise-prior verified`; left as they are where no correction did better): " + "; ".join(
+                        f"R{g['generation'] - 1}'s labels agree with {g['verified_correction']['before']:.1f}% of the "
+                        f"verified labels, corrected {g['verified_correction']['after']:.1f}%" for g in corrected)
+                    + " (out of fold, mean over seeds). The same images chose the generation, so its validation "
+                    "top-1 reads a little high; test top-1 is the figure to trust."]
+        return out
+    out = ["", f"**Validation is as noisy as training** (no `--trusted`): R1 disputes {span} of the held-out given "
+           "labels. That counts R1's own errors as wrong labels and misses wrong labels R1 learned to predict "
+           "(annotator-like noise, which depends on the image), so it is no estimate of the share of wrong labels; "
+           "and validation top-1 measures agreement with possibly wrong labels, so the best-by-validation row "
+           "may not be the best model. A few hundred verified labels (`--trusted FILE`) fix both."]
+    if e["train_agreement"] - e["val_top1"] > 5.0:
+        out += ["", f"R1 agrees with {e['train_agreement']:.1f}% of its training labels but {e['val_top1']:.1f}% of "
+                "held-out ones: it fitted its labels, wrong ones included, so the estimates from its refined labels "
+                "below read too low."]
+    return out
+
+
+def _next_lines(r: dict) -> list[str]:
+    """For a run that looks for wrong labels (``--label-issues``, ``--preset noisy``): which model to use, in
+    words, and the next commands."""
+    best = (r.get("best_by_validation") or {}).get("per_seed", {}).get("0")
+    if best is None:
+        return []
+    run, g = r["run_dir"], best["generation"]
+    r1 = r["per_seed"]["0"][0]["test_top1"]
+    out = [f"**Which model to use:** seed 0's R{g}, its best generation by validation (validation "
+           f"{best['val_top1']:.2f}%, test {best['test_top1']:.2f}%, {best['test_top1'] - r1:+.2f} points over plain "
+           f"training, R1): `{run}/seed-0/gen-{g}/model.safetensors`, the one `refinery predict {run}` and "
+           f"`load_classifier(\"{run}\")` load.", "",
+           f"**Next:** `label_issues.csv` lists the disputed labels, most disputed first. Review them, then "
+           f"`refinery label-issues {run} --write-labels fixed.csv` writes the label file with the suggested labels "
+           "applied (folder and CSV datasets) and `refinery run --dataset csv:fixed.csv --preset noisy` retrains on "
+           "it."]
+    e = r["generations"][0].get("noise_evidence") or {}
+    if e.get("source") == "held-out":
+        out[-1] += (" Without verified labels the refinery cannot see wrong labels that follow what the images look "
+                    "like (an annotator's confusions): check a few hundred labels by hand, write them as a CSV of "
+                    "`image,label`, and rerun with `--trusted verified.csv`.")
+    return out
 
 
 def column_names(results: list[dict]) -> list[str]:
@@ -238,6 +326,8 @@ def format_table(results: list[dict]) -> str:
         out += _per_seed_lines(r, name)
     for r, name in zip(results, names):
         out += _label_table(r, name)
+    if len(results) == 1 and results[0]["config"].get("label_issues"):
+        out += _next_lines(results[0])
     collapsed = [(name, s["generation"], s["collapsed_seeds"]) for r, name in zip(results, names)
                  for s in r["generations"] if s["collapsed_seeds"]]
     if collapsed:
