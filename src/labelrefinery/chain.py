@@ -314,7 +314,7 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
             results = summarize_run(rd.root)
             rd.write_results(results, format_table([results]))
             if cfg.execution.label_issues:  # the list results.md points to
-                log(issues_line(*write_label_issues(rd.root), seed=0, include_all=False, chosen=True))
+                log(issues_line(*write_label_issues(rd.root), include_all=False, chosen=True))
             return results
         except BaseException:
             tensorboard.close()

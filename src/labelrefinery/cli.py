@@ -155,8 +155,14 @@ def _add_label_issues_parser(sub) -> None:
     li.add_argument("--generation", type=int, default=None,
                     help="whose refined labels (default: the seed's best generation by validation top-1)")
     li.add_argument("--seed", type=int, default=0, help="which seed's chain (default: 0)")
+    li.add_argument("--all-seeds", action="store_true",
+                    help="rank by every seed's opinion: each image's refined probabilities averaged over the seeds "
+                    "that checked it (each seed's best generation, or --generation); steadier than one seed's")
     li.add_argument("--out", type=Path, default=None,
                     help="CSV path; the .npy files go beside it (default: RUN_DIR/label_issues.csv)")
+    li.add_argument("--test", action="store_true",
+                    help="check the test images the run reports on instead (by the saved model; index = position in "
+                    "the test split): test labels can be wrong too")
     li.add_argument("--all", action="store_true", dest="include_all",
                     help="a row for every checked image, not only the disputed ones")
     li.add_argument("--write-labels", type=Path, default=None, metavar="FILE.csv",
@@ -339,11 +345,14 @@ def _label_issues(args: argparse.Namespace) -> int:
                           "suggested class over the given label")
     if args.write_labels is not None and args.write_labels.suffix != ".csv":
         raise ConfigError(f"--write-labels {args.write_labels} must be a file path ending in .csv")
-    path, rows, total, generation = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
-                                                       args.include_all)
-    print(issues_line(path, rows, total, generation, args.seed, args.include_all, args.generation is None))
+    if args.test and args.write_labels is not None:
+        raise ConfigError("--write-labels applies the suggested labels to the training images; leave out --test (or "
+                          "write the test list and fix its labels by hand)")
+    path, rows, total, generations = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
+                                                        args.include_all, args.all_seeds, args.test)
+    print(issues_line(path, rows, total, generations, args.include_all, args.generation is None))
     if args.write_labels is not None:
-        print(write_fixed_labels(args.run_dir, args.seed, generation, args.write_labels, args.min_margin))
+        print(write_fixed_labels(args.run_dir, generations, args.write_labels, args.min_margin))
     return 0
 
 

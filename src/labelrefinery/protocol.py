@@ -45,7 +45,7 @@ def load_run_dataset(cfg: RunConfig, device: torch.device | None = None) -> Data
     return load_dataset(d.dataset, d.data_dir, image_size=d.image_size, svhn_extra=d.svhn_extra,
                         in_memory=ex.data_in_memory, workers=ex.workers or default_workers(),
                         skip_bad_images=d.skip_bad_images, device=device, cache_dir=ex.cache_dir,
-                        progress=ex.progress)
+                        progress=ex.progress, **({} if d.classes is None else {"classes": d.classes}))
 
 
 def seed_split(dataset: Dataset, cfg: RunConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,6 +104,28 @@ def test_a_bad_label_file_is_one_line_and_nothing_is_written(tmp_path, capsys, r
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("names,message", [
+    ("a\nb\n", "label 'c' is not in --classes"),
+    ("a\nb\na\nc\n", "names 'a' twice"),
+    ("\n\n", "names no class"),
+])
+def test_a_classes_file_sets_the_classes_and_refuses_what_it_does_not_name(tmp_path, capsys, names, message):
+    root = _stripes(tmp_path / "imgs", per_class=(2, 1))
+    rows = "path,label,split\n" + "".join(f"imgs/{split}/{c}/{i:03d}.png,{c},{split}\n" for split, n in
+                                            (("train", 2), ("val", 1)) for c in "abc" for i in range(n))
+    (tmp_path / "labels.csv").write_text(rows)
+    (tmp_path / "classes.txt").write_text("c\nb\na\n")
+    ds = load_dataset(f"csv:{tmp_path / 'labels.csv'}", classes=str(tmp_path / "classes.txt"),
+                      cache_dir=tmp_path / "cache", progress=False)
+    assert ds.classes == ["c", "b", "a"] and ds.train.labels[ds.train.sources.index(str(root / "train/a/000.png"))] == 2
+    (tmp_path / "classes.txt").write_text(names)
+    capsys.readouterr()
+    assert main([*RUN, "--dataset", f"csv:{tmp_path / 'labels.csv'}", "--classes", str(tmp_path / "classes.txt"),
+                 "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not (tmp_path / "runs").exists()
+
+
 def test_a_label_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     (tmp_path / "labels.csv").write_bytes("path,label\nbild.png,Käfer\n".encode("latin-1"))
     assert main([*RUN, "--dataset", f"csv:{tmp_path / 'labels.csv'}", "--runs-dir", str(tmp_path / "runs")]) == 2

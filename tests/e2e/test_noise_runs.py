@@ -3,6 +3,7 @@ and noise priors."""
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -278,3 +279,52 @@ def test_true_labels_score_the_refined_labels_on_their_images_only(tmp_path, cap
     assert np.array_equal(split["train_labels"], ds.train.labels.numpy()[split["train_indices"]])
     assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "u", "--true-labels", str(f),
                  "--label-noise", "symmetric:0.2"]) == 2
+
+
+def test_all_seeds_rank_by_the_mean_of_every_seeds_opinion(tmp_path, capsys):
+    """label-issues --all-seeds: each image's probabilities are the mean over the seeds that checked it (each
+    seed's own file read back here), split says where each seed held it; the line names every seed."""
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "s", "--seeds", "2", "--generations", "1",
+                 "--label-noise", "symmetric:0.3"]) == 0
+    run = tmp_path / "s"
+    per_seed = {}
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}.csv"
+        assert main(["label-issues", str(run), "--seed", str(seed), "--out", str(out)]) == 0
+        stem = out.with_suffix("")
+        per_seed[seed] = {int(i): (p, s) for i, p, s in zip(np.load(f"{stem}_indices.npy"),
+                                                            np.load(f"{stem}_pred_probs.npy"),
+                                                            np.load(f"{stem}_splits.npy"))}
+    capsys.readouterr()
+    assert main(["label-issues", str(run), "--all-seeds", "--out", str(tmp_path / "all.csv")]) == 0
+    assert re.search(r"by the mean of seed 0's R\d, seed 1's R\d, the best by validation", capsys.readouterr().out)
+    indices, probs = np.load(tmp_path / "all_indices.npy"), np.load(tmp_path / "all_pred_probs.npy")
+    splits = np.load(tmp_path / "all_splits.npy")
+    assert set(indices.tolist()) == set(per_seed[0]) | set(per_seed[1])
+    for i, p, s in zip(indices.tolist(), probs, splits):
+        opinions = [per_seed[seed][i] for seed in (0, 1) if i in per_seed[seed]]
+        assert np.allclose(p, np.mean([o[0] for o in opinions], axis=0), atol=1e-6)
+        assert set(s.split("+")) == {o[1] for o in opinions}
+    assert "val+train" in set(splits.tolist())  # an image each seed held differently
+
+
+def test_test_labels_are_checked_when_asked(noisy_run, capsys):
+    """label-issues --test: the test images the run reports on, by the saved model, into label_issues_test.csv;
+    index = position in the test split; the training list is left as it was."""
+    from labelrefinery.classifier import load_classifier
+
+    before = (noisy_run / "label_issues.csv").read_bytes() if (noisy_run / "label_issues.csv").exists() else None
+    assert main(["label-issues", str(noisy_run), "--test", "--generation", "1", "--all"]) == 0
+    out = capsys.readouterr().out
+    ds = load_dataset("digits")
+    assert f"{len(ds.test)} rows for all {len(ds.test)} images checked ({len(ds.test)} test) by seed 0's R1" in out
+    rows = list(csv.DictReader((noisy_run / "label_issues_test.csv").open()))
+    assert {r["split"] for r in rows} == {"test"} and len(rows) == len(ds.test)
+    probs = load_classifier(noisy_run, generation=1).predict_proba(ds.test.images).numpy()
+    for r in rows[:20]:
+        i = int(r["index"])
+        assert r["given_label"] == ds.classes[int(ds.test.labels[i])]
+        assert float(r["p_given"]) == pytest.approx(float(probs[i, int(ds.test.labels[i])]), abs=1e-4)
+    after = (noisy_run / "label_issues.csv").read_bytes() if (noisy_run / "label_issues.csv").exists() else None
+    assert after == before
+    assert main(["label-issues", str(noisy_run), "--test", "--write-labels", "x.csv"]) == 2

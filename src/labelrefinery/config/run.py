@@ -135,7 +135,7 @@ def leaf_names() -> list[str]:
 RESUMABLE_CHANGES = {"generations", "seeds", "ensemble", "controls", *(f.name for f in fields(ExecConfig))}
 
 
-PATH_SETTINGS = ("data_dir", "refinery_checkpoint", "cache_dir")  # and the PATH of dataset folder:PATH
+PATH_SETTINGS = ("data_dir", "refinery_checkpoint", "cache_dir", "classes", "true_labels")  # and folder:PATH's PATH
 
 
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +150,8 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_SETTINGS:
         if isinstance(out.get(key), str) and out[key]:
             out[key] = absolute(out[key])
+    if isinstance(out.get("trusted"), str) and out["trusted"] and not out["trusted"].isdigit():  # FILE, not N
+        out["trusted"] = absolute(out["trusted"])
     dataset = out.get("dataset")
     for prefix in ("folder:", "csv:"):
         if isinstance(dataset, str) and dataset.startswith(prefix) and len(dataset) > len(prefix):

@@ -24,6 +24,8 @@ class DataConfig:
     val_fraction: float = _f(0.15, "share of the training set held out for validation, stratified by class")
     train_size: int | None = _f(None, "use only this many training images (stratified, before the validation split)")
     test_size: int | None = _f(None, "evaluate on only this many test images (the first ones)")
+    classes: str | None = _f(None, "csv: datasets: a text file of class names, one per line: the classes and their "
+                             "order (default: the labels' distinct values, sorted); a label not in it is refused")
     image_size: int | None = _f(None, "folder: datasets: resize (shorter side) and centre-crop every image to this "
                                 "many pixels per side (none given: the images' own, the most common shorter side)")
     svhn_extra: bool = _f(False, "svhn: add the 531,131-image extra split to training")
@@ -73,6 +75,7 @@ class DataConfig:
         _only_with(self.static_copies != 2, "static_copies", self.augment == "static", "--augment static")
         _only_with(self.skip_bad_images, "skip_bad_images", self.dataset.startswith(("folder:", "csv:")),
                    "--dataset folder:PATH or csv:FILE")
+        _only_with(self.classes is not None, "classes", self.dataset.startswith("csv:"), "--dataset csv:FILE")
         if self.true_labels is not None and self.label_noise is not None:
             raise ConfigError("--true-labels scores refined labels against verified ones, but --label-noise already "
                               "keeps every true label; leave one out")

@@ -64,7 +64,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         data_dir: where the dataset's files are or should be downloaded to; also decides the cache directory.
         options: ``image_size`` (pixels, ``folder:PATH``), ``svhn_extra`` (bool, ``svhn``); for ``folder:PATH``
             also ``in_memory`` (auto | yes | no), ``workers``, ``skip_bad_images``, ``device``, ``cache_dir`` and
-            ``progress``
+            ``progress``; for ``csv:FILE`` also ``classes`` (a file of class names, one per line)
             (see :func:`~labelrefinery.data.folder.load_folder`). Other datasets are always held in memory.
 
     Raises:
@@ -78,9 +78,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         reading = FolderReading(in_memory=options.get("in_memory") or "yes", workers=options.get("workers") or 0,
                                 skip_bad_images=bool(options.get("skip_bad_images")), device=options.get("device"),
                                 progress=options.get("progress", True))
-        load = load_folder if name.startswith(FOLDER_PREFIX) else load_csv
-        return load(Path(name.split(":", 1)[1]), options.get("image_size"), root, reading=reading,
-                    cache_root=Path(cache) if cache else None)
+        path = Path(name.split(":", 1)[1])
+        cache_root = Path(cache) if cache else None
+        if name.startswith(FOLDER_PREFIX):
+            return load_folder(path, options.get("image_size"), root, reading=reading, cache_root=cache_root)
+        return load_csv(path, options.get("image_size"), root, reading=reading, cache_root=cache_root,
+                        classes_file=options.get("classes"))
     if options.get("in_memory") == "no":
         raise ConfigError(f"--data-in-memory no: {name} is read whole from its files (it fits in memory); only "
                           "folder:PATH and csv:FILE datasets stream from disk: leave --data-in-memory at auto")

@@ -2,7 +2,8 @@
 
 The file is UTF-8 text with a header naming the columns ``path`` and ``label`` (in any order, other columns
 ignored) and optionally ``split``. ``path`` is an image file, relative paths relative to the CSV file's folder;
-``label`` a class name (classes are the labels' distinct values, sorted); ``split`` is ``train`` or ``test``
+``label`` a class name (classes are the labels' distinct values, sorted, or the names of a ``--classes`` file,
+one per line, in its order); ``split`` is ``train`` or ``test``
 (``val`` reads as ``test``, the held-out set of an image folder's ``val/``). Without a ``split`` column every
 row is a training image and a deterministic stratified share :data:`TEST_SHARE` of them (fixed draw, seed 0) is
 the test set. Images are read as a folder's are (:func:`~labelrefinery.data.folder.load_listed`): held in memory
@@ -26,12 +27,18 @@ TEST_SHARE = 0.1  # of the rows, held out as the test set when the file has no s
 SPLITS = {"train": "train", "test": "val", "val": "val"}  # a split's rows -> the listed dataset's train / val
 
 
-def read_label_file(path: Path) -> tuple[list[str], list[tuple[str, str, str | None]]]:
-    """``(class names sorted, rows (absolute file, label, split or None))`` of a label CSV, every row checked.
+def read_label_file(path: Path,
+                    classes_file: Path | None = None) -> tuple[list[str], list[tuple[str, str, str | None]]]:
+    """``(class names, rows (absolute file, label, split or None))`` of a label CSV, every row checked.
+
+    Args:
+        classes_file: a UTF-8 text file of class names, one per line (``--classes``): their order, and every
+            label must be one of them; None: the labels' distinct values, sorted.
 
     Raises:
         DataError: not UTF-8, no ``path``/``label`` header, an empty label, an unknown split, a file listed twice,
-            a file that does not exist (each named with its line), or no rows.
+            a file that does not exist, a label outside ``classes_file`` (each named with its line), or no rows;
+            a classes file that cannot be read, is empty or names a class twice.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -50,7 +57,35 @@ def read_label_file(path: Path) -> tuple[list[str], list[tuple[str, str, str | N
         rows.append(_checked_row(path, line, row, seen))
     if not rows:
         raise DataError(f"{path} lists no images; add path,label rows")
-    return sorted({label for _, label, _ in rows}), rows
+    if classes_file is None:
+        return sorted({label for _, label, _ in rows}), rows
+    classes = read_classes_file(Path(classes_file))
+    known = set(classes)
+    for line, (_, label, _) in enumerate(rows, 2):
+        if label not in known:
+            raise DataError(f"{path} line {line}: label {label!r} is not in --classes {classes_file}; add it there or "
+                            "fix the row")
+    return classes, rows
+
+
+def read_classes_file(path: Path) -> list[str]:
+    """The class names of a ``--classes`` file: UTF-8, one per line, blank lines skipped, in order.
+
+    Raises:
+        DataError: unreadable, not UTF-8, empty, or a name twice.
+    """
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"--classes {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"--classes {path}: {e.strerror or e}; give a text file of class names, one per line") from None
+    if not names:
+        raise DataError(f"--classes {path} names no class; give one class name per line")
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise DataError(f"--classes {path} names {twice[0]!r} twice; keep one")
+    return names
 
 
 def _checked_row(path: Path, line: int, row: dict, seen: dict[str, int]) -> tuple[str, str, str | None]:
@@ -75,14 +110,15 @@ def _checked_row(path: Path, line: int, row: dict, seen: dict[str, int]) -> tupl
 
 
 def load_csv(path: Path, image_size: int | None = None, data_dir: Path | None = None, *,
-             reading: FolderReading | None = None, cache_root: Path | None = None) -> Dataset:
-    """The dataset a label CSV lists (see the module docstring).
+             reading: FolderReading | None = None, cache_root: Path | None = None,
+             classes_file: str | Path | None = None) -> Dataset:
+    """The dataset a label CSV lists (see the module docstring); ``classes_file``: see :func:`read_label_file`.
 
     Raises:
         DataError: see :func:`read_label_file`; a class without training rows; an unreadable image.
     """
     path = Path(path)
-    classes, rows = read_label_file(path)
+    classes, rows = read_label_file(path, None if classes_file is None else Path(classes_file))
     index = {c: i for i, c in enumerate(classes)}
     samples: dict[str, list] = {"train": [], "val": []}
     if any(split is not None for _, _, split in rows):
@@ -100,7 +136,7 @@ def load_csv(path: Path, image_size: int | None = None, data_dir: Path | None = 
     if not samples["val"]:
         raise DataError(f"{path}: no test rows (split test or val); add some, or drop the split column to hold out "
                         f"{TEST_SHARE:.0%} of the rows")
-    listing = hashlib.sha1()
+    listing = hashlib.sha1("\n".join(classes).encode())
     for split in ("train", "val"):
         for file, label in samples[split]:
             st = Path(file).stat()

@@ -5,13 +5,15 @@ refinery's own labels, on each training image itself, not on stored augmented
 copies), the seed's ``split.npz`` and the dataset, and checks every image of the
 dataset's training split the seed used: the training images by their refined
 labels, the validation images by the generation's saved model, out of sample (no
-generation trains on them). It writes:
+generation trains on them). With ``--all-seeds`` every seed's opinion counts: each image's probabilities are
+averaged over the seeds that checked it (:func:`seeds_opinion`). It writes:
 
 - ``label_issues.csv``: one row per disputed image (another class has a larger
   probability than the given label; ``--all`` for every image), most disputed first: ranked by the
   probability of the given label, ascending (the order of cleanlab's
   ``rank_by="self_confidence"``), ties by margin.
-  Columns: ``rank``, ``index`` (position in the dataset's training split), ``split`` (``train`` or ``val``),
+  Columns: ``rank``, ``index`` (position in the dataset's training split), ``split`` (``train`` or ``val``;
+  with ``--all-seeds``, ``val+train`` for an image the seeds held differently),
   ``source`` (for ``folder:PATH`` datasets: the image's file), ``given_label``,
   ``suggested_label`` (argmax; the given label where it ties with the top), ``p_given``, ``p_suggested``,
   ``margin`` (p_given minus the largest other probability: negative when disputed), ``top3``
@@ -99,7 +101,8 @@ def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classe
 
 
 def write_label_issues(run_dir: Path, generation: int | None = None, seed: int = 0, out: Path | None = None,
-                       include_all: bool = False) -> tuple[Path, int, tuple[int, int], int]:
+                       include_all: bool = False, all_seeds: bool = False,
+                       test: bool = False) -> tuple[Path, int, tuple[int, int], dict[int, int]]:
     """Write the label-issue files of one generation of one seed (see the module docstring).
 
     Args:
@@ -107,9 +110,12 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
         seed: the run seed.
         out: the CSV path (default ``RUN_DIR/label_issues.csv``); the ``.npy`` files go beside it.
         include_all: a row for every training image, not only the disputed ones.
+        all_seeds: the mean opinion of every seed with a finished generation (:func:`seeds_opinion`), not ``seed``'s.
+        test: check the test images the run reports on instead (:func:`test_labels`; their labels can be wrong too).
 
     Returns:
-        ``(csv path, rows written, (training images, validation images) checked, the generation used)``.
+        ``(csv path, rows written, (training images, images validation in some seed) checked, {seed: the
+        generation used})``.
 
     Raises:
         RunDirError: not a run directory, the seed or generation not finished, or a damaged file.
@@ -123,15 +129,18 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
         rd.check_output_path(Path(out), ".csv", beside="the .npy files go beside it")
     # No lock: a finished generation's files never change (a run writes each atomically, once), so a run may
     # train in the directory meanwhile, and a read-only directory works with --out elsewhere.
-    return _write_issues(rd, generation, seed, out, include_all)
+    seeds = [s for s in rd.seeds() if rd.finished_generations(s)] if all_seeds else [seed]
+    return _write_issues(rd, generation, seeds or [seed], out, include_all, test)
 
 
-def issues_line(path: Path, rows: int, checked: tuple[int, int], generation: int, seed: int, include_all: bool,
+def issues_line(path: Path, rows: int, checked: tuple[int, int], generations: dict[int, int], include_all: bool,
                 chosen: bool) -> str:
-    """What :func:`write_label_issues` wrote, in one line (``chosen``: the generation is the seed's best)."""
+    """What :func:`write_label_issues` wrote, in one line (``chosen``: each generation is its seed's best)."""
     what = "rows for all" if include_all else "disputed of the"
-    return (f"{path}: {rows} {what} {sum(checked)} images checked ({checked[0]} training, {checked[1]} validation) "
-            f"by seed {seed}'s R{generation}" + (", the best by validation" if chosen else ""))
+    by = ", ".join(f"seed {s}'s R{g}" for s, g in generations.items())
+    parts = f"{checked[0]} training, {checked[1]} validation" if checked[0] else f"{checked[1]} test"
+    return (f"{path}: {rows} {what} {sum(checked)} images checked ({parts}) "
+            f"by {'the mean of ' if len(generations) > 1 else ''}{by}" + (", the best by validation" if chosen else ""))
 
 
 def validation_labels(rd: RunDir, seed: int, generation: int, dataset) -> tuple[np.ndarray, ...]:
@@ -144,18 +153,36 @@ def validation_labels(rd: RunDir, seed: int, generation: int, dataset) -> tuple[
     """
     import torch
 
-    from ..checkpoint import preprocessing_record
-    from ..deployed import Classifier
-
     split = rd.read_split(seed)
     indices = split["val_indices"].astype(np.int64)
     given = split["val_labels"].astype(np.int64)
     clean = split["clean_val_labels"].astype(np.int64) if "clean_val_labels" in split else None
+    probs = _saved_model_probs(rd, seed, generation, dataset, dataset.train.images[torch.from_numpy(indices)])
+    return indices, probs, given, clean
+
+
+def test_labels(rd: RunDir, seed: int, generation: int, dataset) -> tuple:
+    """The test images the run reports on (the first ``--test-size``, or all) as generation ``generation`` labels
+    them, out of sample, as :func:`checked_images` returns them (``index``: the position in the test split,
+    ``split``: ``test``; clean None: injected noise never touches test labels)."""
+    from ..protocol import reported_test_set
+
+    images, labels = reported_test_set(dataset, rd.read_config())
+    probs = _saved_model_probs(rd, seed, generation, dataset, images)
+    return (np.arange(len(labels), dtype=np.int64), probs, labels.numpy().astype(np.int64), None,
+            np.array(["test"] * len(labels)), dataset.classes)
+
+
+def _saved_model_probs(rd: RunDir, seed: int, generation: int, dataset, images) -> np.ndarray:
+    import torch
+
+    from ..checkpoint import preprocessing_record
+    from ..deployed import Classifier
+
     model, classes = rd.load_model(seed, generation, torch.device("cpu"))
     augment = rd.read_config().data.augment
     classifier = Classifier(model, classes or dataset.classes, preprocessing_record(dataset, augment))
-    probs = classifier.predict_proba(dataset.train.images[torch.from_numpy(indices)]).numpy()
-    return indices, probs, given, clean
+    return classifier.predict_proba(images).numpy()
 
 
 def checked_images(rd: RunDir, seed: int, generation: int, dataset=None) -> tuple:
@@ -187,6 +214,66 @@ def checked_images(rd: RunDir, seed: int, generation: int, dataset=None) -> tupl
             classes)
 
 
+def seeds_opinion(rd: RunDir, picks: dict[int, int | None], dataset, test: bool = False) -> tuple:
+    """The seeds' combined opinion of every image any of them checked (:func:`checked_images`): each image's refined
+    probabilities averaged over the seeds that checked it (``picks``: ``{seed: generation}``, None for the seed's
+    best generation by validation), for a steadier ranking than one seed's; ``split`` is ``train`` or ``val``
+    where every such seed agrees, else ``val+train``. One seed: its opinion as it is. ``test``: the test images
+    instead (:func:`test_labels`).
+
+    Returns:
+        ``(indices, probs, given, clean or None, splits, classes, generations {seed: generation})`` as
+        :func:`checked_images`.
+
+    Raises:
+        ConfigError: a seed without that generation finished.
+        RunDirError: seeds that gave an image different labels (the run's files disagree), or a damaged file.
+    """
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    given_of: dict[int, int] = {}
+    clean_of: dict[int, int] = {}
+    split_of: dict[int, set] = {}
+    generations, classes, has_clean = {}, None, True
+    for seed, generation in picks.items():
+        generations[seed] = chosen_generation(rd, seed, generation)
+        check = test_labels if test else checked_images
+        indices, probs, given, clean, splits, classes = check(rd, seed, generations[seed], dataset)
+        has_clean = has_clean and clean is not None
+        for row, index in enumerate(indices.tolist()):
+            if given_of.setdefault(index, int(given[row])) != int(given[row]):
+                raise RunDirError(f"seeds of {rd.root} give training image {index} different labels; its split.npz "
+                                  "files disagree: check them or use one --seed")
+            sums[index] = sums.get(index, 0) + probs[row].astype(np.float64)
+            counts[index] = counts.get(index, 0) + 1
+            split_of.setdefault(index, set()).add(str(splits[row]))
+            if clean is not None:
+                clean_of[index] = int(clean[row])
+    order = np.array(sorted(sums), dtype=np.int64)
+    probs = np.stack([sums[i] / counts[i] for i in order.tolist()]).astype(np.float32)
+    splits = np.array(["+".join(sorted(split_of[i], reverse=True)) for i in order.tolist()])
+    given = np.array([given_of[i] for i in order.tolist()], dtype=np.int64)
+    clean = np.array([clean_of[i] for i in order.tolist()], dtype=np.int64) if has_clean else None
+    return order, probs, given, clean, splits, classes, generations
+
+
+def chosen_generation(rd: RunDir, seed: int, generation: int | None) -> int:
+    """``generation``, checked to be finished for ``seed``; None: the seed's best generation by validation.
+
+    Raises:
+        ConfigError: a seed with no finished generation, or ``generation`` not finished.
+    """
+    finished = rd.finished_generations(seed) if seed in rd.seeds() else []
+    if not finished:
+        raise ConfigError(f"seed {seed} has no finished generation in {rd.root}; finished seeds: "
+                          f"{[s for s in rd.seeds() if rd.finished_generations(s)]}")
+    if generation is None:
+        return best_of([rd.read_summary(seed, g) for g in finished])["generation"]
+    if generation not in finished:
+        raise ConfigError(f"--generation {generation} is not finished for seed {seed}; finished: {finished}")
+    return generation
+
+
 def issue_columns(splits: np.ndarray, sources: list[str] | None, indices: np.ndarray) -> dict[str, np.ndarray]:
     """The ``split`` column and, for datasets read from files, the ``source`` column of each row."""
     columns = {"split": splits}
@@ -204,23 +291,15 @@ def _checked_sources(dataset, indices: np.ndarray, name: str) -> list[str] | Non
     return sources
 
 
-def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | None,
-                  include_all: bool) -> tuple[Path, int, tuple[int, int], int]:
-    run_dir = rd.root
-    finished = rd.finished_generations(seed) if seed in rd.seeds() else []
-    if not finished:
-        raise ConfigError(f"seed {seed} has no finished generation in {run_dir}; finished seeds: "
-                          f"{[s for s in rd.seeds() if rd.finished_generations(s)]}")
-    if generation is None:
-        generation = best_of([rd.read_summary(seed, g) for g in finished])["generation"]
-    elif generation not in finished:
-        raise ConfigError(f"--generation {generation} is not finished for seed {seed}; finished: {finished}")
+def _write_issues(rd: RunDir, generation: int | None, seeds: list[int], out: Path | None,
+                  include_all: bool, test: bool) -> tuple[Path, int, tuple[int, int], dict[int, int]]:
     from ..protocol import load_run_dataset
 
+    picks = {seed: chosen_generation(rd, seed, generation) for seed in seeds}  # refused before the data loads
     cfg = rd.read_config()
     dataset = load_run_dataset(cfg)
-    indices, probs, given, clean, splits, classes = checked_images(rd, seed, generation, dataset)
-    sources = _checked_sources(dataset, indices, cfg.data.dataset)
+    indices, probs, given, clean, splits, classes, generations = seeds_opinion(rd, picks, dataset, test)
+    sources = dataset.test.sources if test else _checked_sources(dataset, indices, cfg.data.dataset)
     columns = issue_columns(splits, sources, indices)
     rows = issue_rows(probs, given, indices, classes, clean, include_all, columns=columns)
     header = ["rank", "index", *columns, "given_label",
@@ -230,6 +309,8 @@ def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | Non
     writer = csv.DictWriter(buf, header, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    if out is None and test:
+        out = rd.test_label_issues_path
     csv_path = Path(out) if out is not None else rd.label_issues_path
     try:
         rd.write_label_issues(buf.getvalue(), {"pred_probs": probs.astype(np.float32), "labels": given,
@@ -239,16 +320,17 @@ def _write_issues(rd: RunDir, generation: int | None, seed: int, out: Path | Non
             raise
         raise RunDirError(f"cannot write {csv_path} into the run directory ({str(e).split(': ', 1)[-1]}); give "
                           "--out FILE.csv in a writable place") from None
-    return csv_path, len(rows), (int((splits == "train").sum()), int((splits == "val").sum())), generation
+    return csv_path, len(rows), (int((splits == "train").sum()), int((splits != "train").sum())), generations
 
 
-def write_fixed_labels(run_dir: Path, seed: int, generation: int, out: Path, min_margin: float = 0.0) -> str:
+def write_fixed_labels(run_dir: Path, generations: dict[int, int], out: Path, min_margin: float = 0.0) -> str:
     """Write the dataset's label file with the suggested labels applied: ``path,label,split`` rows (absolute
     paths, class names; ``train`` for the training split, ``test`` for the test split), every image of the
     dataset once, in the dataset's order, read back by ``--dataset csv:OUT``. An image the seed checked takes its
     suggested label where the suggested class's probability exceeds the given label's by more than
-    ``min_margin`` (:func:`checked_images`); every other image keeps the label the run was given. Returns the
-    line ``refinery label-issues`` prints.
+    ``min_margin`` (:func:`checked_images`; with several seeds in ``generations``, ``{seed: generation}``, their
+    mean opinion, :func:`seeds_opinion`); every other image keeps the label the run was given. Returns the line
+    ``refinery label-issues`` prints.
 
     Raises:
         ConfigError: a dataset not read from files (built-in datasets have no paths to write), or an ``out`` in
@@ -264,7 +346,7 @@ def write_fixed_labels(run_dir: Path, seed: int, generation: int, out: Path, min
                           f"{cfg.data.dataset} has no paths to list")
     rd.check_output_path(Path(out), ".csv")
     dataset = load_run_dataset(cfg)
-    indices, probs, given, _, _, classes = checked_images(rd, seed, generation, dataset)
+    indices, probs, given, _, _, classes, _ = seeds_opinion(rd, dict(generations), dataset)
     _, margin = given_label_scores(given, probs)
     labels = dataset.train.labels.numpy().copy()
     labels[indices] = np.where(margin < -min_margin, suggested_labels(given, probs), given)

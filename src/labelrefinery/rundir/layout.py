@@ -8,6 +8,7 @@ Layout (``runs/<name>/``)::
     results.json     the table's numbers; results.md the table
     report.html      `refinery inspect`'s page; report.json, report_label_stats.csv, report_images.csv beside it
     label_issues.csv `refinery label-issues`' table; label_issues_{pred_probs,labels,indices}.npy beside it
+    label_issues_test.csv  `refinery label-issues --test`: the same for the test images (files beside it alike)
     ensemble.json    test top-1 of ensembles of generations
     seed-<s>/split.npz                  train/val indices and labels; with --label-noise also clean labels, flip masks
     seed-<s>/gen-<g>/model.safetensors  weights + class names + model spec
@@ -95,6 +96,11 @@ class RunLayout:
     def label_issues_path(self) -> Path:
         """Where ``refinery label-issues`` writes its CSV by default."""
         return self.root / "label_issues.csv"
+
+    @property
+    def test_label_issues_path(self) -> Path:
+        """Where ``refinery label-issues --test`` writes its CSV by default."""
+        return self.root / "label_issues_test.csv"
 
     # ------------------------------------------------------------------ one seed, one generation
     def seed_dir(self, seed: int) -> Path:
