@@ -3,6 +3,7 @@ fixes fed back into training; folder images at their own size; predict and expor
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +172,32 @@ def test_predict_skips_unreadable_files_and_exports_carry_class_names(moved_run,
     torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
     assert json.loads(extra["classes.json"]) == ["a", "b", "c"]
     assert json.loads(extra["preprocessing.json"])["stored_size"] == 12
+
+
+def test_verified_labels_name_images_by_their_files(tmp_path):
+    """--trusted FILE / --true-labels FILE rows by file path (relative to the CSV's folder) reach the right
+    training images of a CSV dataset; a file the dataset does not list is refused naming the line."""
+    from labelrefinery.config import resolve_config
+    from labelrefinery.data import DataError
+    from labelrefinery.protocol import load_run_dataset, with_given_labels
+
+    _stripes(tmp_path / "imgs", per_class=(6, 2))
+    rows = "path,label,split\n" + "".join(f"imgs/{split}/{c}/{i:03d}.png,{c},{split}\n" for split, n in
+                                          (("train", 6), ("val", 2)) for c in "abc" for i in range(n))
+    (tmp_path / "labels.csv").write_text(rows)
+    (tmp_path / "v").mkdir()
+    verified = tmp_path / "v" / "verified.csv"
+    listed = [("a", 0, "b"), ("a", 1, "a"), ("b", 0, "b"), ("b", 1, "c"), ("c", 0, "c"), ("c", 1, "a")]
+    verified.write_text("image,label\n" + "".join(f"../imgs/train/{c}/{i:03d}.png,{y}\n" for c, i, y in listed))
+    cfg = resolve_config("quick", {"dataset": f"csv:{tmp_path / 'labels.csv'}", "trusted": str(verified),
+                                   "cache_dir": str(tmp_path / "cache"), "progress": False})
+    ds, _ = with_given_labels(load_run_dataset(cfg), cfg)
+    by_file = {Path(f).relative_to(tmp_path / "imgs/train").as_posix(): i for i, f in enumerate(ds.train.sources)}
+    for c, i, y in listed:
+        index = by_file[f"{c}/{i:03d}.png"]
+        assert index in ds.trusted.indices.tolist() and ds.classes[int(ds.train.labels[index])] == y
+    given = {int(i): ds.classes[int(g)] for i, g in zip(ds.trusted.indices, ds.trusted.given)}
+    assert all(given[by_file[f"{c}/{i:03d}.png"]] == c for c, i, _ in listed)  # what the dataset said
+    verified.write_text("image,label\n../imgs/val/a/000.png,a\n")
+    with pytest.raises(DataError, match="line 2: ../imgs/val/a/000.png is not a training image"):
+        with_given_labels(load_run_dataset(cfg), cfg)

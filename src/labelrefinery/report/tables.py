@@ -194,7 +194,7 @@ def _label_table(r: dict, name: str) -> list[str]:
     if not gens:
         return []
     cols = [(k, title) for k, title in QUALITY_COLUMNS if any(k in g["label_quality"] for g in gens)]
-    scored = r["per_seed"] and next(iter(r["per_seed"].values()))[0].get("true_labels_scored")
+    scored = r.get("per_seed") and next(iter(r["per_seed"].values()))[0].get("true_labels_scored")
     lines = [f"Refined labels made by each generation, {name} (% of training images, mean over seeds; disputed: "
              "refined argmax differs from the given label" + (
                  f"; flipped, corrected, harmed and detection on the {scored} training images with --true-labels"
