@@ -19,7 +19,7 @@ import torch
 from .augment import eval_view, input_size, make_augment, static_copies
 from .batch import Pipeline, scaled_side
 from .checkpoint import load_refinery
-from .config import RunConfig, parse_label_form
+from .config import DataConfig, RunConfig, parse_label_form
 from .console import ChainClock, log
 from . import dist
 from .data import Dataset, check_dataset_name
@@ -32,10 +32,11 @@ from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, planned_epochs, relo
                          target_source, train_generation)
 from .models import ModelSpec, build_model, check_model_name
 from .noise import max_noise_rate
-from .protocol import load_run_dataset, seed_data, seed_split, with_given_labels
+from .protocol import load_run_dataset, reported_test_set, seed_data, seed_split, with_given_labels
 from .report.labelissues import issues_line, write_label_issues
 from .report.tables import format_table, summarize_run
 from .rundir import RunDir
+from .rundir.split import split_arrays
 from .targets import LabelRecipe, StoredTargets
 from .tblog import TensorBoardLog, check_tensorboard
 from .version import code_version
@@ -69,6 +70,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir) -> Experiment:
         raise ConfigError("--augment static stores augmented copies of every image in memory, but this dataset is "
                           "streamed from its files; use --augment online or crop, or --data-in-memory yes")
     dataset, noise = with_given_labels(dataset, cfg)
+    _warn_about_verified(dataset, cfg)
     _check_against_data(cfg, dataset)
     side = input_size(d.augment, dataset.image_shape[1])
     spec = ModelSpec(cfg.model, dataset.train.num_classes, dataset.image_shape[0], side)
@@ -191,11 +193,28 @@ def _warn_unused(cfg: RunConfig) -> None:
         log(f"warning: --data-dir changes nothing for {cfg.data.dataset}, which needs no files")
 
 
+def _warn_about_verified(dataset: Dataset, cfg: RunConfig) -> None:
+    """Warn about ``--trusted`` / ``--true-labels`` settings that do less than a user may think."""
+    trusted, truth, k = dataset.trusted, dataset.true_labels, dataset.train.num_classes
+    if trusted is not None:
+        if cfg.data.val_fraction != DataConfig.val_fraction:
+            log(f"warning: --val-fraction {cfg.data.val_fraction:g} changes nothing with --trusted: the verified "
+                "images are the validation split")
+        covered = int(trusted.verified.unique().numel())
+        if covered < k:
+            log(f"warning: the {len(trusted.indices)} verified labels (--trusted) cover {covered} of the {k} classes; "
+                "validation never sees the others: verify some images of every class")
+    if truth is not None and trusted is not None:
+        both = int(torch.isin(truth.indices, trusted.indices).sum())
+        if both:
+            log(f"warning: {both} of the --true-labels images are --trusted images (validation); they are not scored")
+
+
 def run_seed(exp: Experiment, seed: int) -> list[dict]:
     """Train the chain R1..Rn of one seed, skipping finished generations; returns one summary per generation."""
     data = seed_data(exp.dataset, exp.cfg, seed, exp.pipeline.device, exp.noise, static_copies)
     exp.run_dir.write_split(seed, data.train_idx, data.val_idx, data.val_labels, data.test_labels,
-                            exp.dataset.train.labels, exp.noise.clean if exp.noise is not None else None)
+                            *_split_labels(exp))
     summaries: list[dict] = []
     refinery, stored = exp.external, None  # what made the next generation's labels (model, offline rows)
     for g in range(1, exp.cfg.generations + 1):
@@ -214,15 +233,29 @@ def run_seed(exp: Experiment, seed: int) -> list[dict]:
     return summaries
 
 
-def _check_finished_work(cfg: RunConfig, rd: RunDir) -> None:
-    """Read back (verify) the summary of every finished generation and control of every seed.
+def _check_finished_work(exp: Experiment) -> None:
+    """Read back (verify) the summary of every finished generation and control of every seed, and check that its
+    ``split.npz`` is the split this run makes (the data, ``--trusted`` and ``--true-labels`` unchanged).
 
     Raises:
-        UserError: an edited, damaged or foreign summary (see :meth:`RunDir.read_summary`).
+        UserError: an edited, damaged or foreign summary (see :meth:`RunDir.read_summary`), or another split.
     """
+    rd, cfg = exp.run_dir, exp.cfg
     for seed in cfg.seed_values():
-        for g in [*rd.finished_generations(seed), *rd.finished_controls(seed)]:
+        finished = [*rd.finished_generations(seed), *rd.finished_controls(seed)]
+        for g in finished:
             rd.read_summary(seed, g)
+        if finished:
+            train_idx, val_idx = seed_split(exp.dataset, cfg, seed)
+            rd.check_split(seed, split_arrays(train_idx, val_idx, exp.dataset.train.labels[val_idx],
+                                              reported_test_set(exp.dataset, cfg)[1], *_split_labels(exp)))
+
+
+def _split_labels(exp: Experiment) -> tuple:
+    """``(given labels, clean labels or None, (true-label indices, labels) or None)`` of the run's split files."""
+    truth = exp.dataset.true_labels
+    return (exp.dataset.train.labels, exp.noise.clean if exp.noise is not None else None,
+            None if truth is None else (truth.indices, truth.verified))
 
 
 def _write_run_facts(exp: Experiment, resumed: bool) -> None:
@@ -299,7 +332,7 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
                 cfg = dataclasses.replace(cfg, refinement=dataclasses.replace(cfg.refinement, controls=True))
                 exp.cfg = cfg
             if resumed:
-                _check_finished_work(cfg, rd)  # a refused summary stops the run before any file is rewritten
+                _check_finished_work(exp)  # a refused summary or split stops the run before any file is rewritten
             _write_run_facts(exp, resumed)
             dist.barrier()  # the other processes read the directory only once the main one has tidied it
             exp.clock = ChainClock(planned_epochs(cfg, rd))

@@ -154,7 +154,7 @@ def _add_label_issues_parser(sub) -> None:
     li.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     li.add_argument("--generation", type=int, default=None,
                     help="whose refined labels (default: the seed's best generation by validation top-1)")
-    li.add_argument("--seed", type=int, default=0, help="which seed's chain (default: 0)")
+    li.add_argument("--seed", type=int, default=None, help="which seed's chain (default: 0)")
     li.add_argument("--all-seeds", action="store_true",
                     help="rank by every seed's opinion: each image's refined probabilities averaged over the seeds "
                     "that checked it (each seed's best generation, or --generation); steadier than one seed's")
@@ -345,6 +345,12 @@ def _label_issues(args: argparse.Namespace) -> int:
                           "suggested class over the given label")
     if args.write_labels is not None and args.write_labels.suffix != ".csv":
         raise ConfigError(f"--write-labels {args.write_labels} must be a file path ending in .csv")
+    if args.all_seeds and args.seed is not None:
+        raise ConfigError(f"--all-seeds combines every seed's opinion; leave out --seed {args.seed}")
+    if args.min_margin and args.write_labels is None:
+        raise ConfigError(f"--min-margin {args.min_margin:g} applies to --write-labels FILE.csv; add it or leave "
+                          "--min-margin out")
+    args.seed = 0 if args.seed is None else args.seed
     if args.test and args.write_labels is not None:
         raise ConfigError("--write-labels applies the suggested labels to the training images; leave out --test (or "
                           "write the test list and fix its labels by hand)")

@@ -273,6 +273,7 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
         stats["label_quality"].update({k: scored[k] for k in ("flipped", "corrected", "harmed", "detection_precision",
                                                              "detection_recall", "detection_f1")})
         stats["true_labels_scored"] = int(known.sum())
+        stats["true_labels_listed"] = len(exp.dataset.true_labels.indices)
     if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels():
         stats["symmetric_noise_estimate"] = estimate_symmetric_noise(given, own)
         stats["classwise_noise_estimate"] = classwise_summary(given, own)
@@ -317,8 +318,9 @@ def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, c
     q = s.get("label_quality") or {}
     if q.get("corrected") is not None:
         f1 = "n/a" if q["detection_f1"] is None else f"{q['detection_f1']:.3f}"
-        against = (f"against the {s['true_labels_scored']} --true-labels" if s.get("true_labels_scored")
-                   else "injected noise")
+        n, listed = s.get("true_labels_scored"), s.get("true_labels_listed")
+        against = "injected noise" if not n else f"against the {n} --true-labels images that train" + (
+            f" (of {listed} listed; the others are validation images)" if listed and listed > n else "")
         log(f"[{tag}] {against}: refined labels correct {100 * q['corrected']:.1f}% of the flipped labels, "
             f"dispute {100 * (q['harmed'] or 0):.1f}% of the clean ones; as a detector of flipped labels F1 {f1}")
     if s["collapsed"]:

@@ -164,3 +164,25 @@ def test_damaged_resume_file_is_one_line(interrupted, capsys, damage):
     DAMAGE[damage](interrupted / "seed-0/gen-2/train-state.pt")
     assert tiny_run(interrupted.parent, "mid", "--epochs", "2") == 2
     one_line_error(capsys, "train-state.pt", "delete")
+
+
+@pytest.mark.parametrize("flag", ["--trusted", "--true-labels"])
+def test_an_edited_verified_label_file_is_refused_on_resume_and_nothing_is_rewritten(tmp_path, capsys, flag):
+    """The run's split.npz holds what its --trusted / --true-labels file said; a resume after an edit stops before
+    config.yaml, run.json or anything else is written (a refused resume must not leave --generations 3 behind)."""
+    from labelrefinery.data import load_dataset
+
+    ds = load_dataset("digits")
+    f = tmp_path / "verified.csv"
+    rows = [(i, int(ds.train.labels[i])) for i in range(0, 600, 12)]
+    f.write_text("index,label\n" + "".join(f"{i},{y}\n" for i, y in rows))
+    assert tiny_run(tmp_path, "v", flag, str(f)) == 0
+    run = tmp_path / "v"
+    before = tree(run)
+    i, y = rows[3]
+    f.write_text(f.read_text().replace(f"\n{i},{y}\n", f"\n{i},{(y + 1) % 10}\n"))
+    assert main(["run", "--resume", str(run), "--generations", "3"]) == 2
+    one_line_error(capsys, "split.npz", "--trusted/--true-labels file changed")
+    after = tree(run)
+    after.pop(".lock"), before.pop(".lock")
+    assert after == before

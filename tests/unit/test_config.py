@@ -56,7 +56,7 @@ def test_noise_spec_is_compared_by_value():
     (["--label-noise", "idn:0.2", "--trusted", "5000"], "needs from 20 to"),
     (["--label-noise", "idn:0.95"], "P must be in"),
     (["--label-noise", "idn:0.2", "--true-labels", "t.csv"], "leave one out"),
-    (["--true-labels", "missing.csv"], "--true-labels missing.csv: No such file"),
+    (["--true-labels", "missing.csv"], "missing.csv: No such file"),
 ])
 def test_bad_noise_prior_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "bad", "--generations", "2", *args]) == 2

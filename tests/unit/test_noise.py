@@ -261,7 +261,8 @@ def test_trusted_estimate_counts_the_verified_labels():
     assert torch.allclose(t.sum(1), torch.ones(3))
     e = trusted_noise_estimate(given, verified, 3)
     assert e["rate"] == pytest.approx(0.2) and e["images"] == 10 and e["low"] < 0.2 < e["high"]
-    assert e["largest"][0] == [2, 0, pytest.approx(1 / 3, abs=1e-4)]
+    assert e["largest"][0] == [2, 0, 0.5]  # 1 of class 2's 2 verified images given as 0: the share as counted
+    assert e["largest"][1] == [0, 1, 0.25]
 
 
 def test_trusted_images_are_the_validation_split_with_their_verified_labels(tmp_path):

@@ -46,8 +46,10 @@ class RunConfig:
         _only_with(self.execution.workers != 0, "workers", folder, "--dataset folder:PATH or csv:FILE")
         _only_with(self.execution.cache_dir is not None, "cache_dir", folder, "--dataset folder:PATH or csv:FILE")
         if self.refinement.prior.model != "none" and self.training.label_smoothing > 0:
-            raise ConfigError(f"--noise-prior {self.refinement.noise_prior} makes soft targets from the given labels "
-                              f"already; leave out --label-smoothing {self.training.label_smoothing:g}")
+            what = ("corrects the refined labels on the verified labels" if self.refinement.prior.model == "verified"
+                    else "makes soft targets from the given labels already")
+            raise ConfigError(f"--noise-prior {self.refinement.noise_prior} {what}; leave out --label-smoothing "
+                              f"{self.training.label_smoothing:g}")
         if self.refinement.prior.model == "verified" and self.data.trusted is None:
             raise ConfigError("--noise-prior verified corrects refined labels on verified labels; add --trusted FILE "
                               "(or --trusted N with --label-noise), or use --noise-prior evidence")

@@ -54,8 +54,9 @@ class DataConfig:
         _need(isinstance(self.dataset, str) and bool(self.dataset), "dataset", self.dataset, "a dataset name")
         if self.trusted is not None:
             self.trusted = str(self.trusted).strip()
-            _need(bool(self.trusted) and self.trusted != "0", "trusted", self.trusted,
-                  "a CSV file of image,label rows or a number of images")
+            number = self.trusted.lstrip("+-").replace(".", "", 1).isdigit()
+            _need(bool(self.trusted) and (not number or (self.trusted.isdigit() and int(self.trusted) > 0)),
+                  "trusted", self.trusted, "a CSV file of image,label rows or a number of images (N >= 1)")
             if self.trusted.isdigit() and self.label_noise is None:
                 raise ConfigError(f"--trusted {self.trusted} takes the true labels of that many images from injected "
                                   "--label-noise, which this run has none of; give --trusted FILE, a CSV of your own "
@@ -249,7 +250,7 @@ class RefineConfig:
             raise ConfigError(f"{flag} estimates the noise from an R1 trained on the given labels; with "
                               "--refinery-checkpoint there is none: give the share you believe, e.g. "
                               "--noise-prior 0.2")
-        if prior.estimated and self.cross_fit:
+        if prior.estimated and self.cross_fit and prior.model != "verified":  # verified fits on verified labels
             raise ConfigError(f"{flag} estimates the noise from R1's labels, but with --cross-fit {self.cross_fit} "
                               "they come from weaker fold models and read too noisy; give the share you believe, e.g. "
                               "--noise-prior 0.2")

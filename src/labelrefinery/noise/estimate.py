@@ -205,9 +205,13 @@ def trusted_transition(given: torch.Tensor, verified: torch.Tensor, num_classes:
 
 def trusted_noise_estimate(given: torch.Tensor, verified: torch.Tensor, num_classes: int) -> dict:
     """What verified labels say of the given ones: ``rate`` (share of given labels that are wrong), its 95%
-    Wilson interval ``low``/``high``, ``images`` (T), and ``largest``, the five largest confusions of
-    :func:`trusted_transition` as ``[true class, given class, P(given | true)]``."""
+    Wilson interval ``low``/``high``, ``images`` (T), and ``largest``, the five largest confusions as counted
+    (the share of the verified images of a true class given as another, without :func:`trusted_transition`'s
+    pseudo-count) as ``[true class, given class, share]``."""
     wrong = int((given.cpu() != verified.cpu()).sum())
     low, high = wilson_interval(wrong, len(given))
+    counts = torch.zeros(num_classes, num_classes)
+    counts.index_put_((verified.cpu(), given.cpu()), torch.ones(len(given)), accumulate=True)
+    observed = counts / counts.sum(1, keepdim=True).clamp_min(1)  # the shares as counted, no pseudo-count
     return {"source": "trusted", "rate": wrong / max(len(given), 1), "low": low, "high": high,
-            "images": len(given), "largest": largest_transitions(trusted_transition(given, verified, num_classes))}
+            "images": len(given), "largest": largest_transitions(observed)}

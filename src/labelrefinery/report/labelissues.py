@@ -102,7 +102,7 @@ def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classe
 
 def write_label_issues(run_dir: Path, generation: int | None = None, seed: int = 0, out: Path | None = None,
                        include_all: bool = False, all_seeds: bool = False,
-                       test: bool = False) -> tuple[Path, int, tuple[int, int], dict[int, int]]:
+                       test: bool = False) -> tuple[Path, int, tuple[int, int, int], dict[int, int]]:
     """Write the label-issue files of one generation of one seed (see the module docstring).
 
     Args:
@@ -114,8 +114,8 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
         test: check the test images the run reports on instead (:func:`test_labels`; their labels can be wrong too).
 
     Returns:
-        ``(csv path, rows written, (training images, images validation in some seed) checked, {seed: the
-        generation used})``.
+        ``(csv path, rows written, (training, validation or test, training in one seed and validation in another)
+        images checked, {seed: the generation used})``.
 
     Raises:
         RunDirError: not a run directory, the seed or generation not finished, or a damaged file.
@@ -133,12 +133,17 @@ def write_label_issues(run_dir: Path, generation: int | None = None, seed: int =
     return _write_issues(rd, generation, seeds or [seed], out, include_all, test)
 
 
-def issues_line(path: Path, rows: int, checked: tuple[int, int], generations: dict[int, int], include_all: bool,
+def issues_line(path: Path, rows: int, checked: tuple[int, ...], generations: dict[int, int], include_all: bool,
                 chosen: bool) -> str:
     """What :func:`write_label_issues` wrote, in one line (``chosen``: each generation is its seed's best)."""
     what = "rows for all" if include_all else "disputed of the"
     by = ", ".join(f"seed {s}'s R{g}" for s, g in generations.items())
-    parts = f"{checked[0]} training, {checked[1]} validation" if checked[0] else f"{checked[1]} test"
+    if not checked[0]:
+        parts = f"{checked[1]} test"
+    else:
+        both = "" if len(checked) < 3 or not checked[2] else \
+            f", {checked[2]} training in one seed and validation in another"
+        parts = f"{checked[0]} training, {checked[1]} validation{both}"
     return (f"{path}: {rows} {what} {sum(checked)} images checked ({parts}) "
             f"by {'the mean of ' if len(generations) > 1 else ''}{by}" + (", the best by validation" if chosen else ""))
 
@@ -188,7 +193,7 @@ def _saved_model_probs(rd: RunDir, seed: int, generation: int, dataset, images) 
 def checked_images(rd: RunDir, seed: int, generation: int, dataset=None) -> tuple:
     """Every image of the dataset's training split that the seed used, with generation ``generation``'s labels
     of it: the training images by their refined labels, and (given the loaded ``dataset``) the validation images
-    by the saved model, out of sample. Ascending dataset index.
+    by the saved model, out of sample, unless they are ``--trusted`` verified labels. Ascending dataset index.
 
     Returns:
         ``(indices (M,) int64, probs (M, K) float32, given (M,) int64, clean (M,) int64 or None, splits (M,) str
@@ -203,7 +208,7 @@ def checked_images(rd: RunDir, seed: int, generation: int, dataset=None) -> tupl
         raise RunDirError(f"{rd.seed_dir(seed) / 'split.npz'} predates stored training labels; rerun `refinery run` "
                           f"on {rd.root} with the same settings to add them (finished generations are kept)")
     splits = np.array(["train"] * len(indices))
-    if dataset is not None:
+    if dataset is not None and rd.read_config().data.trusted is None:  # verified images are no label issues
         v_indices, v_probs, v_given, v_clean = validation_labels(rd, seed, generation, dataset)
         splits = np.concatenate([splits, np.array(["val"] * len(v_indices))])
         indices, given = np.concatenate([indices, v_indices]), np.concatenate([given, v_given])
@@ -292,7 +297,7 @@ def _checked_sources(dataset, indices: np.ndarray, name: str) -> list[str] | Non
 
 
 def _write_issues(rd: RunDir, generation: int | None, seeds: list[int], out: Path | None,
-                  include_all: bool, test: bool) -> tuple[Path, int, tuple[int, int], dict[int, int]]:
+                  include_all: bool, test: bool) -> tuple[Path, int, tuple[int, int, int], dict[int, int]]:
     from ..protocol import load_run_dataset
 
     picks = {seed: chosen_generation(rd, seed, generation) for seed in seeds}  # refused before the data loads
@@ -320,7 +325,8 @@ def _write_issues(rd: RunDir, generation: int | None, seeds: list[int], out: Pat
             raise
         raise RunDirError(f"cannot write {csv_path} into the run directory ({str(e).split(': ', 1)[-1]}); give "
                           "--out FILE.csv in a writable place") from None
-    return csv_path, len(rows), (int((splits == "train").sum()), int((splits != "train").sum())), generations
+    return csv_path, len(rows), (int((splits == "train").sum()), int(np.isin(splits, ["val", "test"]).sum()),
+                                 int((splits == "val+train").sum())), generations
 
 
 def write_fixed_labels(run_dir: Path, generations: dict[int, int], out: Path, min_margin: float = 0.0) -> str:
@@ -329,8 +335,8 @@ def write_fixed_labels(run_dir: Path, generations: dict[int, int], out: Path, mi
     dataset once, in the dataset's order, read back by ``--dataset csv:OUT``. An image the seed checked takes its
     suggested label where the suggested class's probability exceeds the given label's by more than
     ``min_margin`` (:func:`checked_images`; with several seeds in ``generations``, ``{seed: generation}``, their
-    mean opinion, :func:`seeds_opinion`); every other image keeps the label the run was given. Returns the line
-    ``refinery label-issues`` prints.
+    mean opinion, :func:`seeds_opinion`); the ``--trusted`` images take their verified labels; every other image
+    keeps the label the run was given. Returns the line ``refinery label-issues`` prints.
 
     Raises:
         ConfigError: a dataset not read from files (built-in datasets have no paths to write), or an ``out`` in
@@ -351,6 +357,12 @@ def write_fixed_labels(run_dir: Path, generations: dict[int, int], out: Path, mi
     labels = dataset.train.labels.numpy().copy()
     labels[indices] = np.where(margin < -min_margin, suggested_labels(given, probs), given)
     changed = int((labels[indices] != given).sum())
+    verified = 0
+    if cfg.data.trusted is not None:  # the verified images take their verified labels (the run's validation)
+        split = rd.read_split(next(iter(generations)))
+        v_indices, v_labels = split["val_indices"].astype(np.int64), split["val_labels"].astype(np.int64)
+        verified = int((labels[v_indices] != v_labels).sum())
+        labels[v_indices] = v_labels
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
@@ -362,6 +374,7 @@ def write_fixed_labels(run_dir: Path, generations: dict[int, int], out: Path, mi
     warning = "" if not emptied else (f"; warning: no training image keeps class {emptied[0]!r}"
                                       f"{f' (and {len(emptied) - 1} more)' if len(emptied) > 1 else ''}, so the file "
                                       "cannot train as it is: raise --min-margin or relabel by hand")
+    also = "" if not cfg.data.trusted else f", {verified} to its verified label (--trusted)"
     return (f"{out}: {len(dataset.train) + len(dataset.test)} images ({len(dataset.train)} train, "
             f"{len(dataset.test)} test), {changed} label{'' if changed == 1 else 's'} changed to the suggested one "
-            f"(lead > {min_margin:g}); train on it with `refinery run --dataset csv:{out}`{warning}")
+            f"(lead > {min_margin:g}){also}; train on it with `refinery run --dataset csv:{out}`{warning}")

@@ -83,8 +83,10 @@ def _generation_row(per_seed: dict[str, list[dict]], g: int) -> dict:
 def _correction(rows: list[dict]) -> dict:
     """The verified-label correction its labels had (mean over seeds of the out-of-fold top-1 before and after)."""
     found = [r["verified_correction"] for r in rows if r.get("verified_correction")]
+    if not found:
+        return {}
     return {"verified_correction": {"before": float(np.mean([c["verified_top1_before"] for c in found])),
-                                    "after": float(np.mean([c["verified_top1_after"] for c in found]))}} if found else {}
+                                    "after": float(np.mean([c["verified_top1_after"] for c in found]))}}
 
 
 def _evidence(rows: list[dict]) -> dict:
@@ -269,10 +271,11 @@ def _next_lines(r: dict) -> list[str]:
            f"{best['val_top1']:.2f}%, test {best['test_top1']:.2f}%, {best['test_top1'] - r1:+.2f} points over plain "
            f"training, R1): `{run}/seed-0/gen-{g}/model.safetensors`, the one `refinery predict {run}` and "
            f"`load_classifier(\"{run}\")` load.", "",
-           f"**Next:** `label_issues.csv` lists the disputed labels, most disputed first. Review them, then "
-           f"`refinery label-issues {run} --write-labels fixed.csv` writes the label file with the suggested labels "
-           "applied (folder and CSV datasets) and `refinery run --dataset csv:fixed.csv --preset noisy` retrains on "
-           "it."]
+           "**Next:** `label_issues.csv` lists the disputed labels, most disputed first. Review them" + (
+               f", then `refinery label-issues {run} --write-labels fixed.csv` writes the label file with the "
+               "suggested labels applied and `refinery run --dataset csv:fixed.csv --preset noisy` retrains on it."
+               if str(r["config"].get("dataset", "")).startswith(("folder:", "csv:")) else
+               " and fix them where the data lives (this dataset has no files to write a label file for).")]
     e = r["generations"][0].get("noise_evidence") or {}
     if e.get("source") == "held-out":
         out[-1] += (" Without verified labels the refinery cannot see wrong labels that follow what the images look "

@@ -39,7 +39,7 @@ from .lock import hold
 from .metrics import MetricsLog
 from .results import (add_ensemble_entry, read_ensemble_file, read_external_summary, read_run_info_file,
                       read_summary_file)
-from .split import load_split, save_split, split_arrays
+from .split import check_split, load_split, save_split, split_arrays
 from .trainstate import TrainStateFile
 from .writer import (main_process_writes, write_bytes, write_json, write_label_issue_files, write_report_files,
                      write_results_files)
@@ -140,7 +140,8 @@ class RunDir(RunLayout):
     @main_process_writes()
     def write_split(self, seed: int, train_idx: torch.Tensor, val_idx: torch.Tensor, val_labels: torch.Tensor,
                     test_labels: torch.Tensor, given_labels: torch.Tensor | None = None,
-                    clean_labels: torch.Tensor | None = None) -> None:
+                    clean_labels: torch.Tensor | None = None,
+                    true_labels: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Save the seed's split; a damaged or different one is rewritten.
 
         Args:
@@ -150,8 +151,16 @@ class RunDir(RunLayout):
                 with ``--label-noise``), stored as ``train_labels`` (of ``train_idx``).
             clean_labels: with ``--label-noise``, the labels before injection: stored as ``clean_train_labels``,
                 ``clean_val_labels`` and the flip masks ``train_flipped``, ``val_flipped``.
+            true_labels: with ``--true-labels``, ``(indices, labels)`` of the verified training images, stored as
+                ``true_label_indices``, ``true_label_values``.
         """
-        save_split(self, seed, split_arrays(train_idx, val_idx, val_labels, test_labels, given_labels, clean_labels))
+        save_split(self, seed, split_arrays(train_idx, val_idx, val_labels, test_labels, given_labels, clean_labels,
+                                            true_labels))
+
+    def check_split(self, seed: int, arrays: dict[str, np.ndarray]) -> None:
+        """Refuse (RunDirError) an intact ``split.npz`` of finished generations that holds other ``arrays``
+        (:func:`~labelrefinery.rundir.split.split_arrays`) than this run makes; writes nothing."""
+        check_split(self, seed, arrays)
 
     def read_split(self, seed: int) -> dict[str, np.ndarray]:
         """The seed's ``split.npz`` as arrays by name (see :meth:`write_split`), verified (else RunDirError)."""
