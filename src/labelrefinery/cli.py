@@ -338,23 +338,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _label_issues(args: argparse.Namespace) -> int:
-    from .report.labelissues import issues_line, write_fixed_labels, write_label_issues
+    from .report.labelissues import check_issue_options, issues_line, write_fixed_labels, write_label_issues
 
-    if not 0.0 <= args.min_margin < 1.0:
-        raise ConfigError(f"--min-margin {args.min_margin:g} must be in [0, 1): the lead in probability of the "
-                          "suggested class over the given label")
-    if args.write_labels is not None and args.write_labels.suffix != ".csv":
-        raise ConfigError(f"--write-labels {args.write_labels} must be a file path ending in .csv")
-    if args.all_seeds and args.seed is not None:
-        raise ConfigError(f"--all-seeds combines every seed's opinion; leave out --seed {args.seed}")
-    if args.min_margin and args.write_labels is None:
-        raise ConfigError(f"--min-margin {args.min_margin:g} applies to --write-labels FILE.csv; add it or leave "
-                          "--min-margin out")
-    args.seed = 0 if args.seed is None else args.seed
-    if args.test and args.write_labels is not None:
-        raise ConfigError("--write-labels applies the suggested labels to the training images; leave out --test (or "
-                          "write the test list and fix its labels by hand)")
-    path, rows, total, generations = write_label_issues(args.run_dir, args.generation, args.seed, args.out,
+    check_issue_options(args.seed, args.all_seeds, args.test, args.write_labels, args.min_margin)
+    path, rows, total, generations = write_label_issues(args.run_dir, args.generation, args.seed or 0, args.out,
                                                         args.include_all, args.all_seeds, args.test)
     print(issues_line(path, rows, total, generations, args.include_all, args.generation is None))
     if args.write_labels is not None:

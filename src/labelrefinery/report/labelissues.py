@@ -100,6 +100,24 @@ def issue_rows(probs: np.ndarray, given: np.ndarray, indices: np.ndarray, classe
     return rows
 
 
+def check_issue_options(seed: int | None, all_seeds: bool, test: bool, write_labels: Path | None,
+                        min_margin: float) -> None:
+    """Refuse ``refinery label-issues`` options that do not go together (ConfigError, one line each)."""
+    if not 0.0 <= min_margin < 1.0:
+        raise ConfigError(f"--min-margin {min_margin:g} must be in [0, 1): the lead in probability of the "
+                          "suggested class over the given label")
+    if write_labels is not None and Path(write_labels).suffix != ".csv":
+        raise ConfigError(f"--write-labels {write_labels} must be a file path ending in .csv")
+    if all_seeds and seed is not None:
+        raise ConfigError(f"--all-seeds combines every seed's opinion; leave out --seed {seed}")
+    if min_margin and write_labels is None:
+        raise ConfigError(f"--min-margin {min_margin:g} applies to --write-labels FILE.csv; add it or leave "
+                          "--min-margin out")
+    if test and write_labels is not None:
+        raise ConfigError("--write-labels applies the suggested labels to the training images; leave out --test (or "
+                          "write the test list and fix its labels by hand)")
+
+
 def write_label_issues(run_dir: Path, generation: int | None = None, seed: int = 0, out: Path | None = None,
                        include_all: bool = False, all_seeds: bool = False,
                        test: bool = False) -> tuple[Path, int, tuple[int, int, int], dict[int, int]]:
