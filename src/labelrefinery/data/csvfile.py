@@ -27,6 +27,23 @@ TEST_SHARE = 0.1  # of the rows, held out as the test set when the file has no s
 SPLITS = {"train": "train", "test": "val", "val": "val"}  # a split's rows -> the listed dataset's train / val
 
 
+def read_user_text(path: Path, name: str, expect: str) -> str:
+    """The text of a UTF-8 file a user gave (a byte-order mark dropped).
+
+    Args:
+        name: how messages name it (e.g. ``--classes FILE``); expect: what it should be, for the fix.
+
+    Raises:
+        DataError: unreadable or not UTF-8, in one line naming ``name``.
+    """
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{name}: {e.strerror or e}; give {expect}") from None
+
+
 def read_label_file(path: Path,
                     classes_file: Path | None = None) -> tuple[list[str], list[tuple[str, str, str | None]]]:
     """``(class names, rows (absolute file, label, split or None))`` of a label CSV, every row checked.
@@ -40,13 +57,7 @@ def read_label_file(path: Path,
             a file that does not exist, a label outside ``classes_file`` (each named with its line), or no rows;
             a classes file that cannot be read, is empty or names a class twice.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}; give a CSV file of path,label rows") from None
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(read_user_text(path, str(path), "a CSV file of path,label rows").splitlines())
     fields = [f.strip().lower() for f in reader.fieldnames or []]
     if "path" not in fields or "label" not in fields:
         raise DataError(f"{path} needs a header line naming the columns path and label (and optionally split), "
@@ -74,12 +85,8 @@ def read_classes_file(path: Path) -> list[str]:
     Raises:
         DataError: unreadable, not UTF-8, empty, or a name twice.
     """
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    except UnicodeDecodeError as e:
-        raise DataError(f"--classes {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise DataError(f"--classes {path}: {e.strerror or e}; give a text file of class names, one per line") from None
+    text = read_user_text(path, f"--classes {path}", "a text file of class names, one per line")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"--classes {path} names no class; give one class name per line")
     twice = [n for i, n in enumerate(names) if n in names[:i]]

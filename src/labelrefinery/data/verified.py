@@ -17,6 +17,7 @@ import torch
 
 from ..errors import DataError
 from .core import ImageData
+from .csvfile import read_user_text
 
 
 def read_verified_labels(path: Path, train: ImageData, flag: str = "--trusted") -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,13 +30,7 @@ def read_verified_labels(path: Path, train: ImageData, flag: str = "--trusted") 
         DataError: not UTF-8, no ``image``/``label`` header, an image not in the training split, an image listed
             twice, a label that is not a class (each named with its line), or no rows.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{flag} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise DataError(f"{flag} {path}: {e.strerror or e}; give a CSV file of image,label rows") from None
-    rows = list(csv.reader(text.splitlines()))
+    rows = list(csv.reader(read_user_text(path, f"{flag} {path}", "a CSV file of image,label rows").splitlines()))
     header = [h.strip().lower() for h in rows[0]] if rows else []
     key = next((k for k in ("image", "path", "index") if k in header), None)
     if key is None or "label" not in header:
