@@ -62,36 +62,41 @@ def final_linear(model: nn.Module, num_classes: int) -> nn.Linear | None:
 
 
 def predict_features(model: nn.Module, images: torch.Tensor, pipeline: Pipeline,
-                     num_classes: int) -> torch.Tensor | None:
-    """The penultimate features of ``model`` on ``images``: what its classifier layer (:func:`final_linear`) takes,
-    ``(N, D) float32`` on the CPU in dataset order (gathered from every process as :func:`predict` does); None when
-    the model has no such layer or its logits are not that layer's outputs (checked on every batch)."""
+                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and penultimate features of ``model`` on ``images`` in one pass: ``((N, K) float32 logits as
+    :func:`predict` gives them, (N, D) float32 features)``, the features being what its classifier layer
+    (:func:`final_linear`) takes, on the CPU in dataset order (gathered from every process as :func:`predict`
+    does); features None when the model has no such layer or its logits are not that layer's outputs (checked on
+    every batch)."""
     layer = final_linear(model, num_classes)
     if layer is None:
-        return None
+        return predict(model, images, pipeline), None
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     handle = layer.register_forward_hook(lambda _m, inp, out: seen.append((inp[0].detach(), out.detach())))
     model.eval()
     start, end = shard(len(images))
-    feats, matches = [], True
+    feats, outs, matches = [], [], True
     try:
         with torch.inference_mode():
             for x in pipeline.eval_batches(images[start:end], prediction_batch_size(pipeline.device)):
                 seen.clear()
                 with pipeline.autocast():
                     logits = model(x)
+                outs.append(logits.float().cpu())
                 if len(seen) != 1 or seen[0][1].shape != logits.shape or not torch.equal(seen[0][1], logits):
                     matches = False
-                    break
-                feats.append(seen[0][0].float().flatten(1).cpu())
+                if matches:
+                    feats.append(seen[0][0].float().flatten(1).cpu())
     finally:
         handle.remove()
-    if not _all_agree(matches, pipeline):
-        return None
-    local = torch.cat(feats) if feats else torch.empty(0, layer.in_features)
+    local = torch.cat(outs) if outs else torch.empty(0, num_classes)
+    local_feats = torch.cat(feats) if feats else torch.empty(0, layer.in_features)
+    matches = _all_agree(matches, pipeline)
     if process_info().world_size > 1:
         local = gather_rows(local.to(pipeline.device), len(images)).cpu()
-    return local
+        if matches:
+            local_feats = gather_rows(local_feats.to(pipeline.device), len(images)).cpu()
+    return local, local_feats if matches else None
 
 
 def _all_agree(flag: bool, pipeline: Pipeline) -> bool:

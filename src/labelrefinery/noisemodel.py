@@ -16,7 +16,7 @@ from torch import nn
 from .console import log
 from .errors import RunDirError
 from .experiment import Experiment
-from .inference import final_linear, predict, predict_features
+from .inference import final_linear, predict_features
 from .noise import (estimate_noise_transition, fit_verified_correction, implied_noise_rate,
                     max_noise_rate, symmetric_transition, trusted_noise_estimate, trusted_transition, wilson_interval)
 from .protocol import SeedData
@@ -34,8 +34,8 @@ def verified_correction(exp: Experiment, data: SeedData, generation: int, refine
         ``(M, K) float32`` corrected rows on ``stored``'s device.
     """
     pipeline, num_classes = exp.pipeline, exp.dataset.train.num_classes
-    probs = exp.recipe.refine(predict(refinery, data.val_images, pipeline))
-    features = predict_features(refinery, data.val_images, pipeline, num_classes)
+    logits, features = predict_features(refinery, data.val_images, pipeline, num_classes)  # one pass
+    probs = exp.recipe.refine(logits)
     layer = final_linear(refinery, num_classes)
     correction = fit_verified_correction(probs, data.val_labels, features,
                                          None if layer is None else (layer.weight, layer.bias))
@@ -49,7 +49,7 @@ def verified_correction(exp: Experiment, data: SeedData, generation: int, refine
             f"verified labels, from its {correction.inputs}: they agree with {correction.before:.1f}% of them, "
             f"corrected {correction.after:.1f}% (out of fold; pull {correction.strength:g})")
     if correction.inputs == "features":
-        return correction(stored, predict_features(refinery, data.images, pipeline, num_classes))
+        return correction(stored, predict_features(refinery, data.images, pipeline, num_classes)[1])
     return correction(stored)
 
 

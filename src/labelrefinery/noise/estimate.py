@@ -197,10 +197,15 @@ def trusted_transition(given: torch.Tensor, verified: torch.Tensor, num_classes:
         given: ``(T,) int64`` the labels the dataset gave the verified images.
         verified: ``(T,) int64`` their verified labels.
     """
+    counts = confusion_counts(given, verified, num_classes) + torch.eye(num_classes)
+    return counts / counts.sum(1, keepdim=True)
+
+
+def confusion_counts(given: torch.Tensor, verified: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(K, K) float32`` counts: entry [c, y] = images with verified label c and given label y."""
     counts = torch.zeros(num_classes, num_classes)
     counts.index_put_((verified.cpu(), given.cpu()), torch.ones(len(given)), accumulate=True)
-    counts += torch.eye(num_classes)
-    return counts / counts.sum(1, keepdim=True)
+    return counts
 
 
 def trusted_noise_estimate(given: torch.Tensor, verified: torch.Tensor, num_classes: int) -> dict:
@@ -210,8 +215,7 @@ def trusted_noise_estimate(given: torch.Tensor, verified: torch.Tensor, num_clas
     pseudo-count) as ``[true class, given class, share]``."""
     wrong = int((given.cpu() != verified.cpu()).sum())
     low, high = wilson_interval(wrong, len(given))
-    counts = torch.zeros(num_classes, num_classes)
-    counts.index_put_((verified.cpu(), given.cpu()), torch.ones(len(given)), accumulate=True)
+    counts = confusion_counts(given, verified, num_classes)
     observed = counts / counts.sum(1, keepdim=True).clamp_min(1)  # the shares as counted, no pseudo-count
     return {"source": "trusted", "rate": wrong / max(len(given), 1), "low": low, "high": high,
             "images": len(given), "largest": largest_transitions(observed)}

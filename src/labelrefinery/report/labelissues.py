@@ -252,31 +252,35 @@ def seeds_opinion(rd: RunDir, picks: dict[int, int | None], dataset, test: bool 
         ConfigError: a seed without that generation finished.
         RunDirError: seeds that gave an image different labels (the run's files disagree), or a damaged file.
     """
-    sums: dict[int, np.ndarray] = {}
-    counts: dict[int, int] = {}
-    given_of: dict[int, int] = {}
-    clean_of: dict[int, int] = {}
-    split_of: dict[int, set] = {}
-    generations, classes, has_clean = {}, None, True
+    opinions = []
+    generations, classes = {}, None
     for seed, generation in picks.items():
         generations[seed] = chosen_generation(rd, seed, generation)
         check = test_labels if test else checked_images
-        indices, probs, given, clean, splits, classes = check(rd, seed, generations[seed], dataset)
-        has_clean = has_clean and clean is not None
-        for row, index in enumerate(indices.tolist()):
-            if given_of.setdefault(index, int(given[row])) != int(given[row]):
-                raise RunDirError(f"seeds of {rd.root} give training image {index} different labels; its split.npz "
-                                  "files disagree: check them or use one --seed")
-            sums[index] = sums.get(index, 0) + probs[row].astype(np.float64)
-            counts[index] = counts.get(index, 0) + 1
-            split_of.setdefault(index, set()).add(str(splits[row]))
-            if clean is not None:
-                clean_of[index] = int(clean[row])
-    order = np.array(sorted(sums), dtype=np.int64)
-    probs = np.stack([sums[i] / counts[i] for i in order.tolist()]).astype(np.float32)
-    splits = np.array(["+".join(sorted(split_of[i], reverse=True)) for i in order.tolist()])
-    given = np.array([given_of[i] for i in order.tolist()], dtype=np.int64)
-    clean = np.array([clean_of[i] for i in order.tolist()], dtype=np.int64) if has_clean else None
+        *opinion, classes = check(rd, seed, generations[seed], dataset)
+        opinions.append(opinion)
+    indices = np.concatenate([o[0] for o in opinions])
+    order, where = np.unique(indices, return_inverse=True)  # each checked image once, ascending index
+    probs = np.zeros((len(order), opinions[0][1].shape[1]), dtype=np.float64)
+    np.add.at(probs, where, np.concatenate([o[1] for o in opinions]).astype(np.float64))
+    probs = (probs / np.bincount(where, minlength=len(order))[:, None]).astype(np.float32)
+    given_all = np.concatenate([o[2] for o in opinions])
+    given = np.empty(len(order), dtype=np.int64)
+    given[where] = given_all
+    if not np.array_equal(given[where], given_all):
+        raise RunDirError(f"seeds of {rd.root} give a training image different labels; their split.npz files "
+                          "disagree: check them or use one --seed")
+    clean = None
+    if all(o[3] is not None for o in opinions):
+        clean = np.empty(len(order), dtype=np.int64)
+        clean[where] = np.concatenate([o[3] for o in opinions])
+    split_all = np.concatenate([o[4] for o in opinions])
+    splits = np.empty(len(order), dtype=split_all.dtype)
+    splits[where] = split_all
+    in_train, held = np.zeros(len(order), bool), np.zeros(len(order), bool)
+    in_train[where[split_all == "train"]] = True
+    held[where[split_all != "train"]] = True
+    splits = np.where(in_train & held, "val+train", splits)
     return order, probs, given, clean, splits, classes, generations
 
 
