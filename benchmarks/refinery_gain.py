@@ -139,6 +139,17 @@ def save(path: Path | None, results: dict) -> None:
 PRESET = "quick"  # the recipe every method shares (--preset)
 
 
+def r1_estimates(res: dict) -> dict:
+    """R1's noise figures over the seeds (rates in [0, 1]): the evidence ``results.md`` states (held-out
+    disagreement, or the verified count with ``--trusted``) and the symmetric and class-wise estimates from its
+    refined labels."""
+    r1 = [gens[0] for gens in res["per_seed"].values()]
+    return {"evidence": mean_std((g.get("noise_evidence") or {}).get("rate") for g in r1),
+            "evidence_source": sorted({(g.get("noise_evidence") or {}).get("source", "") for g in r1}),
+            "symmetric": mean_std(g.get("symmetric_noise_estimate") for g in r1),
+            "classwise": mean_std((g.get("classwise_noise_estimate") or {}).get("rate") for g in r1)}
+
+
 def refinery_runs(base: dict, runs_dir: Path, name: str) -> tuple[dict, float]:
     cfg = resolve_config(PRESET, base)
     start = time.perf_counter()
@@ -299,7 +310,7 @@ def main() -> None:
                     b["test_top1"] for b in res["best_by_validation"]["per_seed"].values())
                 ens = next(e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1)))
                 row[f"refinery {variant} ensemble"] = mean_std(ens["per_seed"].values())
-                row[f"refinery {variant} (whole chain)"] = {"wall_s": t}
+                row[f"refinery {variant} (whole chain)"] = {"wall_s": t, "r1_noise_estimates": r1_estimates(res)}
             results["noisy"][noise] = row
             save(args.out, results)
             log(json.dumps({noise: {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
@@ -324,7 +335,7 @@ def main() -> None:
                 ens = next(e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1)))
                 row[f"refinery {variant} ensemble"] = {**mean_std(ens["per_seed"].values()),
                                                        "gain_over_r1": ens["gain_over_r1"]}
-                row[f"refinery {variant} (whole chain)"] = {"wall_s": t}
+                row[f"refinery {variant} (whole chain)"] = {"wall_s": t, "r1_noise_estimates": r1_estimates(res)}
             results["clean"] = row
             log(json.dumps({"clean": {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
     save(args.out, results)
