@@ -10,17 +10,15 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-import typing
-from dataclasses import MISSING
 from pathlib import Path
 
-from .config import PRESETS, RunConfig, absolute_paths, config_file_values, parse_seeds, flag_name, leaf_fields, parse_int_list, resolve_config
+from .config import PRESETS, RunConfig, absolute_paths, config_file_values, flag_name, resolve_config
 from .dist import is_main_process, joined, process_info
 from .errors import ConfigError, UserError
+from .runflags import DEFAULT_PRESET, EXIT_BAD_INPUT, add_run_parser, did_you_mean, int_list
 
-EXIT_BAD_INPUT = 2
-DEFAULT_PRESET = "quick"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,62 +30,10 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
+        word = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if word:  # a misspelt subcommand or choice: the closest one
+            message += did_you_mean(word.group(1), re.findall(r"'([^']*)'", word.group(2)))
         self.exit(EXIT_BAD_INPUT, f"refinery: error: {message}; see {self.prog} --help\n")
-
-
-def _int_list(name: str):
-    def parse(text: str) -> list[int]:
-        return parse_int_list(text, name)
-
-    parse.__name__ = "comma-separated integers"
-    return _checked(parse)
-
-
-def _checked(parse):
-    """``parse`` with its ConfigError turned into argparse's one-line usage error."""
-    def wrapped(text: str):
-        try:
-            return parse(text)
-        except ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    wrapped.__name__ = parse.__name__
-    return wrapped
-
-
-def _default_of(f) -> object:
-    if f.default is not MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not MISSING else None
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for f, hint in leaf_fields():
-        default = _default_of(f)
-        by_preset = {p: v.get(f.name, default) for p, v in PRESETS.items()}
-        if len({repr(v) for v in by_preset.values()}) == 1:
-            shown = f"default: {default}"
-        else:  # the default preset's value first, then the others'
-            shown = f"default: {by_preset[DEFAULT_PRESET]} (preset {DEFAULT_PRESET}); " + ", ".join(
-                f"{p}: {v}" for p, v in by_preset.items() if p != DEFAULT_PRESET)
-        help_text = f"{f.metadata.get('help', '')} ({shown})"
-        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if hint is bool:
-            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if f.name == "seeds":  # a count or a list
-            parser.add_argument(flag_name(f.name), type=_checked(parse_seeds), metavar="N|N,N", **kwargs)
-            continue
-        if typing.get_origin(hint) is list:
-            parser.add_argument(flag_name(f.name), type=_int_list(f.name), metavar="N,N", **kwargs)
-            continue
-        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-        kwargs["type"] = base
-        kwargs["metavar"] = {int: "N", float: "X", str: "S"}.get(base, "S")
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-            kwargs.pop("metavar")
-        parser.add_argument(flag_name(f.name), **kwargs)
 
 
 def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -95,35 +41,6 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
                         help="with a run directory: which generation (default: the seed's best by validation top-1)")
     parser.add_argument("--seed", type=int, default=0, help="with a run directory: whose chain (default: 0)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default: cpu)")
-
-
-def _add_run_parser(sub) -> None:
-    """``refinery run``: the flags of :class:`~labelrefinery.config.RunConfig` and where the run goes."""
-    run = sub.add_parser(
-        "run", help="train R1..Rn for one or more seeds and print the results table",
-        description="Train a chain of generations R1..Rn (R1 on ground truth, each next one on the previous "
-        "generation's refined labels) for seeds 0..N-1, then print test top-1 accuracy per generation as "
-        "mean ± std over seeds. Rerunning on an existing run directory continues where it stopped.",
-    )
-    run.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                     help="defaults to start from: quick (CPU, convnet; 3.5 min on 2 cores with avx2 avx512f "
-                     "avx512_bf16 (bf16), about 10 min in fp32 with AVX2 kernels on the same cores, longer on slower AVX2-only CPUs), blog (the "
-                     "write-up's protocol, ResNet-50), paper (per-crop labels, random crops, SGD), refine (does refinement pay on "
-                     "your data? patient 16-epoch generations, 3 seeds, label-smoothing and equal-compute controls, "
-                     "ensemble: 112 epochs per seed against the quick preset's 12); default quick")
-    run.add_argument("--name", default=None, help="run directory name under --runs-dir (default: from the settings)")
-    run.add_argument("--runs-dir", default=None, help="parent directory of run directories (default: runs)")
-    run.add_argument("--refinery-mean", default=None, metavar="M,M,M",
-                     help="with --refinery-std: the per-channel mean (in [0, 1] pixel units) --refinery-checkpoint "
-                     "was trained with; the same as --refinery-normalization M,M,M/S,S,S")
-    run.add_argument("--refinery-std", default=None, metavar="S,S,S", help="see --refinery-mean")
-    run.add_argument("--config", type=Path, default=None, metavar="FILE",
-                     help="a YAML file of settings (names as the flags', e.g. batch_size: 128, or a run's "
-                     "config.yaml to reproduce it): applied over the preset; flags given override it")
-    run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                     help="continue RUN_DIR with its saved settings (no other flags needed); only --generations, "
-                     "--seeds, --controls, --ensemble and execution flags (--threads, --device, ...) may be given")
-    _add_config_flags(run)
 
 
 def _add_report_parser(sub) -> None:
@@ -138,7 +55,7 @@ def _add_evaluate_parser(sub) -> None:
     """``refinery evaluate``."""
     ev = sub.add_parser("evaluate", help="test accuracy of saved generations, alone or as an ensemble")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ev.add_argument("--ensemble", type=_int_list("ensemble"), default=None, metavar="N,N",
+    ev.add_argument("--ensemble", type=int_list("ensemble"), default=None, metavar="N,N",
                     help="comma-separated generations whose averaged softmax is evaluated")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
 
@@ -232,8 +149,9 @@ def _add_models_parser(sub) -> None:
     sub.add_parser("models", help="list the model names --model accepts")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``refinery`` argument parser with its subcommands."""
+def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
+    """The ``refinery`` argument parser with its subcommands; ``refinery run --help`` shows ``preset``'s
+    defaults."""
     parser = _Parser(
         prog="refinery",
         description="Label Refinery: train generations of classifiers, each on its predecessor's soft labels.",
@@ -242,9 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"refinery (labelrefinery) {code_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add_parser, _ in SUBCOMMANDS.values():
-        add_parser(sub)
+    for name, (add_parser, _) in SUBCOMMANDS.items():
+        add_parser(sub, preset) if name == "run" else add_parser(sub)
     return parser
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments of ``argv``; an unknown flag is refused naming the closest flag of its subcommand and the
+    subcommand's own help (exits 2 through argparse)."""
+    given = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else DEFAULT_PRESET
+    parser = build_parser(given if given in PRESETS else DEFAULT_PRESET)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        flags = [s for a in sub._actions for s in a.option_strings]
+        first = next((e for e in extra if e.startswith("-")), extra[0])
+        hint = did_you_mean(first.split("=", 1)[0], flags) if first.startswith("-") else ""
+        sub.error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: {' '.join(extra)}{hint}")
+    return args
 
 
 def default_run_name(cfg: RunConfig, preset: str) -> str:
@@ -405,7 +338,7 @@ def _models(args: argparse.Namespace) -> int:
 
 # Each subcommand, in the order --help lists them: (adds its parser, handles its arguments -> exit status).
 SUBCOMMANDS = {
-    "run": (_add_run_parser, _run),
+    "run": (add_run_parser, _run),
     "report": (_add_report_parser, _report),
     "evaluate": (_add_evaluate_parser, _evaluate),
     "label-issues": (_add_label_issues_parser, _label_issues),
@@ -419,7 +352,7 @@ SUBCOMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as e:  # --help (0) or a one-line usage error (2): returned like every other outcome
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     try:

@@ -20,7 +20,7 @@ LAYERS = [
     ["config.run"],
     ["config.presets"],
     ["config", "seeding", "dist", "fileio", "tblog"],
-    ["console", "device", "losses", "augment", "data.core", "data.files", "noise.inject", "noise.correct",
+    ["console", "device", "runflags", "losses", "augment", "data.core", "data.files", "noise.inject", "noise.correct",
      "report.html"],
     ["models", "batch", "data.cache", "data.idx", "noise.estimate", "noise.quality"],
     ["data.small", "data.torchvision_sets", "data.folder", "noise", "report.labelstats"],
