@@ -74,3 +74,22 @@ def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetri
     assert "depend on the true class." in table(0.01, 0.29, prior="classwise")
     assert "they suggest 3%" in table(0.0, 0.034, prior="classwise")  # always when used
     assert "depend on" not in table(0.0, 0.034, prior="classwise")
+
+
+def test_a_loss_of_later_generations_is_explained_with_the_recipes_that_pay():
+    from labelrefinery.report.tables import _below_r1_lines
+
+    def lines(gains, config=None, ensemble=None):
+        r = {"config": config or {"noise_prior": "0"}, "ensemble": ensemble or [],
+             "generations": [{"generation": 1}] + [{"generation": g + 2, "gain_over_r1": {"mean": d}}
+                                                   for g, d in enumerate(gains)]}
+        return " ".join(_below_r1_lines(r, ""))
+
+    text = lines([-0.21, -0.61])
+    assert text.startswith("R2 (-0.21), R3 (-0.61) end below R1.") and "use R1" in text
+    assert "--preset refine" in text and "--preset noisy" in text
+    assert lines([-0.05, 0.3]) == ""  # within 0.1 of R1, or above it: nothing to explain
+    assert lines([-0.5], {"label_noise": "symmetric:0.4", "noise_prior": "0"}) == ""  # noisy runs say their own
+    assert lines([-0.5], {"noise_prior": "auto"}) == ""
+    ens = [{"generations": [1, 2, 3], "gain_over_r1": {"mean": 0.12}}]
+    assert "use the ensemble of R1+R2+R3 (+0.12)" in lines([-0.2, -0.4], ensemble=ens)

@@ -323,6 +323,8 @@ def format_table(results: list[dict]) -> str:
     out = ["Test top-1 accuracy (%), mean ± sample std over seeds (" + seeds_text + "); in brackets the gain over "
            "R1 in points, paired per seed. Best by validation: each seed's generation with the highest validation "
            "top-1, scored on test.", "", *_summary_lines(results, names), ""]
+    for r, name in zip(results, names):
+        out += _below_r1_lines(r, name if len(results) > 1 else "")
     if len(results) > 1:
         out += ["Runs: " + "; ".join(f"{n}: {d}" for n, d in zip(names, differing_settings(results))), ""]
     for r, name in zip(results, names):
@@ -338,6 +340,27 @@ def format_table(results: list[dict]) -> str:
                    + "; ".join(f"{n} R{g} seeds {c}" for n, g, c in collapsed))
         out.append("")
     return "\n".join(out)
+
+
+def _below_r1_lines(r: dict, name: str) -> list[str]:
+    """Why later generations end below R1, where they do on labels the run does not treat as noisy, and the
+    commands of the recipes where refinement paid (docs/results.md): no table shows an unexplained loss."""
+    c = r["config"]
+    if c.get("label_noise") or c.get("trusted") or str(c.get("noise_prior", "0")) not in ("0", "0.0"):
+        return []
+    below = [(g["generation"], g["gain_over_r1"]["mean"]) for g in r["generations"][1:]
+             if (g.get("gain_over_r1") or {}).get("mean") is not None and g["gain_over_r1"]["mean"] < -0.1]
+    if not below:
+        return []
+    ens = [e for e in r.get("ensemble", []) if (e.get("gain_over_r1") or {}).get("mean") is not None]
+    best = max(ens, key=lambda e: e["gain_over_r1"]["mean"], default=None)
+    use = (f"the ensemble of {'+'.join(f'R{g}' for g in best['generations'])} "
+           f"({best['gain_over_r1']['mean']:+.2f})" if best and best["gain_over_r1"]["mean"] > 0 else "R1")
+    return [f"{name + ': ' if name else ''}" + ", ".join(f"R{g} ({d:+.2f})" for g, d in below) + " end below R1. "
+            f"That is what short generations on labels that are mostly right do: each student learns from a teacher "
+            f"no better than itself, in as few epochs (measured in docs/results.md); use {use}. Refinement paid "
+            "where generations are patient (`refinery run --preset refine`: the ensemble of R1-R3 +0.80 over R1 on "
+            "5 seeds) and where labels are wrong (`refinery run --preset noisy`).", ""]
 
 
 def _summary_lines(results: list[dict], names: list[str]) -> list[str]:
