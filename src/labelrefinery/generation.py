@@ -246,7 +246,8 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     }
     rd.finish_generation(seed, slot, summary)
     barrier()  # under torchrun: the others see it finished only once the main process has written it
-    _log_summary(tag, summary, exp.dataset.classes, previous, exp.cfg.refinement.prior.model == "classwise")
+    _log_summary(tag, summary, exp.dataset.classes, previous, exp.cfg.refinement.prior.model == "classwise",
+                 exp.cfg.looks_for_wrong_labels())
     return model, summary, refined
 
 
@@ -280,8 +281,10 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
     return stats
 
 
-def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, classwise_prior: bool) -> None:
-    """Log a finished generation: top-1, its refined labels, the noise they suggest, a collapse. The
+def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, classwise_prior: bool,
+                 noisy: bool) -> None:
+    """Log a finished generation: top-1, its refined labels, a collapse, and, for a run that asks about wrong
+    labels (``noisy``: :func:`~labelrefinery.config.looks_for_wrong_labels`), the noise they suggest. The
     class-by-class noise estimate is logged when ``--noise-prior classwise`` uses it or a confusion reaches 10%
     (below that, on clean labels, it mostly reads classes the model finds alike: Shirt and Coat at 7%)."""
     num_classes = len(classes)
@@ -289,7 +292,7 @@ def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, c
         f"epoch{'s' if s['epochs_run'] != 1 else ''}, "
         f"best {s['best_epoch']}, {s['train_time_s']:.0f} s; refined labels agree with the given labels on "
         f"{s['refined_label_agreement']:.1f}%, entropy {s['refined_label_entropy']:.3f} nats)")
-    evidence = s.get("noise_evidence")
+    evidence = s.get("noise_evidence") if noisy else None
     if evidence and evidence["source"] == "trusted":
         pairs = [f"{classes[c]} given as {classes[y]} ({100 * v:.0f}%)" for c, y, v in evidence["largest"][:3] if v]
         log(f"[{tag}] the {evidence['images']} verified labels (--trusted) find {100 * evidence['rate']:.1f}% of their "
@@ -306,11 +309,11 @@ def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, c
                 f"{s['val_top1']:.1f}% of held-out ones: it fitted its labels, wrong ones included, so no estimate "
                 "from its training predictions can be trusted (they read too low); use --trusted, fewer --epochs, "
                 "or --cross-fit 4 for out-of-sample refined labels")
-    if s.get("symmetric_noise_estimate") is not None:
+    if noisy and s.get("symmetric_noise_estimate") is not None:
         log(f"[{tag}] its refined labels suggest about {100 * s['symmetric_noise_estimate']:.0f}% of the given labels "
             "are wrong (symmetric-noise estimate; --noise-prior auto uses it)")
     classwise = s.get("classwise_noise_estimate")
-    if classwise and classwise["largest"] and (classwise_prior or classwise["largest"][0][2] >= 0.1):
+    if noisy and classwise and classwise["largest"] and (classwise_prior or classwise["largest"][0][2] >= 0.1):
         pairs = [f"{classes[c]} given as {classes[y]} ({100 * v:.0f}%)" for c, y, v in classwise["largest"][:3]]
         log(f"[{tag}] class by class they suggest {100 * classwise['rate']:.0f}% are wrong; most often true class "
             f"{', '.join(pairs)}" + ("" if evidence and evidence["source"] == "trusted"

@@ -31,8 +31,8 @@ RUN_GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("seeds", "N (seeds 0..N-1) or a list 3,7,11: the whole chain once per seed"),
     ]),
     ("data", [
-        ("dataset", "fashion-mnist | mnist | digits | synthetic | cifar10 | cifar100 | svhn | folder:PATH | "
-                    "csv:FILE"),
+        ("dataset", "fashion-mnist | mnist | digits | synthetic | cifar10 | cifar100 | svhn | "
+                    "fashion-mnist-rows | mnist-rows | folder:PATH | csv:FILE"),
         ("data_dir", "where the dataset files are (or are downloaded to)"),
         ("train_size", "use only this many training images (stratified)"),
         ("test_size", "evaluate on only the first N test images"),

@@ -132,3 +132,42 @@ def test_gzip_corrupted_in_the_middle(tiny_idx_dir, tmp_path):
 def test_validation_split_too_small():
     with pytest.raises(ConfigError, match="--val-fraction between"):
         stratified_split(torch.arange(1000) % 10, 0.001, seed=0)
+
+
+def test_item_rows_put_the_image_in_the_centre_and_other_classes_beside_it():
+    from labelrefinery.data.rows import item_rows
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    images = torch.randint(0, 256, (200, 1, 28, 28), dtype=torch.uint8, generator=g)
+    rows = item_rows(ImageData(images, labels, list("abcd")), seed=3)
+    assert rows.images.shape == (200, 1, 56, 56) and torch.equal(rows.labels, labels)
+    assert torch.equal(rows.images[:, :, 14:42, 14:42], images)  # the labelled item, whole, in the centre
+    assert not rows.images[:, :, :14].any() and not rows.images[:, :, 42:].any()  # one row of items
+    right_halves, left_halves = images[:, :, :, 14:], images[:, :, :, :14]
+    drawn = []
+    for i in range(200):  # each neighbour half is an image of this split from another class
+        left = (right_halves == rows.images[i, :, 14:42, :14]).flatten(1).all(1).nonzero().flatten()
+        right = (left_halves == rows.images[i, :, 14:42, 42:]).flatten(1).all(1).nonzero().flatten()
+        assert len(left) == 1 and len(right) == 1
+        assert labels[left[0]] != labels[i] and labels[right[0]] != labels[i]
+        drawn += [int(labels[left[0]]), int(labels[right[0]])]
+    assert set(drawn) == {0, 1, 2, 3}  # every other class is drawn
+    again = item_rows(ImageData(images, labels, list("abcd")), seed=3)
+    assert torch.equal(again.images, rows.images)  # deterministic
+    assert not torch.equal(item_rows(ImageData(images, labels, list("abcd")), seed=4).images, rows.images)
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_rows_are_stable_across_versions():
+    """The recipe is fixed: these checksums change only if the dataset does (then say so in the README)."""
+    import hashlib
+
+    ds = load_dataset("fashion-mnist-rows")
+    assert ds.image_shape == (1, 56, 56) and len(ds.train) == 60000 and len(ds.test) == 10000
+    digest = {name: hashlib.sha256(s.images.numpy().tobytes() + s.labels.numpy().tobytes()).hexdigest()
+              for name, s in (("train", ds.train), ("test", ds.test))}
+    assert digest == {"train": "3a28d98c62955046a5534c4ed1422fbe2b0bb4a35899440b9bcfc10035ab3d28",
+                      "test": "44c9b6724ed83311b8b2581d28b35179b60f6119e71436c613864108c224f773"}
+    plain = load_fashion_mnist()
+    assert torch.equal(ds.test.labels, plain.test.labels) and ds.classes == plain.classes

@@ -23,7 +23,7 @@ LAYERS = [
     ["console", "device", "runflags", "losses", "augment", "data.core", "data.files", "noise.inject", "noise.correct",
      "report.html"],
     ["models", "batch", "data.cache", "data.idx", "noise.estimate", "noise.quality"],
-    ["data.small", "data.torchvision_sets", "data.folder", "noise", "report.labelstats"],
+    ["data.small", "data.rows", "data.torchvision_sets", "data.folder", "noise", "report.labelstats"],
     ["data.csvfile"],
     ["data.verified"],
     ["data"],

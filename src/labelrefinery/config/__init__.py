@@ -20,6 +20,7 @@ resume rules), :mod:`~.presets` (presets, ``--config`` files, :func:`resolve_con
 
 from .presets import PRESETS, config_file_values, resolve_config
 from .run import (PATH_SETTINGS, RESUMABLE_CHANGES, SECTIONS, RunConfig, absolute_paths, config_difference, leaf_fields,
+                  looks_for_wrong_labels,
                   leaf_names)
 from .sections import DataConfig, ExecConfig, RefineConfig, TrainConfig
 from .values import (AUGMENTS, ESTIMATED_NOISE_PRIORS, IMAGENET_MEAN, IMAGENET_STD, IN_MEMORY_CHOICES, LABEL_MODES,
@@ -33,7 +34,7 @@ __all__ = [
     "IN_MEMORY_CHOICES", "LABEL_MODES", "LABEL_STORAGES", "LR_SCHEDULES", "MAX_BATCH", "MAX_CHAIN", "MAX_EPOCHS",
     "MAX_IMAGE_PX", "MAX_LR", "MAX_STATIC_COPIES", "MAX_TEMPERATURE", "MAX_THREADS", "MAX_WORKERS", "NOISE_KINDS",
     "NoisePrior", "OPTIMIZERS", "PATH_SETTINGS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES", "RefineConfig",
-    "RunConfig", "SECTIONS", "TrainConfig", "absolute_paths", "check_device_name", "config_difference",
+    "RunConfig", "SECTIONS", "TrainConfig", "absolute_paths", "looks_for_wrong_labels", "check_device_name", "config_difference",
     "config_file_values", "flag_name", "leaf_fields", "leaf_names", "merged_seeds", "parse_int_list",
     "parse_label_form", "parse_label_noise", "parse_noise_prior", "parse_normalization", "parse_seeds",
     "resolve_config",

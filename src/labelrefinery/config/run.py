@@ -72,6 +72,10 @@ class RunConfig:
 
     # ------------------------------------------------------------------ flat and nested forms
 
+    def looks_for_wrong_labels(self) -> bool:
+        """Whether the run asks about wrong labels (:func:`looks_for_wrong_labels` of its settings)."""
+        return looks_for_wrong_labels(self.flat())
+
     def flat(self) -> dict[str, Any]:
         """Every leaf field by name: ``{"model": ..., "dataset": ..., "batch_size": ..., ...}``."""
         out = {name: getattr(self, name) for name in ("model", "generations", "seeds")}
@@ -113,6 +117,14 @@ class RunConfig:
             else:
                 values[key] = value
         return cls.from_flat(values)
+
+
+def looks_for_wrong_labels(flat: dict[str, Any]) -> bool:
+    """Whether a run's settings (``flat``, by field name) ask about wrong labels: injected noise, verified labels,
+    a noise model or ``--label-issues`` (``--preset noisy``). Only such runs state noise estimates in words: on a
+    plain run, an estimate from a briefly trained R1 reads its own errors as wrong labels."""
+    return bool(flat.get("label_noise") or flat.get("trusted") or flat.get("true_labels")
+                or flat.get("label_issues") or str(flat.get("noise_prior", "0")) not in ("0", "0.0"))
 
 
 def leaf_fields() -> Iterator[tuple[dataclasses.Field, Any]]:

@@ -18,7 +18,8 @@ class DataConfig:
     """The dataset and its protocol."""
 
     dataset: str = _f("fashion-mnist", "dataset name: fashion-mnist, mnist, digits, synthetic, cifar10, cifar100, "
-                      "svhn, folder:PATH, csv:FILE (rows path,label[,split])")
+                      "svhn, fashion-mnist-rows and mnist-rows (each image the centre of a row of three items: "
+                      "label overlap), folder:PATH, csv:FILE (rows path,label[,split])")
     data_dir: str | None = _f(None, "directory holding (or receiving) the dataset files; converted datasets are "
                               "cached in its labelrefinery-cache/ (none given: in ~/.cache/labelrefinery)")
     val_fraction: float = _f(0.15, "share of the training set held out for validation, stratified by class")

@@ -8,6 +8,8 @@ class names). Names (:data:`DATASETS`):
 
 - ``fashion-mnist``, ``mnist``: IDX files (:mod:`.idx`);
 - ``digits``: scikit-learn's bundled 8x8 digits; ``synthetic``: generated CIFAR-sized data (:mod:`.small`);
+- ``fashion-mnist-rows``, ``mnist-rows``: each image the centre of a row of three items, for label overlap
+  (:mod:`.rows`);
 - ``cifar10``, ``cifar100``, ``svhn``: torchvision's classes (:mod:`.torchvision_sets`);
 - ``folder:PATH``: an ImageNet-layout image folder (:mod:`.folder`).
 - ``csv:FILE``: image files listed in a CSV file of ``path,label[,split]`` rows (:mod:`.csvfile`).
@@ -32,6 +34,7 @@ from .csvfile import CSV_PREFIX, load_csv
 from .folder import FolderReading, load_folder
 from .idx import DEBIAN_FASHION_MNIST, load_fashion_mnist, load_mnist, read_idx
 from .small import load_digits, load_synthetic
+from .rows import load_rows
 from .torchvision_sets import load_cifar, load_svhn
 
 # name -> loader(data_dir, options); folder:PATH is matched by its prefix.
@@ -40,6 +43,8 @@ _LOADERS: dict[str, Callable[[Path | None, dict[str, Any]], Dataset]] = {
     "mnist": lambda root, o: load_mnist(root),
     "digits": lambda root, o: load_digits(),
     "synthetic": lambda root, o: load_synthetic(),
+    "fashion-mnist-rows": lambda root, o: load_rows(load_fashion_mnist(root)),
+    "mnist-rows": lambda root, o: load_rows(load_mnist(root)),
     "cifar10": lambda root, o: load_cifar("cifar10", root),
     "cifar100": lambda root, o: load_cifar("cifar100", root),
     "svhn": lambda root, o: load_svhn(root, extra=bool(o.get("svhn_extra"))),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RESUMABLE_CHANGES, leaf_names, parse_noise_prior
+from ..config import RESUMABLE_CHANGES, leaf_names, looks_for_wrong_labels, parse_noise_prior
 from ..rundir import RunDir
 
 
@@ -206,6 +206,8 @@ def _label_table(r: dict, name: str) -> list[str]:
         q = g["label_quality"]
         lines.append(f"| R{g['generation']} | " + " | ".join(
             "" if q.get(k) is None else f"{100 * q[k]:.1f}" for k, _ in cols) + " |")
+    if not looks_for_wrong_labels(r["config"]):  # a plain run: no words on noise it did not ask about
+        return [*lines, ""]
     lines += _evidence_lines(r)
     estimate = r["generations"][0].get("symmetric_noise_estimate") if r["generations"] else None
     if estimate is not None:
@@ -345,8 +347,7 @@ def format_table(results: list[dict]) -> str:
 def _below_r1_lines(r: dict, name: str) -> list[str]:
     """Why later generations end below R1, where they do on labels the run does not treat as noisy, and the
     commands of the recipes where refinement paid (docs/results.md): no table shows an unexplained loss."""
-    c = r["config"]
-    if c.get("label_noise") or c.get("trusted") or str(c.get("noise_prior", "0")) not in ("0", "0.0"):
+    if looks_for_wrong_labels(r["config"]):
         return []
     below = [(g["generation"], g["gain_over_r1"]["mean"]) for g in r["generations"][1:]
              if (g.get("gain_over_r1") or {}).get("mean") is not None and g["gain_over_r1"]["mean"] < -0.1]
