@@ -62,8 +62,8 @@ def test_rank_label_issues_order():
 def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetric_one():
     from labelrefinery.report.tables import _label_table
 
-    def table(symmetric, classwise, prior="0"):
-        r = {"config": {"noise_prior": prior}, "generations": [
+    def table(symmetric, classwise, prior="0", looks=True):
+        r = {"config": {"noise_prior": prior, "label_issues": looks}, "generations": [
             {"generation": 1, "label_quality": {"disputed": 0.1}, "symmetric_noise_estimate": symmetric,
              "classwise_noise_rate": classwise}]}
         return "\n".join(_label_table(r, "x"))
@@ -74,6 +74,7 @@ def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetri
     assert "depend on the true class." in table(0.01, 0.29, prior="classwise")
     assert "they suggest 3%" in table(0.0, 0.034, prior="classwise")  # always when used
     assert "depend on" not in table(0.0, 0.034, prior="classwise")
+    assert "suggest" not in table(0.01, 0.29, looks=False)  # a plain run that does not ask about wrong labels
 
 
 def test_a_loss_of_later_generations_is_explained_with_the_recipes_that_pay():
