@@ -271,9 +271,12 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _label_issues(args: argparse.Namespace) -> int:
-    from .report.labelissues import check_issue_options, issues_line, write_fixed_labels, write_label_issues
+    from .report.labelissues import (check_fixed_labels_path, check_issue_options, issues_line, write_fixed_labels,
+                                     write_label_issues)
 
     check_issue_options(args.seed, args.all_seeds, args.test, args.write_labels, args.min_margin)
+    if args.write_labels is not None:
+        check_fixed_labels_path(args.run_dir, args.write_labels)
     path, rows, total, generations = write_label_issues(args.run_dir, args.generation, args.seed or 0, args.out,
                                                         args.include_all, args.all_seeds, args.test)
     print(issues_line(path, rows, total, generations, args.include_all, args.generation is None))

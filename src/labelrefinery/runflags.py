@@ -110,11 +110,11 @@ RUN_GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
 
 # What each preset is for and what it costs, for --help's epilog (measured: BENCHMARKS.md).
 PRESET_LINES = [
-    "quick   first run: convnet, 3 generations x 4 epochs, 1 seed (about 3.5 min on 2 CPU cores with bf16)",
-    "refine  does refinement pay on your data? 3 seeds x 3 generations x 16 epochs with controls: 112 epochs per seed",
-    "noisy   my labels may be wrong: noise model from the evidence, 3 seeds, controls, label_issues.csv",
+    "quick   first run: convnet, 3 generations x 4 epochs, 1 seed (about 3.5 min on 2 bf16 CPU cores)",
+    "refine  does refinement pay? 3 seeds x 3 generations x 16 epochs + controls: 112 epochs per seed",
+    "noisy   my labels may be wrong: noise model from the evidence, 3 seeds, controls, label issues",
     "blog    the write-up's protocol: ResNet-50, static augmentation, 5 seeds, early stopping",
-    "paper   the paper's protocol: per-crop (online) labels, random crops, SGD, 5 generations",
+    "paper   the paper's protocol: per-crop labels, random crops, SGD, 5 generations",
 ]
 
 RUN_EXAMPLES = [
@@ -248,11 +248,11 @@ def add_run_parser(sub, preset: str = DEFAULT_PRESET) -> None:
     run = sub.add_parser(
         "run", help="train R1..Rn for one or more seeds and print the results table",
         usage="refinery run [--preset NAME] [--dataset NAME] [options]", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a chain of generations R1..Rn (R1 on the given labels, each next one on the previous "
-        "generation's refined labels)\nfor every seed, then print test top-1 accuracy per generation (mean ± std "
-        "over seeds). Rerunning continues where it stopped.\n"
-        f"Defaults shown are preset {preset}'s (`refinery run --preset NAME --help` shows another's); every flag "
-        "in full: docs/flags.md.",
+        description="Train a chain of generations R1..Rn (R1 on the given labels, each next one on the\n"
+        "previous generation's refined labels) for every seed, then print test top-1 per generation\n"
+        "(mean ± std over seeds). Rerunning the same command continues where it stopped.\n"
+        f"Defaults shown are preset {preset}'s (`refinery run --preset NAME --help` shows another's);\n"
+        "every flag in full: docs/flags.md.",
         epilog="presets:\n" + "\n".join(f"  {line}" for line in PRESET_LINES)
         + "\n\nexamples:\n" + "\n".join(f"  {line}" for line in RUN_EXAMPLES))
     groups = {title: run.add_argument_group(title) for title, _ in RUN_GROUPS}

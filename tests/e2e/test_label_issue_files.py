@@ -87,6 +87,13 @@ def test_fixed_labels_round_trip_through_a_csv_dataset(moved_run, capsys):
                  "--cache-dir", str(tmp / "cache")]) == 0
     summary = json.loads((tmp / "runs" / "fixed" / "seed-0" / "gen-1" / "summary.json").read_text())
     assert summary["label_quality"]["disputed"] < 0.05
+    before, listed = fixed.read_bytes(), sorted(tmp.iterdir())
+    capsys.readouterr()  # the retrained run's own label file is never rewritten under it
+    assert main(["label-issues", str(tmp / "runs" / "fixed"), "--write-labels", str(fixed)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is the label file this run trained on" in err and "--write-labels fixed-2.csv" in err
+    assert fixed.read_bytes() == before and sorted(tmp.iterdir()) == listed
+    assert not (tmp / "runs" / "fixed" / "label_issues.csv").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("rows,message", [

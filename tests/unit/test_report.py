@@ -94,3 +94,24 @@ def test_a_loss_of_later_generations_is_explained_with_the_recipes_that_pay():
     assert lines([-0.5], {"noise_prior": "auto"}) == ""
     ens = [{"generations": [1, 2, 3], "gain_over_r1": {"mean": 0.12}}]
     assert "use the ensemble of R1+R2+R3 (+0.12)" in lines([-0.2, -0.4], ensemble=ens)
+
+
+def test_the_next_label_file_never_names_the_runs_own():
+    from labelrefinery.report.tables import next_label_file
+
+    assert next_label_file("folder:/data/photos") == "fixed.csv"
+    assert next_label_file("csv:/data/labels.csv") == "fixed.csv"
+    assert next_label_file("csv:/tmp/fixed.csv") == "fixed-2.csv"
+    assert next_label_file("csv:fixed-2.csv") == "fixed-3.csv"
+
+
+def test_a_control_that_beats_the_chosen_generation_is_named():
+    from labelrefinery.report.tables import _control_beats
+
+    r = {"run_dir": "runs/x", "best_by_validation": {"test_top1_mean": 93.33},
+         "controls": {"equal-compute": {"test_top1_mean": 95.83}, "label-smoothing": {"test_top1_mean": 93.0}}}
+    text = _control_beats(r)
+    assert "one model trained as long as the whole chain scored higher on test (95.83% against 93.33%" in text
+    assert "runs/x/seed-0/control-equal-compute/model.safetensors" in text
+    r["controls"]["equal-compute"]["test_top1_mean"] = 93.4  # within 0.1: no sentence
+    assert _control_beats(r) == ""

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import ConfigError, RunDirError
 from ..noise import given_label_scores, suggested_labels
 from ..noise.quality import most_disputed_first
-from .tables import best_of
+from .tables import best_of, next_label_file
 from ..rundir import RunDir
 
 
@@ -116,6 +116,21 @@ def check_issue_options(seed: int | None, all_seeds: bool, test: bool, write_lab
     if test and write_labels is not None:
         raise ConfigError("--write-labels applies the suggested labels to the training images; leave out --test (or "
                           "write the test list and fix its labels by hand)")
+
+
+def check_fixed_labels_path(run_dir: Path, out: Path) -> None:
+    """Refuse a ``--write-labels`` path that is the label file the run trained on (``--dataset csv:FILE``):
+    rewriting it would change the data of a finished run under it (its split no longer matches).
+
+    Raises:
+        ConfigError: ``out`` is that file, with another name to use.
+        RunDirError: ``run_dir`` is not a run directory.
+    """
+    dataset = RunDir(run_dir).read_config().data.dataset
+    if dataset.startswith("csv:") and Path(dataset[4:]).expanduser().resolve() == Path(out).expanduser().resolve():
+        raise ConfigError(f"--write-labels {out} is the label file this run trained on ({dataset}); writing it "
+                          f"would change the run's data under it: write another file, e.g. --write-labels "
+                          f"{next_label_file(dataset)}")
 
 
 def write_label_issues(run_dir: Path, generation: int | None = None, seed: int = 0, out: Path | None = None,

@@ -261,6 +261,32 @@ def _evidence_lines(r: dict) -> list[str]:
     return out
 
 
+def next_label_file(dataset: str) -> str:
+    """The label file name to suggest for ``--write-labels`` on a run of ``dataset``: ``fixed.csv``, or for a run
+    already trained on ``csv:...fixed.csv`` (or ``fixed-N.csv``), ``fixed-<N+1>.csv``."""
+    name = Path(dataset[4:]).name if dataset.startswith("csv:") else ""
+    if name == "fixed.csv":
+        return "fixed-2.csv"
+    if name.startswith("fixed-") and name[6:-4].isdigit() and name.endswith(".csv"):
+        return f"fixed-{int(name[6:-4]) + 1}.csv"
+    return "fixed.csv"
+
+
+def _control_beats(r: dict) -> str:
+    """A sentence when a control (``--controls``) scored higher on test than the best generation by validation
+    (means over the seeds both finished), else ``""``: refinement did not pay there, and the reader should know."""
+    best = (r.get("best_by_validation") or {}).get("test_top1_mean")
+    beats = [(name, c["test_top1_mean"]) for name, c in (r.get("controls") or {}).items()
+             if best is not None and c["test_top1_mean"] > best + 0.1]
+    if not beats:
+        return ""
+    name, score = max(beats, key=lambda b: b[1])
+    what = {"label-smoothing": "R1's recipe with label smoothing",
+            "equal-compute": "one model trained as long as the whole chain"}.get(name, f"the {name} control")
+    return (f" But {what} scored higher on test ({score:.2f}% against {best:.2f}%, mean over seeds): on this data "
+            f"that simpler model is the better choice (`{r['run_dir']}/seed-0/control-{name}/model.safetensors`).")
+
+
 def _next_lines(r: dict) -> list[str]:
     """For a run that looks for wrong labels (``--label-issues``, ``--preset noisy``): which model to use, in
     words, and the next commands."""
@@ -268,14 +294,15 @@ def _next_lines(r: dict) -> list[str]:
     if best is None:
         return []
     run, g = r["run_dir"], best["generation"]
+    fixed = next_label_file(str(r["config"].get("dataset", "")))
     r1 = r["per_seed"]["0"][0]["test_top1"]
     out = [f"**Which model to use:** seed 0's R{g}, its best generation by validation (validation "
            f"{best['val_top1']:.2f}%, test {best['test_top1']:.2f}%, {best['test_top1'] - r1:+.2f} points over plain "
            f"training, R1): `{run}/seed-0/gen-{g}/model.safetensors`, the one `refinery predict {run}` and "
-           f"`load_classifier(\"{run}\")` load.", "",
+           f"`load_classifier(\"{run}\")` load." + _control_beats(r), "",
            "**Next:** `label_issues.csv` lists the disputed labels, most disputed first. Review them" + (
-               f", then `refinery label-issues {run} --write-labels fixed.csv` writes the label file with the "
-               "suggested labels applied and `refinery run --dataset csv:fixed.csv --preset noisy` retrains on it."
+               f", then `refinery label-issues {run} --write-labels {fixed}` writes the label file with the "
+               f"suggested labels applied and `refinery run --dataset csv:{fixed} --preset noisy` retrains on it."
                if str(r["config"].get("dataset", "")).startswith(("folder:", "csv:")) else
                " and fix them where the data lives (this dataset has no files to write a label file for).")]
     e = r["generations"][0].get("noise_evidence") or {}
