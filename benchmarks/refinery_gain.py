@@ -77,6 +77,9 @@ VARIANTS = {  # name: extra run settings of the refinery's label variant, on top
     "trusted-240": {"trusted": "240", "train_size": 10200},  # --preset noisy: --noise-prior evidence -> verified
     "trusted-240-classwise": {"trusted": "240", "train_size": 10200, "noise_prior": "classwise"},  # counted T
     "trusted-240-np0": {"trusted": "240", "train_size": 10200, "noise_prior": "0"},  # soft labels as they are
+    # per-crop refined labels (the paper's online labels) and adversarial jittering: for --augment crop or online
+    "online": {"labels": "online"},
+    "online-jitter": {"labels": "online", "adversarial_jitter": 0.5},
 }
 
 
@@ -233,6 +236,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist", help="the dataset every method trains on (digits: "
                         "a seconds-long smoke run)")
     parser.add_argument("--train-size", type=int, default=12000, help="training images before validation split")
+    parser.add_argument("--augment", default="none", help="the augmentation every method trains with (crop: "
+                        "random resized crops, where per-crop labels, variants online and online-jitter, apply; the cleanlab and "
+                        "robust-loss rows train without it)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every model")
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each noisy setting")
@@ -261,9 +267,10 @@ def main() -> None:
     facts = {"cpu_features": cpu_features(), "precision": str(amp), "torch": torch.__version__,
              "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""), "command": " ".join(sys.argv),
              "train_size": args.train_size, "epochs": args.epochs, "generations": args.generations,
+             "augment": args.augment,
              "preset": args.preset}
     log(json.dumps(facts))
-    common = {"dataset": args.dataset, "train_size": args.train_size, "epochs": args.epochs,
+    common = {"dataset": args.dataset, "train_size": args.train_size, "epochs": args.epochs, "augment": args.augment,
               "generations": 1, "progress": False, "controls": False}  # this script trains the controls itself
     results: dict = {"meta": run_metadata(), "facts": facts, "noisy": {}, "clean": None}
     with tempfile.TemporaryDirectory() as tmp:
