@@ -254,6 +254,8 @@ def main() -> None:
     parser.add_argument("--robust-losses", default="", help="comma-separated noise-robust losses to train plain "
                         "models with: " + ", ".join(ROBUST_LOSSES))
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--keep-runs", type=Path, default=None, help="keep the run directories here (default: a "
+                        "temporary directory, deleted at the end), e.g. for benchmarks/overlap_crops.py")
     parser.add_argument("--table", type=Path, default=None, help="print the Markdown tables of a saved JSON and exit")
     args = parser.parse_args()
     if args.table:
@@ -274,7 +276,7 @@ def main() -> None:
               "generations": 1, "progress": False, "controls": False}  # this script trains the controls itself
     results: dict = {"meta": run_metadata(), "facts": facts, "noisy": {}, "clean": None}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(tmp)
+        runs = args.keep_runs or Path(tmp)
         for noise in [n for n in args.noise.split(",") if n]:
             seeds = {**common, "seeds": args.seeds, "label_noise": noise}
             row: dict = {}

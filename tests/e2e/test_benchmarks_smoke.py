@@ -42,6 +42,8 @@ CASES: dict[str, tuple[list[str], str | None]] = {
                           "--out", "{out}"], None),
     # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
     "inspect_speed.py": (["{tmp}/runs/tiny", "--repeats", "1", "--out", "{out}"], None),
+    # a run directory made first (digits, --augment crop, 1 epoch, 1 generation): see test_benchmark
+    "overlap_crops.py": (["{tmp}/runs/crop", "--images", "100", "--out", "{out}"], None),
     # the smallest folder both splits of its quarter copy can hold (val/ gets 10%, the quarter a quarter of it)
     "streaming.py": (["--root", "{tmp}/folders", "--images", "400", "--loader-images", "16", "--train-images", "8",
                       "--workers", "0", "--out", "{out}"],
@@ -83,6 +85,10 @@ def test_benchmark(script, tmp_path):
     if script == "inspect_speed.py":
         _run(["-m", "labelrefinery", "run", "--dataset", "digits", "--train-size", "200", "--epochs", "1",
               "--generations", "1", "--runs-dir", str(tmp_path / "runs"), "--name", "tiny", "--no-progress"])
+    if script == "overlap_crops.py":
+        _run(["-m", "labelrefinery", "run", "--dataset", "digits", "--train-size", "200", "--epochs", "1",
+              "--generations", "1", "--augment", "crop", "--runs-dir", str(tmp_path / "runs"), "--name", "crop",
+              "--no-progress"])
     _run([str(BENCH / script), *(a.format(out=out, tmp=tmp_path) for a in args)])
     if "{out}" not in args:
         return
