@@ -168,7 +168,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
 def _parse(argv: list[str]) -> argparse.Namespace:
     """The arguments of ``argv``; an unknown flag is refused naming the closest flag of its subcommand and the
     subcommand's own help (exits 2 through argparse)."""
-    given = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else DEFAULT_PRESET
+    given = next((b if a == "--preset" else a.split("=", 1)[1] for a, b in zip(argv, [*argv[1:], ""])
+                  if a == "--preset" or a.startswith("--preset=")), DEFAULT_PRESET)
     parser = build_parser(given if given in PRESETS else DEFAULT_PRESET)
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -124,25 +124,21 @@ RUN_EXAMPLES = [
 ]
 
 
+_ENTRY = {key: (title, text) for title, entries in RUN_GROUPS for key, text in entries}  # flag -> (topic, help)
+
+
 def short_help(name: str) -> str:
-    """The one-line help of a setting or ``--flag`` of ``refinery run``.
+    """The one-line help of a setting or ``--flag`` of ``refinery run`` (:data:`RUN_GROUPS`).
 
     Raises:
-        KeyError: a name no group lists (a new setting must be given a group and a short help here).
+        KeyError: a name no group lists (a new setting must be given a group and a short help there).
     """
-    for _, entries in RUN_GROUPS:
-        for key, text in entries:
-            if key == name:
-                return text
-    raise KeyError(f"{name} has no short help in labelrefinery.runflags.RUN_GROUPS")
+    return _ENTRY[name][1]
 
 
 def group_of(name: str) -> str:
     """The --help topic of a setting or ``--flag`` (:data:`RUN_GROUPS`); KeyError if none lists it."""
-    for title, entries in RUN_GROUPS:
-        if any(key == name for key, _ in entries):
-            return title
-    raise KeyError(f"{name} is in no group of labelrefinery.runflags.RUN_GROUPS")
+    return _ENTRY[name][0]
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
@@ -151,15 +147,10 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {found[0]}?)" if found else ""
 
 
-def flag_reference(fields, flag_name) -> str:
+def flag_reference() -> str:
     """Markdown of every ``refinery run`` setting grouped as ``--help`` groups them, with its full description
-    and default: the text of ``docs/flags.md``.
-
-    Args:
-        fields: ``(name, full help, default)`` of every setting.
-        flag_name: maps a setting name to its flag (``batch_size`` -> ``--batch-size``).
-    """
-    by_name = {name: (text, default) for name, text, default in fields}
+    (``metadata["help"]``) and its default without a preset: the text of ``docs/flags.md``."""
+    by_name = {f.name: (f.metadata.get("help", ""), _default_of(f)) for f, _ in leaf_fields()}
     out = ["# `refinery run` flags", "", "Every setting of `refinery run`, grouped as `refinery run --help` groups "
            "them, with its full description and its default without a preset (presets set their own: "
            "`src/labelrefinery/config/presets.py`). In a `--config` YAML file each is written with underscores "
@@ -178,7 +169,6 @@ def flag_reference(fields, flag_name) -> str:
     out += ["## Presets", "", "`--preset NAME` sets the defaults above to the preset's (measured costs: "
             "BENCHMARKS.md):", "", *[f"- `{line.split()[0]}`: {line.split(None, 1)[1]}" for line in PRESET_LINES], ""]
     return "\n".join(out)
-
 
 
 def int_list(name: str):
@@ -272,4 +262,4 @@ def add_run_parser(sub, preset: str = DEFAULT_PRESET) -> None:
                                        help=short_help("--refinery-std"))
 
 if __name__ == "__main__":
-    print(flag_reference([(f.name, f.metadata.get("help", ""), _default_of(f)) for f, _ in leaf_fields()], flag_name))
+    print(flag_reference())
