@@ -57,7 +57,10 @@ from labelrefinery.engine import TrainData, TrainSetup, fit
 from labelrefinery.inference import predict, recalibrate_batchnorm, top1_accuracy
 from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.protocol import seed_split, with_label_noise
+from labelrefinery.noise.quality import suggestion_precision
+from labelrefinery.report.labelissues import own_labels, split_labels
 from labelrefinery.report.tables import summarize_run
+from labelrefinery.rundir import RunDir
 from labelrefinery.seeding import derive_seed
 from labelrefinery.targets import StoredTargets
 
@@ -150,7 +153,27 @@ def r1_estimates(res: dict) -> dict:
     return {"evidence": mean_std((g.get("noise_evidence") or {}).get("rate") for g in r1),
             "evidence_source": sorted({(g.get("noise_evidence") or {}).get("source", "") for g in r1}),
             "symmetric": mean_std(g.get("symmetric_noise_estimate") for g in r1),
-            "classwise": mean_std((g.get("classwise_noise_estimate") or {}).get("rate") for g in r1)}
+            "classwise": mean_std((g.get("classwise_noise_estimate") or {}).get("rate") for g in r1),
+            "concentration": mean_std((g.get("classwise_noise_estimate") or {}).get("concentration") for g in r1)}
+
+
+def suggestions(run_dir: Path, res: dict, top: int = 12) -> list[dict]:
+    """The relabellings each seed's best generation by validation suggests on its training images, pair by pair
+    (:func:`~labelrefinery.noise.quality.suggestion_precision`), pooled over the seeds: the ``top`` most
+    suggested (given, suggested) pairs with their images over all seeds, pooled precision and per-seed
+    precisions (%)."""
+    rd, pooled = RunDir(run_dir), {}
+    for seed, best in res["best_by_validation"]["per_seed"].items():
+        indices, probs, _, _ = own_labels(rd, int(seed), best["generation"])
+        given, clean = split_labels(rd.read_split(int(seed)), indices)
+        for r in suggestion_precision(given, probs, clean):
+            p = pooled.setdefault((r["given"], r["suggested"]), {"count": 0, "right": 0.0, "per_seed": []})
+            p["count"] += r["count"]
+            p["right"] += r["precision"] * r["count"]
+            p["per_seed"].append(round(100 * r["precision"], 1))
+    rows = [{"given": y, "suggested": c, "count": p["count"], "precision": 100 * p["right"] / p["count"],
+             "per_seed": p["per_seed"]} for (y, c), p in pooled.items()]
+    return sorted(rows, key=lambda r: -r["count"])[:top]
 
 
 def refinery_runs(base: dict, runs_dir: Path, name: str) -> tuple[dict, float]:
@@ -319,7 +342,9 @@ def main() -> None:
                     b["test_top1"] for b in res["best_by_validation"]["per_seed"].values())
                 ens = next(e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1)))
                 row[f"refinery {variant} ensemble"] = mean_std(ens["per_seed"].values())
-                row[f"refinery {variant} (whole chain)"] = {"wall_s": t, "r1_noise_estimates": r1_estimates(res)}
+                row[f"refinery {variant} (whole chain)"] = {"wall_s": t, "r1_noise_estimates": r1_estimates(res),
+                                                            "suggestions": suggestions(runs / f"refinery-{variant}-{noise}",
+                                                                                       res)}
             results["noisy"][noise] = row
             save(args.out, results)
             log(json.dumps({noise: {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))

@@ -101,13 +101,16 @@ def noise_transition(exp: Experiment, data: SeedData, model: str,
 
 
 CLASSWISE_MARGIN = 0.03  # evidence: class by class when it reads this much more noise than the symmetric estimate
+CLASSWISE_CONCENTRATION = 0.5  # ... and when more than this share of a class's wrong labels go to one other class
 
 
 def _chosen_noise_model(exp: Experiment, seed: int, generation: int) -> str:
     """``--noise-prior evidence``: ``verified`` with verified labels (a correction fitted on them,
     :mod:`labelrefinery.noise.correct`); else ``classwise`` when R1's class-by-class estimate reads
-    ``CLASSWISE_MARGIN`` more wrong labels than its symmetric one (wrong labels whose class depends on the true
-    one), or ``auto``.
+    ``CLASSWISE_MARGIN`` more wrong labels than its symmetric one *and* those wrong labels concentrate on one
+    other class per class (:func:`~labelrefinery.noise.noise_concentration` at least
+    ``CLASSWISE_CONCENTRATION``: pair flips and swaps read near 1; symmetric noise near 1 / (K - 1), plus R1's
+    own confusions, which alone would lift the class-by-class estimate above the symmetric one), else ``auto``.
 
     Raises:
         RunDirError: an R1 summary without the estimates (an older version wrote it).
@@ -117,13 +120,17 @@ def _chosen_noise_model(exp: Experiment, seed: int, generation: int) -> str:
     else:
         r1 = exp.run_dir.read_summary(seed, 1)
         symmetric, classwise = r1.get("symmetric_noise_estimate"), (r1.get("classwise_noise_estimate") or {})
-        if symmetric is None or classwise.get("rate") is None:
+        if symmetric is None or classwise.get("rate") is None or classwise.get("concentration") is None:
             raise RunDirError(f"seed {seed}'s R1 summary holds no noise estimates (an older version wrote it); give "
                               "--noise-prior auto or classwise, or start a new --name")
-        chosen = "classwise" if classwise["rate"] >= symmetric + CLASSWISE_MARGIN else "auto"
+        larger = classwise["rate"] >= symmetric + CLASSWISE_MARGIN
+        concentrated = classwise["concentration"] >= CLASSWISE_CONCENTRATION
+        chosen = "classwise" if larger and concentrated else "auto"
         why = (f"R1's class-by-class estimate ({100 * classwise['rate']:.1f}%) "
-               f"{'exceeds' if chosen == 'classwise' else 'does not exceed'} its symmetric one "
-               f"({100 * symmetric:.1f}%) by {100 * CLASSWISE_MARGIN:.0f} points")
+               f"{'exceeds' if larger else 'does not exceed'} its symmetric one ({100 * symmetric:.1f}%) by "
+               f"{100 * CLASSWISE_MARGIN:.0f} points; {100 * classwise['concentration']:.0f}% of a class's wrong "
+               f"labels go to one other class ({'at least' if concentrated else 'under'} "
+               f"{100 * CLASSWISE_CONCENTRATION:.0f}%)")
     log(f"[seed {seed} R{generation}] --noise-prior evidence: {chosen} ({why})")
     return chosen
 

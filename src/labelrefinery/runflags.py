@@ -83,7 +83,7 @@ RUN_GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("controls", "also train label-smoothing and equal-compute controls per seed"),
     ]),
     ("wrong labels (docs/wrong-labels.md)", [
-        ("label_noise", "inject noise for a benchmark: symmetric:P | pairflip:P | idn:P (annotator-like)"),
+        ("label_noise", "inject noise for a benchmark: symmetric:P | pairflip:P | swap:P | idn:P (annotator-like)"),
         ("trusted", "verified labels as the validation split: FILE (image,label CSV) or N injected ones"),
         ("true_labels", "verified labels (image,label CSV) that only score the refined labels"),
         ("noise_prior", "0 | P | auto | classwise | verified | evidence: how refined labels account for noise"),

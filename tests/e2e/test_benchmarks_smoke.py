@@ -92,7 +92,12 @@ def test_benchmark(script, tmp_path):
     _run([str(BENCH / script), *(a.format(out=out, tmp=tmp_path) for a in args)])
     if "{out}" not in args:
         return
-    meta = json.loads(out.read_text())["meta"]
+    result = json.loads(out.read_text())
+    meta = result["meta"]
+    if script == "refinery_gain.py":  # the relabellings the refinery suggests, pair by pair, with their precision
+        chain = result["noisy"]["symmetric:0.4"]["refinery soft (whole chain)"]
+        assert chain["suggestions"] and all(0 <= r["precision"] <= 100 and r["given"] != r["suggested"]
+                                            for r in chain["suggestions"])
     command = shlex.split(meta["command"])
     assert command[0] == sys.executable and command[1].endswith(script), command
     for key in ("cpu_features", "cpu_model", "torch", "threads", "python", "date_utc", "dirty", "cuda_device"):

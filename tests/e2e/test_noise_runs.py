@@ -11,7 +11,7 @@ import torch
 
 from labelrefinery.cli import main
 from labelrefinery.data import load_dataset
-from labelrefinery.noise import given_label_scores
+from labelrefinery.noise import given_label_scores, noise_concentration
 from labelrefinery.rundir import RunDir
 
 from ..conftest import SHORT_RUN
@@ -186,6 +186,7 @@ def test_classwise_noise_prior_run(tmp_path, monkeypatch):
     shares = torch.bincount(given, minlength=10).float() / len(given)
     estimate = rd.read_summary(0, 1)["classwise_noise_estimate"]
     assert estimate["rate"] == pytest.approx(float((shares * (1 - t.diagonal())).sum()))
+    assert estimate["concentration"] == pytest.approx(noise_concentration(given, t))
     assert len(estimate["largest"]) == 5 and all(t[c, y] == pytest.approx(v, abs=1e-4)
                                                  for c, y, v in estimate["largest"])
     assert "classwise_noise_estimate" not in rd.read_summary(0, 2)

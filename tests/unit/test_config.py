@@ -18,7 +18,7 @@ def test_bad_label_form(bad):
 
 @pytest.mark.parametrize("spec", ["uniform:0.2", "symmetric", "symmetric:-0.1", "symmetric:1", "pairflip:x"])
 def test_bad_noise_spec(spec):
-    with pytest.raises(ConfigError, match="--label-noise must be symmetric:P, pairflip:P or idn:P"):
+    with pytest.raises(ConfigError, match="--label-noise must be symmetric:P, pairflip:P, swap:P or idn:P"):
         parse_label_noise(spec)
 
 

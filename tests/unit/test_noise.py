@@ -13,6 +13,8 @@ from labelrefinery.noise import inject_label_noise, label_statistics
 from labelrefinery.protocol import seed_data, with_label_noise
 from labelrefinery.seeding import label_noise_generator
 
+from ..conftest import needs_fashion_mnist
+
 
 def test_symmetric_noise_rate_and_classes():
     labels = torch.arange(60000) % 10
@@ -167,6 +169,58 @@ def test_noise_transition_estimate_class_by_class():
     assert torch.isfinite(q).all() and torch.allclose(q.sum(1), torch.ones(20))
 
 
+def test_suggestion_precision_counts_each_relabelling_pair():
+    """Per (given, suggested) pair: how many images and the share whose true class is the suggestion."""
+    from labelrefinery.noise.quality import suggestion_precision
+
+    given = np.array([0, 0, 0, 1, 1, 2])
+    clean = np.array([1, 1, 0, 0, 1, 2])
+    probs = np.eye(3)[[1, 1, 1, 0, 1, 2]]  # suggests 0->1 three times (two right), 1->0 once (right)
+    assert suggestion_precision(given, probs, clean) == [
+        {"given": 0, "suggested": 1, "count": 3, "precision": pytest.approx(2 / 3)},
+        {"given": 1, "suggested": 0, "count": 1, "precision": 1.0}]
+    assert suggestion_precision(given, np.eye(3)[given], clean) == []
+
+
+def test_noise_concentration_tells_pair_flips_from_symmetric_noise():
+    """1 for pair flips (all of a class's wrong labels go to one class), 1 / (K - 1) for symmetric noise, 0 for
+    none; unchanged by shrinking towards the identity."""
+    from labelrefinery.noise import noise_concentration, symmetric_transition
+
+    given = torch.arange(1000) % 10
+    pair = 0.7 * torch.eye(10) + 0.3 * torch.roll(torch.eye(10), 1, dims=1)
+    assert noise_concentration(given, pair) == pytest.approx(1.0)
+    assert noise_concentration(given, symmetric_transition(10, 0.4)) == pytest.approx(1 / 9)
+    assert noise_concentration(given, torch.eye(10)) == 0.0
+    half = torch.eye(10) + 0.5 * (pair - torch.eye(10))
+    assert noise_concentration(given, half) == pytest.approx(1.0)
+
+
+def test_evidence_takes_classwise_only_for_concentrated_noise(caplog):
+    """--noise-prior evidence: classwise needs both a class-by-class estimate 3 points above the symmetric one
+    and wrong labels that concentrate on one other class; symmetric noise with R1's own confusions on top
+    (class by class 44% against 40%, concentration 0.2) stays auto."""
+    from types import SimpleNamespace
+
+    from labelrefinery.noisemodel import noise_model
+    from labelrefinery.config import parse_noise_prior
+
+    def chosen(symmetric, rate, concentration):
+        summary = {"symmetric_noise_estimate": symmetric,
+                   "classwise_noise_estimate": {"rate": rate, "concentration": concentration}}
+        exp = SimpleNamespace(cfg=SimpleNamespace(refinement=SimpleNamespace(prior=parse_noise_prior("evidence"))),
+                              dataset=SimpleNamespace(trusted=None),
+                              run_dir=SimpleNamespace(read_summary=lambda seed, g: summary))
+        return noise_model(exp, 0, 2)
+
+    assert chosen(0.40, 0.44, 0.2) == "auto"  # symmetric 40%: R1's confusions lift the class-wise estimate
+    assert chosen(0.01, 0.30, 0.95) == "classwise"  # pair flips
+    assert chosen(0.001, 0.013, 0.9) == "auto"  # clean labels: concentrated, but no more noise than symmetric
+    from labelrefinery.errors import RunDirError
+    with pytest.raises(RunDirError, match="older version"):
+        chosen(0.1, 0.2, None)
+
+
 def test_a_given_label_tied_with_the_top_class_is_not_disputed():
     """float16 rows tie now and then: the given label tied for the top stands, whatever the class order."""
     from labelrefinery.report.labelissues import issue_rows
@@ -238,6 +292,42 @@ def test_instance_dependent_noise_moves_the_most_ambiguous_share_of_every_class_
     with pytest.raises(ConfigError, match="--data-in-memory yes"):
         inject_label_noise(labels, "idn:0.3", 10, label_noise_generator(), None)
     assert inject_label_noise(labels, "idn:0", 10, label_noise_generator(), images).flipped.sum() == 0
+
+
+def test_swap_noise_swaps_within_pairs_of_similar_classes():
+    """swap:P: classes paired by the discriminant's confusions, each class in one pair; every flipped label is
+    its class's partner, both ways, at rate P within binomial error; reproducible; P >= 0.5 and streamed data
+    refused."""
+    from labelrefinery.noise.inject import similar_class_pairs
+    ds = load_dataset("digits")
+    labels, images = ds.train.labels, ds.train.images
+    pairs = similar_class_pairs(images, labels, 10)
+    assert sorted(c for pair in pairs for c in pair) == list(range(10)) and all(a < b for a, b in pairs)
+    noise = inject_label_noise(labels, "swap:0.25", 10, label_noise_generator(), images)
+    partner = {a: b for a, b in pairs} | {b: a for a, b in pairs}
+    moved = noise.flipped.nonzero().squeeze(1)
+    assert all(int(noise.noisy[i]) == partner[int(labels[i])] for i in moved)
+    rate = float(noise.flipped.float().mean())
+    assert abs(rate - 0.25) < 4 * math.sqrt(0.25 * 0.75 / len(labels))
+    assert {int(labels[i]) for i in moved} == set(range(10))  # both sides of every pair
+    again = inject_label_noise(labels, "swap:0.25", 10, label_noise_generator(), images)
+    assert torch.equal(again.noisy, noise.noisy)
+    with pytest.raises(ConfigError, match="a swap beyond 1/2"):
+        inject_label_noise(labels, "swap:0.5", 10, label_noise_generator(), images)
+    with pytest.raises(ConfigError, match="--data-in-memory yes"):
+        inject_label_noise(labels, "swap:0.2", 10, label_noise_generator(), None)
+    odd = labels < 9  # nine classes: one is left without a partner and keeps its labels
+    three = similar_class_pairs(images[odd], labels[odd], 9)
+    assert len(three) == 4
+
+
+@needs_fashion_mnist
+def test_swap_pairs_on_fashion_mnist_are_the_classes_annotators_mix_up():
+    """The pairs on Fashion-MNIST's test split: Sandal/Sneaker, T-shirt/Shirt, Trouser/Dress, Pullover/Coat,
+    Bag/Ankle boot (the confusions BENCHMARKS.md's annotator-like noise shows)."""
+    from labelrefinery.noise.inject import similar_class_pairs
+    test = load_dataset("fashion-mnist").test
+    assert similar_class_pairs(test.images, test.labels, 10) == [(5, 7), (0, 6), (1, 3), (2, 4), (8, 9)]
 
 
 def test_wilson_interval_matches_the_textbook_values():

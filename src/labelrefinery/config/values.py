@@ -144,11 +144,11 @@ def parse_label_form(form: str) -> tuple[str, int]:
     raise ConfigError(f"--label-form must be soft, hard or topk:K with K >= 1, got {form!r}")
 
 
-NOISE_KINDS = ("symmetric", "pairflip", "idn")
+NOISE_KINDS = ("symmetric", "pairflip", "swap", "idn")
 
 
 def parse_label_noise(spec: str) -> tuple[str, float]:
-    """Parse ``symmetric:P``, ``pairflip:P`` or ``idn:P`` into (kind, P) with P in [0, 1) (the bound 1 - 1/K needs K:
+    """Parse ``symmetric:P``, ``pairflip:P``, ``swap:P`` or ``idn:P`` into (kind, P) with P in [0, 1) (the bound 1 - 1/K needs K:
     see :func:`labelrefinery.noise.inject_label_noise`).
 
     Raises:
@@ -160,7 +160,7 @@ def parse_label_noise(spec: str) -> tuple[str, float]:
     except ValueError:
         p = -1.0
     if kind not in NOISE_KINDS or not 0.0 <= p < 1.0:
-        raise ConfigError(f"--label-noise must be symmetric:P, pairflip:P or idn:P with 0 <= P < 1 - 1/K, "
+        raise ConfigError(f"--label-noise must be symmetric:P, pairflip:P, swap:P or idn:P with 0 <= P < 1 - 1/K, "
                           f"got {spec!r}")
     return kind, p
 

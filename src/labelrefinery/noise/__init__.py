@@ -4,7 +4,7 @@ scoring refined labels against the given and the true labels.
 Functions are shaped like cleanlab's: the given labels ``(N,) int64`` first, a refinery's refined labels
 (cleanlab's ``pred_probs``) ``(N, K)`` second.
 
-- :mod:`~labelrefinery.noise.inject`: ``--label-noise symmetric:P | pairflip:P | idn:P``
+- :mod:`~labelrefinery.noise.inject`: ``--label-noise symmetric:P | pairflip:P | swap:P | idn:P``
   (:func:`inject_label_noise`).
 - :mod:`~labelrefinery.noise.estimate`: the share of wrong labels (:func:`estimate_symmetric_noise`), the
   class-by-class transition matrix (:func:`estimate_noise_transition`) and the posterior of the true class
@@ -19,7 +19,7 @@ Functions are shaped like cleanlab's: the given labels ``(N,) int64`` first, a r
 
 from .correct import VerifiedCorrection, fit_verified_correction
 from .estimate import (classwise_summary, disputes, estimate_noise_transition, estimate_symmetric_noise,
-                       implied_noise_rate, largest_transitions, noisy_label_posterior,
+                       implied_noise_rate, largest_transitions, noise_concentration, noisy_label_posterior,
                        symmetric_transition, trusted_noise_estimate, trusted_transition, wilson_interval)
 from .inject import LabelNoise, inject_label_noise, max_noise_rate
 from .quality import (entropy, generation_label_stats, given_label_scores, label_statistics, rank_label_issues,
@@ -29,6 +29,7 @@ __all__ = [
     "LabelNoise", "VerifiedCorrection", "classwise_summary", "disputes", "entropy", "estimate_noise_transition",
     "estimate_symmetric_noise", "fit_verified_correction", "generation_label_stats", "given_label_scores",
     "implied_noise_rate", "inject_label_noise", "label_statistics", "largest_transitions", "max_noise_rate",
+    "noise_concentration",
     "noisy_label_posterior", "rank_label_issues", "suggested_labels", "symmetric_transition",
     "trusted_noise_estimate", "trusted_transition", "wilson_interval",
 ]

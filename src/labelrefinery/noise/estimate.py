@@ -116,6 +116,22 @@ def implied_noise_rate(given: torch.Tensor, transition: torch.Tensor) -> float:
     return float((shares * (1 - transition.float().cpu().diagonal())).sum())
 
 
+def noise_concentration(given: torch.Tensor, transition: torch.Tensor) -> float:
+    """How much of the wrong labels a ``(K, K)`` transition matrix T implies go, class by class, to one other class:
+    sum_c pi_c max_{y != c} T[c, y] / sum_c pi_c (1 - T[c, c]), pi the ``(N,) int64`` given labels' class shares.
+
+    1 for pair flips and swaps (every wrong label of a class has one class), 1 / (K - 1) for symmetric noise
+    (spread evenly over the others); 0 when T implies no wrong labels. Shrinking T towards the identity (as
+    :func:`estimate_noise_transition` does) leaves it unchanged.
+    """
+    t = transition.float().cpu()
+    shares = torch.bincount(given.cpu(), minlength=len(t)).float() / max(len(given), 1)
+    off = t.clone()
+    off.fill_diagonal_(0.0)
+    wrong = float((shares * off.sum(1)).sum())
+    return float((shares * off.max(1).values).sum()) / wrong if wrong > 0 else 0.0
+
+
 def largest_transitions(transition: torch.Tensor, count: int = 5) -> list[list]:
     """The ``count`` largest off-diagonal entries of a ``(K, K)`` transition matrix, largest first, as
     ``[true class (int), given class (int), P(given | true) (float, 4 decimals)]`` rows."""
@@ -168,10 +184,11 @@ def noisy_label_posterior(given: torch.Tensor, refined: torch.Tensor, transition
 def classwise_summary(given: torch.Tensor, refined: torch.Tensor) -> dict:
     """What :func:`estimate_noise_transition` reads in ``(N, K)`` refined labels of the given ``(N,) int64``
     labels, in a form small enough for a summary whatever K: ``rate``, the share of wrong labels T implies
-    (:func:`implied_noise_rate`), and ``largest``, its five largest off-diagonal entries as
-    ``[true class, given class, P(given | true)]``."""
+    (:func:`implied_noise_rate`), ``concentration`` (:func:`noise_concentration`), and ``largest``, its five
+    largest off-diagonal entries as ``[true class, given class, P(given | true)]``."""
     transition = estimate_noise_transition(given, refined)
-    return {"rate": implied_noise_rate(given, transition), "largest": largest_transitions(transition)}
+    return {"rate": implied_noise_rate(given, transition), "concentration": noise_concentration(given, transition),
+            "largest": largest_transitions(transition)}
 
 
 def wilson_interval(count: int, total: int, z: float = 1.96) -> tuple[float, float]:

@@ -9,6 +9,9 @@ section 4). The draw comes from a stream of its own
 (:func:`labelrefinery.seeding.label_noise_generator`), so every run seed sees
 the same corrupted dataset; the test split is never touched.
 
+``swap:P`` swaps labels within pairs of similar classes: each label of a paired class becomes its partner with
+probability P (:func:`similar_class_pairs`; the mix-ups of an annotator who confuses two classes both ways).
+
 ``idn:P`` is instance-dependent noise as annotators make it: the ambiguous images get the similar
 class (:func:`instance_dependent_noise`, the recipe of Chen et al. 2021, "Beyond Class-Conditional
 Assumption: A Primary Attempt to Combat Instance-Dependent Label Noise", section 3, with a linear
@@ -58,34 +61,42 @@ def max_noise_rate(num_classes: int) -> float:
 
 def inject_label_noise(labels: torch.Tensor, spec: str, num_classes: int, generator: torch.Generator,
                        images: torch.Tensor | None = None) -> LabelNoise:
-    """Corrupt ``labels: (N,) int64`` per ``spec`` (``symmetric:P``, ``pairflip:P`` or ``idn:P``).
+    """Corrupt ``labels: (N,) int64`` per ``spec`` (``symmetric:P``, ``pairflip:P``, ``swap:P`` or ``idn:P``).
 
-    ``symmetric`` and ``pairflip`` flip each label independently with probability P; a symmetric flip draws
-    its new class uniformly from the K - 1 other classes, a pair flip takes k + 1 mod K. ``idn`` flips exactly
+    ``symmetric``, ``pairflip`` and ``swap`` flip each label independently with probability P; a symmetric flip
+    draws its new class uniformly from the K - 1 other classes, a pair flip takes k + 1 mod K, a swap takes the
+    class's partner (:func:`similar_class_pairs`; a class without one keeps its labels). ``idn`` flips exactly
     round(P N) labels, chosen by the images (:func:`instance_dependent_noise`; ``generator`` unused).
 
     Args:
-        images: ``(N, C, H, W) uint8`` the images, needed by ``idn`` only.
+        images: ``(N, C, H, W) uint8`` the images, needed by ``idn`` and ``swap``.
 
     Raises:
-        ConfigError: a malformed spec, P outside [0, 1 - 1/K), or ``idn`` without images in memory.
+        ConfigError: a malformed spec, P outside [0, 1 - 1/K) (``swap``: [0, 0.5)), or ``idn`` or ``swap``
+            without images in memory.
     """
     kind, p = parse_label_noise(spec)
-    if num_classes < 2 or not p < max_noise_rate(num_classes):
-        raise ConfigError(f"--label-noise {spec}: P must be in [0, {max_noise_rate(num_classes):.3f}) for "
-                          f"{num_classes} classes (1 - 1/K); use a smaller P")
+    bound = 0.5 if kind == "swap" else max_noise_rate(num_classes)
+    if num_classes < 2 or not p < bound:
+        raise ConfigError(f"--label-noise {spec}: P must be in [0, {bound:.3f}) for {num_classes} classes "
+                          f"({'a swap beyond 1/2 makes the partner the majority' if kind == 'swap' else '1 - 1/K'}); "
+                          "use a smaller P")
+    if kind in ("idn", "swap") and images is None:
+        raise ConfigError(f"--label-noise {spec} chooses by the images' pixels, but this dataset is streamed from "
+                          "its files; add --data-in-memory yes")
     if kind == "idn":
-        if images is None:
-            raise ConfigError(f"--label-noise {spec} chooses the images to relabel by their pixels, but this dataset "
-                              "is streamed from its files; add --data-in-memory yes")
         return LabelNoise(labels.clone(), instance_dependent_noise(images, labels, num_classes, p))
     flip = torch.rand(len(labels), generator=generator) < p
     if kind == "symmetric":
-        shift = torch.randint(1, num_classes, (len(labels),), generator=generator)
+        target = (labels + torch.randint(1, num_classes, (len(labels),), generator=generator)) % num_classes
+    elif kind == "swap":
+        partner = torch.arange(num_classes)
+        for a, b in similar_class_pairs(images, labels, num_classes):
+            partner[a], partner[b] = b, a
+        target = partner[labels]
     else:
-        shift = torch.ones(len(labels), dtype=torch.int64)
-    noisy = torch.where(flip, (labels + shift) % num_classes, labels)
-    return LabelNoise(labels.clone(), noisy)
+        target = (labels + 1) % num_classes
+    return LabelNoise(labels.clone(), torch.where(flip, target, labels))
 
 
 def instance_dependent_noise(images: torch.Tensor, labels: torch.Tensor, num_classes: int, rate: float,
@@ -119,6 +130,29 @@ def instance_dependent_noise(images: torch.Tensor, labels: torch.Tensor, num_cla
     Returns:
         ``(N,) int64`` the noisy labels (a new tensor).
     """
+    scores = discriminant_scores(images, labels, num_classes, chunk)
+    own = scores.gather(1, labels.view(-1, 1)).squeeze(1)
+    best_other, confused_with = scores.scatter(1, labels.view(-1, 1), float("-inf")).max(1)
+    ambiguity = best_other - own
+    noisy = labels.clone()
+    for c in range(num_classes):
+        members = (labels == c).nonzero().squeeze(1)
+        ranked = torch.sort(ambiguity[members], descending=True, stable=True).indices
+        chosen = members[ranked[:round(rate * len(members))]]
+        noisy[chosen] = confused_with[chosen]
+    return noisy
+
+
+def discriminant_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                        chunk: int = 4096) -> torch.Tensor:
+    """``(N, K) float64`` linear discriminant scores of every image for every class: Gaussian classes with one
+    shared covariance (shrunk by ``IDN_SHRINKAGE`` towards its mean variance), fitted in closed form on the
+    images average-pooled to at most ``IDN_SIDE`` x ``IDN_SIDE`` px with their ``(N,) int64`` labels; larger is
+    likelier. The scorer of ``idn:P`` and ``swap:P``.
+
+    Args:
+        images: ``(N, C, H, W) uint8``.
+    """
     n = len(labels)
     side = (min(IDN_SIDE, images.shape[2]), min(IDN_SIDE, images.shape[3]))
     x = torch.cat([F.adaptive_avg_pool2d(images[i:i + chunk].float(), side).flatten(1)
@@ -131,14 +165,27 @@ def instance_dependent_noise(images: torch.Tensor, labels: torch.Tensor, num_cla
     cov = (1 - IDN_SHRINKAGE) * cov + IDN_SHRINKAGE * float(cov.diagonal().mean().clamp_min(1e-12)) * \
         torch.eye(len(cov), dtype=torch.float64)
     a = torch.linalg.solve(cov, means.T)
-    scores = x @ a - 0.5 * (means * a.T).sum(1) + torch.log(counts.clamp_min(1) / n)
-    own = scores.gather(1, labels.view(-1, 1)).squeeze(1)
-    best_other, confused_with = scores.scatter(1, labels.view(-1, 1), float("-inf")).max(1)
-    ambiguity = best_other - own
-    noisy = labels.clone()
-    for c in range(num_classes):
-        members = (labels == c).nonzero().squeeze(1)
-        ranked = torch.sort(ambiguity[members], descending=True, stable=True).indices
-        chosen = members[ranked[:round(rate * len(members))]]
-        noisy[chosen] = confused_with[chosen]
-    return noisy
+    return x @ a - 0.5 * (means * a.T).sum(1) + torch.log(counts.clamp_min(1) / n)
+
+
+def similar_class_pairs(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[tuple[int, int]]:
+    """The classes paired by similarity, most similar first, for ``swap:P``: ``[(a, b), ...]`` with a < b, each
+    class in at most one pair (with K odd, one class is left out).
+
+    Greedy matching on the confusions of :func:`discriminant_scores`: C[a, b] counts the images of class a whose
+    strongest other class is b; the pair with the largest C[a, b] + C[b, a] (ties to the lower indices) is taken,
+    its two classes removed, and so on. On Fashion-MNIST: the pairs an annotator mixes up (Shirt and T-shirt/top,
+    Pullover and Coat, Sandal and Sneaker, ...).
+    """
+    scores = discriminant_scores(images, labels, num_classes)
+    confused_with = scores.scatter(1, labels.view(-1, 1), float("-inf")).argmax(1)
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts.index_put_((labels, confused_with), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+    similarity = counts + counts.T
+    pairs, left = [], set(range(num_classes))
+    while len(left) >= 2:
+        a, b = max(((a, b) for a in sorted(left) for b in sorted(left) if a < b),
+                   key=lambda ab: (float(similarity[ab]), -ab[0], -ab[1]))
+        pairs.append((a, b))
+        left -= {a, b}
+    return pairs
