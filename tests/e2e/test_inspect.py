@@ -77,6 +77,11 @@ def test_inspect_writes_page_and_data(run_dir, report, capsys):
     crops = view["crops"]
     assert len(crops["items"]) == 6 and {it["index"] for it in crops["items"]} == {crops["index"]}
     assert all(len(it["top3"]) == 2 for it in crops["items"])
+    # the survey: one random crop of each of up to 256 training images; the crops shown name another class
+    assert crops["surveyed"] == min(256, len(split["train_indices"]))
+    assert 0 <= crops["crop_other_share"] <= 1 and 0 <= crops["whole_other_share"] <= 1
+    assert all(it["top3"][0][0][0] != it["given"] for it in crops["others"])
+    assert len(crops["others"]) == min(6, round(crops["crop_other_share"] * crops["surveyed"]))
     # the label-issue rows are those of `refinery label-issues` for the same generation
     assert main(["label-issues", str(run_dir), "--generation", str(view["issues"]["generation"])]) == 0
     rows = list(csv.DictReader((run_dir / "label_issues.csv").open()))
@@ -167,7 +172,8 @@ def test_report_in_headless_chromium(report, tmp_path):
         browser.get(report.resolve().as_uri())
         state = browser.execute_script(
             "return {ready: document.readyState, images: Array.from(document.images).map(i => [i.complete, "
-            "i.naturalWidth]), overflow: document.documentElement.scrollWidth - window.innerWidth}")
+            "i.naturalWidth]), overflow: document.documentElement.scrollWidth - window.innerWidth, "
+            "text: document.body.innerText}")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         shot = browser.get_screenshot_as_png()
     finally:
@@ -177,5 +183,6 @@ def test_report_in_headless_chromium(report, tmp_path):
     assert all(done and width > 0 for done, width in state["images"])  # every image decoded
     assert errors == []
     assert state["overflow"] <= 0  # readable at a laptop's width: no sideways scrolling
+    assert "Crops the first refinery names differently from their image's label" in state["text"]
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float64)
     assert pixels.std() > 10  # not blank

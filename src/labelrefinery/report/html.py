@@ -310,7 +310,17 @@ def _figure4_sections(v: dict, gens: list[int]) -> list[str]:
             out.append(f"<h4>{_e(GROUP_TITLES[name])}</h4><div class=\"cards\">"
                        + "".join(image_card(it, gens) for it in items) + "</div>")
     crops = v.get("crops")
-    if crops:
+    if crops and crops.get("others"):
+        out.append("<h4>Crops the first refinery names differently from their image's label</h4>")
+        out.append(f'<p class="note">Of one random crop of each of {crops["surveyed"]} training images (drawn as '
+                   f"training draws them), R{crops['generations'][0]} names another class than the image's label for "
+                   f"{_pct(crops['crop_other_share'])}%, against {_pct(crops['whole_other_share'])}% of the whole "
+                   "images. A crop that shows only part of the scene, or another object, carries another label: "
+                   "what per-crop refined labels (<code>--labels online</code>) give the student. The most "
+                   "confident such crops:</p>")
+        out.append('<div class="cards">' + "".join(image_card(c, crops["generations"]) for c in crops["others"])
+                   + "</div>")
+    if crops and crops.get("items"):
         out.append(f"<h4>One image, several crops: the refinery's labels per crop (image #{crops['index']}, given "
                    f"{_e(crops['given'])})</h4>")
         out.append('<p class="note">Per-crop (online) labels: each crop the student sees is labelled by the '

@@ -49,6 +49,7 @@ from ..rundir import RunDir, write_report_files
 ISSUE_ROWS = 25  # label issues listed on the page (the CSV of `refinery label-issues` has them all)
 CROPS_SHOWN = 6  # crops of the one image in the per-crop view
 CROP_CANDIDATES = 48  # images whose crops are labelled to find the most disagreeing one
+CROP_SURVEY = 256  # random training images, one crop each, for the share of crops that name another class
 
 
 def _seed_to_show(rd: RunDir, wanted: int | None) -> int:
@@ -84,38 +85,62 @@ def _card(pos: int, indices, given, clean, label_sets, classes, dataset) -> dict
             "source": "" if sources is None else sources[index]}
 
 
-def _crop_view(rd: RunDir, cfg, seed: int, gens: list[int], dataset, candidates: np.ndarray, given_names: list[str],
-               classes: list[str]) -> dict | None:
-    """Per-crop labels: the crops of one image, each labelled by every generation's model (``labels=online``)."""
+def _crop_view(rd: RunDir, cfg, seed: int, gens: list[int], dataset, pool: tuple[np.ndarray, list[str]],
+               classes: list[str], survey: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict | None:
+    """What the refinery says of the random crops a run with a crop augmentation trains on: a survey of one crop
+    of each ``survey`` image (``(indices, given labels, generation 1's suggested labels on the whole image)``):
+    the share whose generation-1 argmax names another class than the image's label, against the whole images'
+    share, and the most confident such crops (the paper's Figure 4: a crop showing only part of the scene);
+    for ``labels=online`` also the crops of the one image of ``pool`` (``(candidates, their given labels' names)``)
+    they disagree most on."""
+    candidates, given_names = pool
     d = cfg.data
     side = dataset.image_shape[1]
     augment = make_augment(d.augment, dataset.hflip_keeps_class, side)
-    if cfg.refinement.labels != "online" or augment is None or len(candidates) == 0:
+    if augment is None or len(candidates) == 0:
         return None
     pipeline = Pipeline.create(torch.device("cpu"), dataset.mean, dataset.std)
     generator = torch.Generator().manual_seed(seed)
-    crops_per_image = 8
-    x = pipeline.to_unit(read_all(dataset.train.images[torch.from_numpy(candidates)]))
-    x = x.repeat_interleave(crops_per_image, 0)
-    crops = augment(x, generator)  # (n * 8, C, h, w) in [0, 1]
-    probs = []
-    for g in gens:
-        model, _ = rd.load_model(seed, g, pipeline.device)
+    models = [rd.load_model(seed, g, pipeline.device)[0] for g in gens]
+
+    def label(crops: torch.Tensor) -> list[np.ndarray]:
         with torch.inference_mode():
-            probs.append(model(pipeline.normalize(crops)).float().softmax(1).numpy())
+            return [m(pipeline.normalize(crops)).float().softmax(1).numpy() for m in models]
+
+    def card(pixels: np.ndarray, probs: list[np.ndarray], row: int, index: int, given: str, caption: str) -> dict:
+        top3 = []
+        for p in probs:
+            ks, ps = top_k(p[row:row + 1])
+            top3.append([[classes[k], float(v)] for k, v in zip(ks[0], ps[0])])
+        return {"index": index, "given": given, "image": pixels[row], "top3": top3, "caption": caption}
+
+    size = f"input {input_size(d.augment, side)} px"
+    indices, given, whole = survey
+    crops = augment(pipeline.to_unit(read_all(dataset.train.images[torch.from_numpy(indices)])), generator)
+    probs = label(crops)
+    named = probs[0].argmax(1)
+    other = np.flatnonzero(named != given)
+    order = other[np.argsort(-probs[0][other, named[other]], kind="stable")][:CROPS_SHOWN]
+    pixels = crops[torch.from_numpy(order)].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+    out = {"generations": gens, "surveyed": len(indices),
+           "crop_other_share": float(len(other) / max(len(indices), 1)),
+           "whole_other_share": float((whole != given).mean()) if len(indices) else 0.0,
+           "others": [card(pixels, [p[order] for p in probs], i, int(indices[r]), classes[given[r]],
+                           f"a crop of image #{indices[r]} ({size})") for i, r in enumerate(order)]}
+    if cfg.refinement.labels != "online":
+        return out
+    crops_per_image = 8
+    x = pipeline.to_unit(read_all(dataset.train.images[torch.from_numpy(candidates)])).repeat_interleave(
+        crops_per_image, 0)
+    crops = augment(x, generator)  # (n * 8, C, h, w) in [0, 1]
+    probs = label(crops)
     first = probs[0].reshape(len(candidates), crops_per_image, -1)
     best = int(np.argmax(crop_disagreement(first)))
     rows = slice(best * crops_per_image, best * crops_per_image + CROPS_SHOWN)
     pixels = crops[rows].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-    items = []
-    for c in range(CROPS_SHOWN):
-        top3 = []
-        for p in probs:
-            ks, ps = top_k(p[rows][c : c + 1])
-            top3.append([[classes[k], float(v)] for k, v in zip(ks[0], ps[0])])
-        items.append({"index": int(candidates[best]), "given": given_names[best], "image": pixels[c], "top3": top3,
-                      "caption": f"crop {c + 1} (input {input_size(d.augment, side)} px)"})
-    return {"index": int(candidates[best]), "given": given_names[best], "generations": gens, "items": items}
+    items = [card(pixels, [p[rows] for p in probs], c, int(candidates[best]), given_names[best],
+                  f"crop {c + 1} ({size})") for c in range(CROPS_SHOWN)]
+    return {**out, "index": int(candidates[best]), "given": given_names[best], "items": items}
 
 
 def _timing(rd: RunDir, results: dict, epochs: list[dict]) -> list[list]:
@@ -202,7 +227,10 @@ def inspect_run(run_dir: Path, images: int = 8, seed: int | None = None,
     crops = None
     if dataset is not None:
         pool = np.unique(np.concatenate([picks["disputed"], picks["changed"], picks["random"]]))[:CROP_CANDIDATES]
-        crops = _crop_view(rd, cfg, seed, gens, dataset, indices[pool], [classes[given[p]] for p in pool], classes)
+        sample = np.sort(rng.permutation(len(indices))[:CROP_SURVEY])
+        survey = (indices[sample], given[sample], suggested_labels(given[sample], label_sets[0][sample]))
+        crops = _crop_view(rd, cfg, seed, gens, dataset, (indices[pool], [classes[given[p]] for p in pool]), classes,
+                           survey)
     step()
     issues = _issues_view(rd, seed, best, dataset, (indices, label_sets[gens.index(best)], given, clean), classes)
     step()
@@ -230,7 +258,8 @@ def _without_images(view: dict) -> dict:
     out = {k: v for k, v in view.items() if k not in ("groups", "crops", "epochs")}
     out["groups"] = {name: strip(items) for name, items in view["groups"].items()}
     if view["crops"]:
-        out["crops"] = {**view["crops"], "items": strip(view["crops"]["items"])}
+        out["crops"] = {**view["crops"], **{key: strip(view["crops"][key]) for key in ("items", "others")
+                                             if key in view["crops"]}}
     return out
 
 
