@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ..conftest import HAVE_FASHION_MNIST
 
@@ -104,3 +105,20 @@ def test_benchmark(script, tmp_path):
         assert key in meta
     if shutil.which("git") and (REPO / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{40}", meta["commit"]), meta["commit"]
+
+
+def test_overlap_crops_reads_what_a_crop_of_a_row_shows(monkeypatch):
+    """benchmarks/overlap_crops.py on rows images: a box on the left strip shows the left neighbour, one on the
+    centre the labelled item; the model's argmax is counted against the label and that neighbour's class."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    what_crops_show = importlib.import_module("overlap_crops").what_crops_show
+    views = torch.tensor([[0, 14, 13, 41, 0], [14, 14, 41, 41, 0], [42, 14, 55, 41, 1], [0, 0, 55, 55, 0]])
+    labels, neighbours = torch.tensor([0, 0, 0, 0]), torch.tensor([[1, 2], [1, 2], [3, 4], [1, 2]])
+    shown = what_crops_show(views, labels, neighbours, torch.tensor([1, 0, 0, 0]), side=56)
+    assert shown["crops"] == 4
+    assert shown["mostly centre"] == {"share_of_crops": 25.0, "names_label": 100.0}  # the whole row: centre half
+    assert shown["mostly left neighbour"] == {"share_of_crops": 25.0, "names_label": 0.0, "names_neighbour": 100.0,
+                                              "names_another": 0.0}
+    assert shown["mostly right neighbour"]["names_label"] == 100.0

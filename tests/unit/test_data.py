@@ -135,7 +135,7 @@ def test_validation_split_too_small():
 
 
 def test_item_rows_put_the_image_in_the_centre_and_other_classes_beside_it():
-    from labelrefinery.data.rows import item_rows
+    from labelrefinery.data.rows import item_rows, row_neighbours
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(200) % 4
@@ -152,6 +152,8 @@ def test_item_rows_put_the_image_in_the_centre_and_other_classes_beside_it():
         assert len(left) == 1 and len(right) == 1
         assert labels[left[0]] != labels[i] and labels[right[0]] != labels[i]
         drawn += [int(labels[left[0]]), int(labels[right[0]])]
+        neighbours = row_neighbours(ImageData(images, labels, list("abcd")), seed=3)[i]
+        assert [labels[left[0]], labels[right[0]]] == [labels[neighbours[0]], labels[neighbours[1]]]
     assert set(drawn) == {0, 1, 2, 3}  # every other class is drawn
     again = item_rows(ImageData(images, labels, list("abcd")), seed=3)
     assert torch.equal(again.images, rows.images)  # deterministic

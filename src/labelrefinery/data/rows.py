@@ -34,26 +34,32 @@ def item_rows(split: ImageData, seed: int) -> ImageData:
     Returns:
         ``(N, 1, 56, 56) uint8`` images, the same labels, classes and order.
     """
-    images, labels = split.images.numpy(), split.labels.numpy()
+    images = split.images.numpy()
     n, c, h, w = images.shape
-    k = split.num_classes
-    rng = np.random.Generator(np.random.PCG64(seed))
-    by_class = [np.flatnonzero(labels == j) for j in range(k)]
     canvas = np.zeros((n, c, 2 * h, 2 * w), dtype=np.uint8)
     top, left = h // 2, w // 2
     canvas[:, :, top:top + h, left:left + w] = images
-    for side in ("left", "right"):
+    neighbours = row_neighbours(split, seed)
+    canvas[:, :, top:top + h, :left] = images[neighbours[:, 0]][:, :, :, w - left:]  # its right half, at the edge
+    canvas[:, :, top:top + h, left + w:] = images[neighbours[:, 1]][:, :, :, :w - left]
+    return ImageData(torch.from_numpy(canvas), split.labels.clone(), list(split.classes))
+
+
+def row_neighbours(split: ImageData, seed: int) -> np.ndarray:
+    """``(N, 2) int64``: the images of ``split`` whose halves :func:`item_rows` puts left and right of each image
+    (indices into ``split``; their labels are the neighbours' classes), drawn from ``seed``."""
+    labels = split.labels.numpy()
+    n, k = len(labels), split.num_classes
+    rng = np.random.Generator(np.random.PCG64(seed))
+    by_class = [np.flatnonzero(labels == j) for j in range(k)]
+    out = np.empty((n, 2), dtype=np.int64)
+    for side in range(2):
         other = (labels + rng.integers(1, k, size=n)) % k  # a class other than the label, each alike
         pick = rng.random(n)
-        neighbour = np.empty(n, dtype=np.int64)
         for j in range(k):
             rows = np.flatnonzero(other == j)
-            neighbour[rows] = by_class[j][(pick[rows] * len(by_class[j])).astype(np.int64)]
-        if side == "left":  # its right half shows at the canvas's left edge
-            canvas[:, :, top:top + h, :left] = images[neighbour][:, :, :, w - left:]
-        else:
-            canvas[:, :, top:top + h, left + w:] = images[neighbour][:, :, :, :w - left]
-    return ImageData(torch.from_numpy(canvas), split.labels.clone(), list(split.classes))
+            out[rows, side] = by_class[j][(pick[rows] * len(by_class[j])).astype(np.int64)]
+    return out
 
 
 def load_rows(base: Dataset) -> Dataset:
