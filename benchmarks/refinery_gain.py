@@ -70,6 +70,7 @@ VARIANTS = {  # name: extra run settings of the refinery's label variant, on top
     "hard": {"label_form": "hard"},
     "soft-gt0.3": {"gt_weight": 0.3},
     "soft-cf4": {"cross_fit": 4},  # out-of-sample labels, 4 folds
+    "soft-cf4-np0": {"cross_fit": 4, "noise_prior": "0"},  # ... as they are (for --preset noisy, whose prior needs R1)
     "hard-cf4": {"cross_fit": 4, "label_form": "hard"},
     "soft-npauto": {"noise_prior": "auto"},  # posterior with the given label, noise rate estimated from R1
     "soft-np0.4": {"noise_prior": "0.4"},  # ... with the rate given
