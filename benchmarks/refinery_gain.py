@@ -303,7 +303,7 @@ def main() -> None:
         runs = args.keep_runs or Path(tmp)
         for noise in [n for n in args.noise.split(",") if n]:
             seeds = {**common, "seeds": args.seeds, "label_noise": noise}
-            row: dict = {}
+            row: dict = results["noisy"].setdefault(noise, {})  # saved after every method: a crash loses one
             if not args.no_last_epoch:
                 last, t = refinery_runs({**seeds, "restore_best": False}, runs, f"last-{noise}")
                 row["R1 (last epoch)"] = {**mean_std(g[0]["test_top1"] for g in last["per_seed"].values()),
@@ -319,6 +319,7 @@ def main() -> None:
                 found = [robust_loss_method(ds, cfg, pipe, s, name) for s in range(args.seeds)]
                 row[f"{name.upper()} loss"] = {**mean_std(f["test_top1"] for f in found),
                                                "wall_s": sum(f["wall_s"] for f in found)}
+                save(args.out, results)
             if not args.no_cleanlab:
                 ds, noise_info = with_label_noise(load_dataset(args.dataset), noise)
                 cfg = resolve_config(PRESET, seeds)
@@ -328,6 +329,7 @@ def main() -> None:
                 row["cleanlab (retrained on kept)"] = {
                     **mean_std(f["test_top1"] for f in found), "wall_s": sum(f["wall_s"] for f in found),
                     "detection": {k: mean_std(d[k] for d in dets) for k in ("precision", "recall", "f1")}}
+                save(args.out, results)
             for i, variant in enumerate(v for v in args.variants.split(",") if v):
                 res, t = refinery_runs({**seeds, **VARIANTS[variant], "generations": args.generations}, runs,
                                        f"refinery-{variant}-{noise}")
@@ -341,17 +343,18 @@ def main() -> None:
                                    "detection_precision", "detection_recall", "detection_f1")}}
                 row[f"refinery {variant} best by validation"] = mean_std(
                     b["test_top1"] for b in res["best_by_validation"]["per_seed"].values())
-                ens = next(e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1)))
-                row[f"refinery {variant} ensemble"] = mean_std(ens["per_seed"].values())
+                ens = next((e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1))),
+                           None)  # none with --generations 1
+                if ens:
+                    row[f"refinery {variant} ensemble"] = mean_std(ens["per_seed"].values())
                 row[f"refinery {variant} (whole chain)"] = {"wall_s": t, "r1_noise_estimates": r1_estimates(res),
                                                             "suggestions": suggestions(runs / f"refinery-{variant}-{noise}",
                                                                                        res)}
-            results["noisy"][noise] = row
-            save(args.out, results)
+                save(args.out, results)
             log(json.dumps({noise: {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
         if args.clean_seeds:
             clean = {**common, "seeds": args.clean_seeds}
-            row = {}
+            row = results["clean"] = {}
             ls, t = refinery_runs({**clean, "label_smoothing": 0.1, "noise_prior": "0"}, runs, "clean-ls")
             row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()), "wall_s": t}
             eq, t = refinery_runs({**clean, "epochs": args.epochs * args.generations}, runs, "clean-equal")
@@ -367,11 +370,13 @@ def main() -> None:
                 row[f"refinery {variant} best by validation"] = {
                     **mean_std(b["test_top1"] for b in res["best_by_validation"]["per_seed"].values()),
                     "gain_over_r1": res["best_by_validation"]["gain_over_r1"]}
-                ens = next(e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1)))
-                row[f"refinery {variant} ensemble"] = {**mean_std(ens["per_seed"].values()),
-                                                       "gain_over_r1": ens["gain_over_r1"]}
+                ens = next((e for e in res["ensemble"] if e["generations"] == list(range(1, args.generations + 1))),
+                           None)
+                if ens:
+                    row[f"refinery {variant} ensemble"] = {**mean_std(ens["per_seed"].values()),
+                                                           "gain_over_r1": ens["gain_over_r1"]}
                 row[f"refinery {variant} (whole chain)"] = {"wall_s": t, "r1_noise_estimates": r1_estimates(res)}
-            results["clean"] = row
+                save(args.out, results)
             log(json.dumps({"clean": {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
     save(args.out, results)
     print(markdown(results))
