@@ -107,6 +107,23 @@ def test_label_issues_bad_input(tmp_path, noisy_run, capsys):
     assert len(err) == 3 and "not a run directory" in err[0] and "not finished" in err[1] and "seed 3" in err[2]
 
 
+def test_a_swap_noise_run_swaps_within_the_similar_pairs(tmp_path):
+    """--label-noise swap:P in a run: every flipped training or validation label is its class's partner."""
+    from labelrefinery.noise.inject import similar_class_pairs
+
+    assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "sw", "--generations", "1", "--epochs", "1",
+                 "--label-noise", "swap:0.3"]) == 0
+    ds = load_dataset("digits")
+    partner = np.arange(10)
+    for a, b in similar_class_pairs(ds.train.images, ds.train.labels, 10):
+        partner[a], partner[b] = b, a
+    split = np.load(tmp_path / "sw/seed-0/split.npz")
+    for part in ("train", "val"):
+        given, clean = split[f"{part}_labels"], split[f"clean_{part}_labels"]
+        moved = given != clean
+        assert moved.any() and np.array_equal(given[moved], partner[clean[moved]])
+
+
 def test_cross_fit_run_and_bad_values(tmp_path, capsys):
     assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "cf", "--generations", "2", "--cross-fit", "3",
                  "--label-noise", "pairflip:0.2"]) == 0
