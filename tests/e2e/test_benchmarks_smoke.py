@@ -61,6 +61,9 @@ CASES: dict[str, tuple[list[str], str | None]] = {
                              "at fixed batch sizes, are built in"),
     "noise_learning_curve.py": (["--train-size", "300", "--epochs", "1", "--out", "{out}"],
                                 None if HAVE_FASHION_MNIST else "needs the Debian package dataset-fashion-mnist"),
+    # a run directory made first (Fashion-MNIST, 200 images, 1 epoch, 1 generation): see test_benchmark
+    "tta_flip.py": (["{tmp}/runs/fm", "--out", "{out}"],
+                    None if HAVE_FASHION_MNIST else "needs the Debian package dataset-fashion-mnist"),
     "noise_posterior_study.py": ([], "minutes: R1 for 8 epochs on 10,200 Fashion-MNIST images is built in"),
 }
 
@@ -90,11 +93,19 @@ def test_benchmark(script, tmp_path):
         _run(["-m", "labelrefinery", "run", "--dataset", "digits", "--train-size", "200", "--epochs", "1",
               "--generations", "1", "--augment", "crop", "--runs-dir", str(tmp_path / "runs"), "--name", "crop",
               "--no-progress"])
+    if script == "tta_flip.py":
+        _run(["-m", "labelrefinery", "run", "--dataset", "fashion-mnist", "--train-size", "200", "--test-size", "200",
+              "--epochs", "1", "--generations", "1", "--runs-dir", str(tmp_path / "runs"), "--name", "fm",
+              "--no-progress"])
     _run([str(BENCH / script), *(a.format(out=out, tmp=tmp_path) for a in args)])
     if "{out}" not in args:
         return
     result = json.loads(out.read_text())
     meta = result["meta"]
+    if script == "tta_flip.py":  # one generation and its one-model ensemble, scored both ways
+        rows = result["per_seed"]["0"]
+        assert [r["generation"] for r in rows] == [1, "ensemble"]
+        assert all(0 <= r["test_top1_flip_tta"] <= 100 for r in rows)
     if script == "refinery_gain.py":  # the relabellings the refinery suggests, pair by pair, with their precision
         chain = result["noisy"]["symmetric:0.4"]["refinery soft (whole chain)"]
         assert chain["suggestions"] and all(0 <= r["precision"] <= 100 and r["given"] != r["suggested"]
