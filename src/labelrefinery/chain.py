@@ -346,8 +346,9 @@ def run(cfg: RunConfig, run_dir: Path | str) -> dict:
                 return {}  # the main process summarises and prints
             results = summarize_run(rd.root)
             rd.write_results(results, format_table([results]))
-            if cfg.execution.label_issues:  # the list results.md points to
-                log(issues_line(*write_label_issues(rd.root), include_all=False, chosen=True))
+            if cfg.execution.label_issues:  # the list results.md points to; with several seeds their mean opinion
+                log(issues_line(*write_label_issues(rd.root, all_seeds=len(cfg.seed_values()) > 1),
+                                include_all=False, chosen=True))
             return results
         except BaseException:
             tensorboard.close()

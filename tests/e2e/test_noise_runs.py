@@ -303,8 +303,11 @@ def test_all_seeds_rank_by_the_mean_of_every_seeds_opinion(tmp_path, capsys):
     """label-issues --all-seeds: each image's probabilities are the mean over the seeds that checked it (each
     seed's own file read back here), split says where each seed held it; the line names every seed."""
     assert main([*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "s", "--seeds", "2", "--generations", "1",
-                 "--label-noise", "symmetric:0.3"]) == 0
+                 "--label-noise", "symmetric:0.3", "--label-issues"]) == 0
     run = tmp_path / "s"
+    # the run's own list (--label-issues, --preset noisy) is the seeds' mean opinion too
+    assert re.search(r"label_issues.csv: .* by the mean of seed 0's R1, seed 1's R1", capsys.readouterr().err)
+    own = {name: np.load(run / f"label_issues_{name}.npy") for name in ("indices", "pred_probs")}
     per_seed = {}
     for seed in (0, 1):
         out = tmp_path / f"seed{seed}.csv"
@@ -317,6 +320,7 @@ def test_all_seeds_rank_by_the_mean_of_every_seeds_opinion(tmp_path, capsys):
     assert main(["label-issues", str(run), "--all-seeds", "--out", str(tmp_path / "all.csv")]) == 0
     assert re.search(r"by the mean of seed 0's R\d, seed 1's R\d, the best by validation", capsys.readouterr().out)
     indices, probs = np.load(tmp_path / "all_indices.npy"), np.load(tmp_path / "all_pred_probs.npy")
+    assert np.array_equal(own["indices"], indices) and np.allclose(own["pred_probs"], probs)
     splits = np.load(tmp_path / "all_splits.npy")
     assert set(indices.tolist()) == set(per_seed[0]) | set(per_seed[1])
     for i, p, s in zip(indices.tolist(), probs, splits):

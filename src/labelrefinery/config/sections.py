@@ -271,7 +271,8 @@ class ExecConfig:
     compile: bool = _f(False, "torch.compile the model (pays off only for long runs)")
     progress: bool = _f(True, "show a progress bar per epoch")
     label_issues: bool = _f(False, "at the end, write label_issues.csv into the run directory, as `refinery "
-                            "label-issues RUN` does (seed 0's best generation by validation)")
+                            "label-issues RUN --all-seeds` does (the mean opinion of every seed's best generation "
+                            "by validation; one seed: its own)")
     data_in_memory: str = _f("auto", "folder: datasets: yes (decode every image once, cache it as uint8 and hold "
                              "it in memory) | no (stream: decode each batch from the files in --workers processes) "
                              "| auto (in memory when the decoded images take at most half of the available RAM "

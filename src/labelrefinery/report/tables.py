@@ -301,7 +301,8 @@ def _next_lines(r: dict) -> list[str]:
            f"training, R1): `{run}/seed-0/gen-{g}/model.safetensors`, the one `refinery predict {run}` and "
            f"`load_classifier(\"{run}\")` load." + _control_beats(r), "",
            "**Next:** `label_issues.csv` lists the disputed labels, most disputed first. Review them" + (
-               f", then `refinery label-issues {run} --write-labels {fixed}` writes the label file with the "
+               f", then `refinery label-issues {run}{' --all-seeds' if len(r['per_seed']) > 1 else ''} "
+               f"--write-labels {fixed}` writes the label file with the "
                f"suggested labels applied and `refinery run --dataset csv:{fixed} --preset noisy` retrains on it."
                if str(r["config"].get("dataset", "")).startswith(("folder:", "csv:")) else
                " and fix them where the data lives (this dataset has no files to write a label file for).")]
