@@ -115,3 +115,20 @@ def test_a_control_that_beats_the_chosen_generation_is_named():
     assert "runs/x/seed-0/control-equal-compute/model.safetensors" in text
     r["controls"]["equal-compute"]["test_top1_mean"] = 93.4  # within 0.1: no sentence
     assert _control_beats(r) == ""
+
+
+def test_the_next_command_takes_the_opinion_the_run_wrote():
+    """results.md's Next: `label-issues --write-labels` with --all-seeds when the run has several seeds (its own
+    label_issues.csv is their mean opinion), without it for one seed; a dataset without files gets no command."""
+    from labelrefinery.report.tables import _next_lines
+
+    def text(seeds, dataset="folder:/data/photos"):
+        gens = [{"generation": 1, "test_top1": 90.0}]
+        r = {"run_dir": "runs/x", "config": {"dataset": dataset}, "generations": gens,
+             "per_seed": {str(s): gens for s in range(seeds)},
+             "best_by_validation": {"per_seed": {"0": {"generation": 1, "val_top1": 91.0, "test_top1": 90.0}}}}
+        return " ".join(_next_lines(r))
+
+    assert "`refinery label-issues runs/x --all-seeds --write-labels fixed.csv`" in text(3)
+    assert "`refinery label-issues runs/x --write-labels fixed.csv`" in text(1)
+    assert "--write-labels" not in text(3, "fashion-mnist")
