@@ -46,10 +46,8 @@ def what_crops_show(views: torch.Tensor, labels: torch.Tensor, neighbours: torch
     band, columns = (side // 4, side // 4 + item - 1), [(0, side // 4 - 1), (side // 4, side // 4 + item - 1),
                                                          (side // 4 + item, side - 1)]  # left, centre, right
     x0, y0, x1, y1 = (views[:, i].float() for i in range(4))
-    rows = (torch.minimum(y1, torch.tensor(float(band[1]))) - torch.maximum(y0, torch.tensor(float(band[0]))) + 1
-            ).clamp_min(0)
-    areas = torch.stack([(torch.minimum(x1, torch.tensor(float(b))) - torch.maximum(x0, torch.tensor(float(a))) + 1)
-                         .clamp_min(0) * rows for a, b in columns], 1)
+    rows = (y1.clamp(max=band[1]) - y0.clamp(min=band[0]) + 1).clamp_min(0)  # box rows inside the item band
+    areas = torch.stack([(x1.clamp(max=b) - x0.clamp(min=a) + 1).clamp_min(0) * rows for a, b in columns], 1)
     share = areas / areas.sum(1, keepdim=True).clamp_min(1)
     out = {"crops": len(views)}
     for name, mask, other in (("mostly centre", share[:, 1] > 0.5, None),

@@ -56,9 +56,9 @@ from labelrefinery.device import cpu_features, resolve_precision, set_threads
 from labelrefinery.engine import TrainData, TrainSetup, fit
 from labelrefinery.inference import predict, recalibrate_batchnorm, top1_accuracy
 from labelrefinery.models import ModelSpec, build_model
-from labelrefinery.protocol import seed_split, with_label_noise
-from labelrefinery.noise.quality import suggestion_precision
-from labelrefinery.report.labelissues import own_labels, split_labels
+from labelrefinery.protocol import load_run_dataset, seed_split, with_label_noise
+from labelrefinery.noise.quality import suggested_labels, suggestion_precision
+from labelrefinery.report.labelissues import own_labels, seeds_opinion, split_labels
 from labelrefinery.report.tables import summarize_run
 from labelrefinery.rundir import RunDir
 from labelrefinery.seeding import derive_seed
@@ -175,6 +175,18 @@ def suggestions(run_dir: Path, res: dict, top: int = 12) -> list[dict]:
     rows = [{"given": y, "suggested": c, "count": p["count"], "precision": 100 * p["right"] / p["count"],
              "per_seed": p["per_seed"]} for (y, c), p in pooled.items()]
     return sorted(rows, key=lambda r: -r["count"])[:top]
+
+
+def mean_opinion(run_dir: Path, seeds: list[str]) -> dict:
+    """What ``refinery label-issues RUN --all-seeds`` suggests (each image's probabilities averaged over the seeds'
+    best generations, training and validation images): precision and recall (%) of its suggestions as a detector
+    of the flipped labels, and the ``top`` pairs as in :func:`suggestions` (precision %)."""
+    rd = RunDir(run_dir)
+    _, probs, given, clean, *_ = seeds_opinion(rd, {int(s): None for s in seeds}, load_run_dataset(rd.read_config()))
+    disputed, flipped = suggested_labels(given, probs) != given, given != clean
+    return {"images": int(len(given)), "suggested": int(disputed.sum()),
+            "precision": 100 * float(flipped[disputed].mean()), "recall": 100 * float(disputed[flipped].mean()),
+            "pairs": [{**r, "precision": 100 * r["precision"]} for r in suggestion_precision(given, probs, clean)[:12]]}
 
 
 def refinery_runs(base: dict, runs_dir: Path, name: str) -> tuple[dict, float]:
@@ -349,7 +361,9 @@ def main() -> None:
                     row[f"refinery {variant} ensemble"] = mean_std(ens["per_seed"].values())
                 row[f"refinery {variant} (whole chain)"] = {"wall_s": t, "r1_noise_estimates": r1_estimates(res),
                                                             "suggestions": suggestions(runs / f"refinery-{variant}-{noise}",
-                                                                                       res)}
+                                                                                       res),
+                                                            "mean_opinion": mean_opinion(runs / f"refinery-{variant}-{noise}",
+                                                                                         list(res["per_seed"]))}
                 save(args.out, results)
             log(json.dumps({noise: {k: (v.get("mean"), v.get("std")) for k, v in row.items()}}))
         if args.clean_seeds:

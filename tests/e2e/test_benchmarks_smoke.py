@@ -110,6 +110,8 @@ def test_benchmark(script, tmp_path):
         chain = result["noisy"]["symmetric:0.4"]["refinery soft (whole chain)"]
         assert chain["suggestions"] and all(0 <= r["precision"] <= 100 and r["given"] != r["suggested"]
                                             for r in chain["suggestions"])
+        opinion = chain["mean_opinion"]  # label-issues --all-seeds: training and validation images
+        assert opinion["images"] == 200 and 0 <= opinion["precision"] <= 100 and 0 <= opinion["recall"] <= 100
     command = shlex.split(meta["command"])
     assert command[0] == sys.executable and command[1].endswith(script), command
     for key in ("cpu_features", "cpu_model", "torch", "threads", "python", "date_utc", "dirty", "cuda_device"):

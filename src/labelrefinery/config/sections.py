@@ -38,13 +38,12 @@ class DataConfig:
                                "recorded in run.json); without it such a file stops the run, named by path")
     label_noise: str | None = _f(None, "inject label noise into the training split before validation is drawn: "
                                  "symmetric:P (each label, with probability P, becomes a uniformly drawn other "
-                                 "class) | pairflip:P (class k becomes k+1 mod K) | swap:P (P < 0.5: classes paired by a linear "
-                                 "classifier's confusions; each label, with probability P, becomes its class's "
-                                 "partner) | "
-                                 "idn:P (instance-dependent, "
-                                 "as annotators err: the share P of images a linear classifier finds most "
-                                 "ambiguous get the class it confuses them with; Chen et al. 2021); the same for "
-                                 "every seed; test labels are never touched")
+                                 "class) | pairflip:P (class k becomes k+1 mod K) | swap:P (P < 0.5: classes "
+                                 "paired by a linear classifier's confusions; each label, with probability P, "
+                                 "becomes its class's partner) | idn:P (instance-dependent, as annotators err: "
+                                 "the share P of images a linear classifier finds most ambiguous get the class it "
+                                 "confuses them with; Chen et al. 2021); the same for every seed; test labels are "
+                                 "never touched")
     trusted: str | None = _f(None, "verified labels that replace the validation split (the 'gold' set of Hendrycks "
                              "et al. 2018): FILE, a CSV of image,label rows (image: a file of the dataset or its "
                              "index), or N, that many training images whose true labels injected --label-noise "

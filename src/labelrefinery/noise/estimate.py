@@ -122,7 +122,11 @@ def noise_concentration(given: torch.Tensor, transition: torch.Tensor) -> float:
 
     1 for pair flips and swaps (every wrong label of a class has one class), 1 / (K - 1) for symmetric noise
     (spread evenly over the others); 0 when T implies no wrong labels. Shrinking T towards the identity (as
-    :func:`estimate_noise_transition` does) leaves it unchanged.
+    :func:`estimate_noise_transition` does) leaves it unchanged. ``--noise-prior evidence`` reads it
+    (:mod:`labelrefinery.noisemodel`); a measure of this project, no published formula.
+
+    Returns:
+        A fraction in [0, 1].
     """
     t = transition.float().cpu()
     shares = torch.bincount(given.cpu(), minlength=len(t)).float() / max(len(given), 1)

@@ -145,13 +145,20 @@ def instance_dependent_noise(images: torch.Tensor, labels: torch.Tensor, num_cla
 
 def discriminant_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                         chunk: int = 4096) -> torch.Tensor:
-    """``(N, K) float64`` linear discriminant scores of every image for every class: Gaussian classes with one
-    shared covariance (shrunk by ``IDN_SHRINKAGE`` towards its mean variance), fitted in closed form on the
-    images average-pooled to at most ``IDN_SIDE`` x ``IDN_SIDE`` px with their ``(N,) int64`` labels; larger is
-    likelier. The scorer of ``idn:P`` and ``swap:P``.
+    """Linear discriminant scores of every image for every class, the scorer of ``idn:P`` and ``swap:P``.
+
+    Gaussian classes with one shared covariance Sigma (shrunk by ``IDN_SHRINKAGE`` towards its mean variance),
+    fitted in closed form on the images average-pooled to at most ``IDN_SIDE`` x ``IDN_SIDE`` px (pixel values
+    in [0, 1]): s_k(x) = x^T Sigma^-1 mu_k - mu_k^T Sigma^-1 mu_k / 2 + log pi_k (Hastie, Tibshirani & Friedman,
+    "The Elements of Statistical Learning", 2nd ed., section 4.3, eq. 4.10); larger is likelier.
 
     Args:
         images: ``(N, C, H, W) uint8``.
+        labels: ``(N,) int64`` in [0, K).
+        chunk: images pooled at a time (memory only).
+
+    Returns:
+        ``(N, K) float64``.
     """
     n = len(labels)
     side = (min(IDN_SIDE, images.shape[2]), min(IDN_SIDE, images.shape[3]))
@@ -169,23 +176,32 @@ def discriminant_scores(images: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def similar_class_pairs(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[tuple[int, int]]:
-    """The classes paired by similarity, most similar first, for ``swap:P``: ``[(a, b), ...]`` with a < b, each
-    class in at most one pair (with K odd, one class is left out).
+    """The classes paired by similarity, most similar first, for ``swap:P``.
 
     Greedy matching on the confusions of :func:`discriminant_scores`: C[a, b] counts the images of class a whose
-    strongest other class is b; the pair with the largest C[a, b] + C[b, a] (ties to the lower indices) is taken,
-    its two classes removed, and so on. On Fashion-MNIST: the pairs an annotator mixes up (Shirt and T-shirt/top,
-    Pullover and Coat, Sandal and Sneaker, ...).
+    strongest other class is b; the pairs are taken in order of C[a, b] + C[b, a], largest first (ties to the
+    lower indices), each unless one of its classes is already paired. On Fashion-MNIST: the pairs an annotator
+    mixes up (Sandal and Sneaker, T-shirt/top and Shirt, Trouser and Dress, Pullover and Coat, Bag and Ankle
+    boot).
+
+    Args:
+        images: ``(N, C, H, W) uint8``.
+        labels: ``(N,) int64`` in [0, K).
+
+    Returns:
+        ``[(a, b), ...]`` class indices with a < b, each class in at most one pair; K // 2 pairs (with K odd, one
+        class is left out).
     """
     scores = discriminant_scores(images, labels, num_classes)
     confused_with = scores.scatter(1, labels.view(-1, 1), float("-inf")).argmax(1)
     counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     counts.index_put_((labels, confused_with), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
     similarity = counts + counts.T
-    pairs, left = [], set(range(num_classes))
-    while len(left) >= 2:
-        a, b = max(((a, b) for a in sorted(left) for b in sorted(left) if a < b),
-                   key=lambda ab: (float(similarity[ab]), -ab[0], -ab[1]))
-        pairs.append((a, b))
-        left -= {a, b}
+    a, b = torch.triu_indices(num_classes, num_classes, offset=1).tolist()
+    candidates = sorted(zip(a, b), key=lambda ab: (-float(similarity[ab]), ab))
+    pairs, paired = [], set()
+    for x, y in candidates:
+        if x not in paired and y not in paired:
+            pairs.append((x, y))
+            paired |= {x, y}
     return pairs

@@ -86,18 +86,26 @@ def label_statistics(given: np.ndarray, probs: np.ndarray, clean: np.ndarray | N
 
 
 def suggestion_precision(given: np.ndarray, probs: np.ndarray, clean: np.ndarray) -> list[dict]:
-    """How often each suggested relabelling is right, pair by pair: for every (given class y, suggested class c)
-    with c != y that the refined labels ``probs: (N, K)`` suggest (:func:`suggested_labels`) for some of the
-    ``given: (N,) int64`` labels, ``{"given": y, "suggested": c, "count": images, "precision": share of them whose
-    true label ``clean: (N,) int64`` is c}``, most suggested first. Over-correction of one side of a swapped pair
-    shows here where the overall detection precision hides it."""
+    """How often each suggested relabelling is right, pair by pair. Over-correction of one side of a swapped pair
+    shows here where the overall detection precision hides it.
+
+    Args:
+        given: ``(N,) int64`` the given labels.
+        probs: ``(N, K) float`` refined labels; the suggestion is :func:`suggested_labels`'.
+        clean: ``(N,) int64`` the true labels.
+
+    Returns:
+        One dict per (given class y, suggested class c != y) that some image gets: ``{"given": y, "suggested": c,
+        "count": images, "precision": the share (in [0, 1]) of them whose true label is c}``, most suggested first.
+    """
     given, clean = np.asarray(given, dtype=np.int64), np.asarray(clean, dtype=np.int64)
     suggested = suggested_labels(given, probs)
     moved = suggested != given
-    pairs, counts = np.unique(np.stack([given[moved], suggested[moved]], 1), axis=0, return_counts=True)
-    out = [{"given": int(y), "suggested": int(c), "count": int(n),
-            "precision": float((clean[moved & (given == y) & (suggested == c)] == c).mean())}
-           for (y, c), n in zip(pairs.reshape(-1, 2), counts)]
+    pairs, which, counts = np.unique(np.stack([given[moved], suggested[moved]], 1), axis=0, return_inverse=True,
+                                     return_counts=True)
+    right = np.bincount(which.reshape(-1), weights=clean[moved] == suggested[moved], minlength=len(counts))
+    out = [{"given": int(y), "suggested": int(c), "count": int(n), "precision": float(r / n)}
+           for (y, c), n, r in zip(pairs.reshape(-1, 2), counts, right)]
     return sorted(out, key=lambda r: (-r["count"], r["given"], r["suggested"]))
 
 

@@ -118,7 +118,7 @@ def _crop_view(rd: RunDir, cfg, seed: int, gens: list[int], dataset, pool: tuple
     indices, given, whole = survey
     crops = augment(pipeline.to_unit(read_all(dataset.train.images[torch.from_numpy(indices)])), generator)
     probs = label(crops)
-    named = probs[0].argmax(1)
+    named = suggested_labels(given, probs[0])  # the one rule of every disputed-label figure
     other = np.flatnonzero(named != given)
     order = other[np.argsort(-probs[0][other, named[other]], kind="stable")][:CROPS_SHOWN]
     pixels = crops[torch.from_numpy(order)].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
