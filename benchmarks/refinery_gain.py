@@ -8,8 +8,9 @@ Noisy part, per ``--noise`` setting (injected into training and validation label
 
 - plain cross-entropy R1: its best-validation epoch (the default) and its last epoch;
 - label smoothing 0.1 (R1's recipe with ``--label-smoothing 0.1``);
-- noise-robust losses in place of cross-entropy (``--robust-losses gce,sce``): GCE (Zhang & Sabuncu 2018),
-  SCE (Wang et al. 2019), the same model, recipe and split as plain R1;
+- published noise-robust training (``--peers gce,sce,mixup,elr,coteaching,plc``; ``benchmarks/noise_peers.py``
+  says what each is, with its source): robust losses GCE and SCE, mixup, ELR, co-teaching, PLC, each with the
+  same model, recipe and split as plain R1;
 - cleanlab: ``cleanlab.filter.find_label_issues`` on out-of-sample ``pred_probs`` from ``--folds``-fold
   cross-validation with the same model and epochs, then the model retrained on the images it keeps;
 - the refinery (``refinery run``, ``--generations`` generations), per label variant (``--variants``):
@@ -44,25 +45,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmeta import run_metadata
+from noise_peers import PEERS, ROW_NAMES, fit_model, peer_method
 from labelrefinery.batch import Pipeline
 from labelrefinery.chain import run as run_chain
 from labelrefinery.config import resolve_config
 from labelrefinery.console import log
 from labelrefinery.data import load_dataset, stratified_folds
 from labelrefinery.device import cpu_features, resolve_precision, set_threads
-from labelrefinery.engine import TrainData, TrainSetup, fit
-from labelrefinery.inference import predict, recalibrate_batchnorm, top1_accuracy
-from labelrefinery.models import ModelSpec, build_model
+from labelrefinery.inference import predict, top1_accuracy
 from labelrefinery.protocol import load_run_dataset, seed_split, with_label_noise
 from labelrefinery.noise.quality import suggested_labels, suggestion_precision
 from labelrefinery.report.labelissues import own_labels, seeds_opinion, split_labels
 from labelrefinery.report.tables import summarize_run
 from labelrefinery.rundir import RunDir
 from labelrefinery.seeding import derive_seed
-from labelrefinery.targets import StoredTargets
 
 VARIANTS = {  # name: extra run settings of the refinery's label variant, on top of --preset
     "preset": {},  # the preset's own label recipe (e.g. --preset refine's)
@@ -196,18 +194,6 @@ def refinery_runs(base: dict, runs_dir: Path, name: str) -> tuple[dict, float]:
     return summarize_run(runs_dir / name), time.perf_counter() - start
 
 
-def fit_plain(ds, train_idx, val_idx, labels: torch.Tensor, cfg, pipe, seed: int, key: int) -> torch.nn.Module:
-    """One model of the common recipe on ``train_idx`` with ``labels`` (given labels of the whole split)."""
-    torch.manual_seed(derive_seed(seed, key))
-    model = build_model(ModelSpec(cfg.model, ds.train.num_classes, *ds.image_shape[:2])).to(
-        memory_format=torch.channels_last)
-    images = ds.train.images[train_idx]
-    fit(model, TrainData(images, StoredTargets(labels[train_idx], num_classes=ds.train.num_classes),
-                         ds.train.images[val_idx], labels[val_idx]), TrainSetup(cfg.training, pipe, (seed, key)))
-    recalibrate_batchnorm(model, images, pipe)
-    return model
-
-
 def cleanlab_method(ds, cfg, pipe, seed: int, folds: int) -> dict:
     """Out-of-sample pred_probs by K-fold cross-validation, cleanlab's issues, retrain on the kept images."""
     from cleanlab.filter import find_label_issues
@@ -220,49 +206,21 @@ def cleanlab_method(ds, cfg, pipe, seed: int, folds: int) -> dict:
     for f in range(folds):
         inside = (fold_of != f).nonzero().squeeze(1)
         out = (fold_of == f).nonzero().squeeze(1)
-        model = fit_plain(ds, train_idx[inside], val_idx, given, cfg, pipe, seed, 100 + f)
+        model = fit_model(ds, train_idx[inside], val_idx, given, cfg, pipe, seed, 100 + f)
         pred_probs[out.numpy()] = predict(model, ds.train.images[train_idx[out]], pipe).softmax(1).numpy()
     issues = find_label_issues(given[train_idx].numpy(), pred_probs)
     keep = train_idx[torch.from_numpy(~issues)]
-    model = fit_plain(ds, keep, val_idx, given, cfg, pipe, seed, 200)
+    model = fit_model(ds, keep, val_idx, given, cfg, pipe, seed, 200)
     test = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
     return {"test_top1": test, "issues": issues, "train_idx": train_idx.numpy(), "wall_s": time.perf_counter() - start}
 
 
-def gce_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, check: bool = True):
-    """Generalized cross-entropy (Zhang & Sabuncu 2018, eq. 6), q = 0.7: mean of sum_c t_c (1 - p_c^q) / q."""
-    p = logits.float().softmax(1).clamp_min(1e-7)
-    t = F.one_hot(targets, p.shape[1]).float() if targets.dtype == torch.int64 else targets.float()
-    return ((t * (1 - p ** 0.7)) / 0.7).sum(1).mean()
-
-
-def sce_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, check: bool = True):
-    """Symmetric cross-entropy (Wang et al. 2019, eq. 5-6), alpha 0.1, beta 1.0 (their CIFAR-10 setting), the
-    reverse term's log 0 clipped to -4 (A = -4)."""
-    log_p = logits.float().log_softmax(1)
-    t = F.one_hot(targets, log_p.shape[1]).float() if targets.dtype == torch.int64 else targets.float()
-    ce = -(t * log_p).sum(1)
-    rce = -(log_p.exp() * t.clamp_min(1e-4).log().clamp_min(-4.0)).sum(1)
-    return (0.1 * ce + 1.0 * rce).mean()
-
-
-ROBUST_LOSSES = {"gce": gce_loss, "sce": sce_loss}  # benchmark-only baselines: the engine's loss swapped for a fit
-
-
-def robust_loss_method(ds, cfg, pipe, seed: int, name: str) -> dict:
-    """Plain training with a noise-robust loss in place of cross-entropy (same model, recipe and split)."""
-    import labelrefinery.engine as engine
-
-    start = time.perf_counter()
-    train_idx, val_idx = seed_split(ds, cfg, seed)
-    own = engine.distillation_loss
-    engine.distillation_loss = ROBUST_LOSSES[name]
-    try:
-        model = fit_plain(ds, train_idx, val_idx, ds.train.labels, cfg, pipe, seed, 1)
-    finally:
-        engine.distillation_loss = own
-    return {"test_top1": top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels),
-            "wall_s": time.perf_counter() - start}
+def peers_method(ds, cfg, pipe, seeds: int, name: str, noise) -> dict:
+    """Peer ``name`` (:data:`noise_peers.PEERS`) for every seed: its row (test top-1 over seeds, wall time)."""
+    rate = 0.0 if noise is None else float(noise.flipped.float().mean())
+    found = [peer_method(ds, cfg, pipe, s, name, rate) for s in range(seeds)]
+    extra = {"corrected_per_round": [f["corrected"] for f in found]} if name == "plc" else {}
+    return {**mean_std(f["test_top1"] for f in found), "wall_s": sum(f["wall_s"] for f in found), **extra}
 
 
 def main() -> None:
@@ -287,13 +245,17 @@ def main() -> None:
     parser.add_argument("--no-cleanlab", action="store_true")
     parser.add_argument("--no-last-epoch", action="store_true", help="skip plain R1 scored at its last epoch")
     parser.add_argument("--no-label-smoothing", action="store_true", help="skip the label-smoothing model")
-    parser.add_argument("--robust-losses", default="", help="comma-separated noise-robust losses to train plain "
-                        "models with: " + ", ".join(ROBUST_LOSSES))
+    parser.add_argument("--peers", default="", help="comma-separated published noise-robust methods to train "
+                        "beside plain R1 (benchmarks/noise_peers.py): " + ", ".join(PEERS))
+    parser.add_argument("--robust-losses", default="", help="the same as --peers (its older name)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the run directories here (default: a "
                         "temporary directory, deleted at the end), e.g. for benchmarks/overlap_crops.py")
     parser.add_argument("--table", type=Path, default=None, help="print the Markdown tables of a saved JSON and exit")
     args = parser.parse_args()
+    peers = [n for n in f"{args.peers},{args.robust_losses}".split(",") if n]
+    if set(peers) - set(PEERS):
+        parser.error(f"--peers {','.join(sorted(set(peers) - set(PEERS)))}: unknown; choose from {', '.join(PEERS)}")
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
         return
@@ -324,13 +286,11 @@ def main() -> None:
                 ls, t = refinery_runs({**seeds, "label_smoothing": 0.1, "noise_prior": "0"}, runs, f"ls-{noise}")
                 row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()),
                                               "wall_s": t}
-            for name in [n for n in args.robust_losses.split(",") if n]:
-                ds, _ = with_label_noise(load_dataset(args.dataset), noise)
+            for name in peers:
+                ds, noise_info = with_label_noise(load_dataset(args.dataset), noise)
                 cfg = resolve_config(PRESET, seeds)
                 pipe = Pipeline.create(cpu, ds.mean, ds.std, amp)
-                found = [robust_loss_method(ds, cfg, pipe, s, name) for s in range(args.seeds)]
-                row[f"{name.upper()} loss"] = {**mean_std(f["test_top1"] for f in found),
-                                               "wall_s": sum(f["wall_s"] for f in found)}
+                row[ROW_NAMES[name]] = peers_method(ds, cfg, pipe, args.seeds, name, noise_info)
                 save(args.out, results)
             if not args.no_cleanlab:
                 ds, noise_info = with_label_noise(load_dataset(args.dataset), noise)

@@ -1,7 +1,7 @@
 """Smoke test of the benchmark scripts: each runs end to end on the tiniest input it allows, and every result
 JSON carries ``meta`` (commit, command, ...) from ``benchmarks/benchmeta.py``.
 
-One case per ``benchmarks/*.py`` script (``benchmeta.py`` is the helper, not a benchmark). Scripts whose
+One case per ``benchmarks/*.py`` script (``benchmeta.py`` and ``noise_peers.py`` are helpers, not benchmarks). Scripts whose
 smallest run takes minutes (a full Fashion-MNIST epoch or more is built in) are listed with the reason and
 skipped; ``streaming.py`` (seven Python processes, about 40 s on 2 cores) runs only with
 ``LABELREFINERY_SMOKE_ALL=1``. About 70 s on 2 cores for the rest; ``pytest -m 'not slow'`` leaves them out.
@@ -69,7 +69,7 @@ CASES: dict[str, tuple[list[str], str | None]] = {
 
 
 def test_every_benchmark_script_has_a_case():
-    scripts = {p.name for p in BENCH.glob("*.py")} - {"benchmeta.py"}
+    scripts = {p.name for p in BENCH.glob("*.py")} - {"benchmeta.py", "noise_peers.py"}
     assert scripts == set(CASES), "add the new script to CASES (with its tiniest arguments, or a reason to skip)"
 
 
