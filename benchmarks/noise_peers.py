@@ -3,11 +3,13 @@
 Each peer trains the same model with the same recipe, split and seeds as plain R1 (the engine's :func:`fit`; its
 best epoch by the noisy validation labels, BatchNorm recalibrated), and changes only what the method changes:
 
+- ``ce``: plain cross-entropy, nothing changed (this script's plain R1, the peers' paired baseline);
 - ``gce``: generalized cross-entropy, q = 0.7 (Zhang & Sabuncu 2018, eq. 6);
 - ``sce``: symmetric cross-entropy, alpha 0.1, beta 1.0, A = -4 (Wang et al. 2019, eq. 5-6, their CIFAR-10
   setting);
 - ``mixup``: pairs of images and their one-hot labels mixed with lambda ~ Beta(1, 1) (Zhang et al. 2018,
-  "mixup: Beyond Empirical Risk Minimization", eq. 1; section 3.4 measures it on corrupted labels);
+  "mixup: Beyond Empirical Risk Minimization", eq. 1; section 3.4 measures it on corrupted labels): the engine's
+  own ``--mixup 1`` (:class:`labelrefinery.augment.Mixup`);
 - ``elr``: early-learning regularisation, cross-entropy + lambda * mean log(1 - <t_i, p_i>) with t_i a running
   average of the model's own predictions for image i, lambda 3, beta 0.7 (Liu et al. 2020, NeurIPS, eq. 6-7, their
   CIFAR-10 setting);
@@ -28,9 +30,9 @@ would cost several times a plain model, and its parts (co-teaching's two network
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,23 +79,6 @@ class _Labels:
 
     def subset(self, positions):
         raise NotImplementedError("a peer's targets are not split (no cross-fitting here)")
-
-
-class MixupTargets(_Labels):
-    """Mixup (Zhang et al. 2018, eq. 1): x = lam x_i + (1 - lam) x_j and t = lam y_i + (1 - lam) y_j for each
-    image i of a batch and a random partner j in it, one lam ~ Beta(alpha, alpha) per batch, drawn from the epoch's
-    generator. Returns ``(B, K) float32`` rows summing to 1."""
-
-    def __init__(self, labels: torch.Tensor, num_classes: int, alpha: float = 1.0):
-        super().__init__(labels)
-        self.num_classes, self.alpha = num_classes, alpha
-
-    def for_batch(self, index, images, student, pipeline, generator) -> BatchTargets:
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        lam = float(rng.beta(self.alpha, self.alpha))
-        partner = torch.randperm(len(index), generator=generator).to(images.device)
-        t = _one_hot(self.labels[index], self.num_classes)
-        return BatchTargets(lam * images + (1 - lam) * images[partner], lam * t + (1 - lam) * t[partner], 1.0)
 
 
 class ELR(_Labels):
@@ -223,8 +208,9 @@ def fit_model(ds, train_idx, val_idx, labels: torch.Tensor, cfg, pipe, seed: int
     return model
 
 
-PEERS = ("gce", "sce", "mixup", "elr", "coteaching", "plc")
-ROW_NAMES = {"gce": "GCE loss", "sce": "SCE loss", "mixup": "mixup (alpha 1)", "elr": "ELR",
+PEERS = ("ce", "gce", "sce", "mixup", "elr", "coteaching", "plc")
+ROW_NAMES = {"ce": "plain cross-entropy (the peers' R1)", "gce": "GCE loss", "sce": "SCE loss",
+             "mixup": "mixup (alpha 1)", "elr": "ELR",
              "coteaching": "co-teaching (true noise rate)", "plc": "PLC"}
 
 
@@ -237,10 +223,12 @@ def peer_method(ds, cfg, pipe, seed: int, name: str, noise_rate: float) -> dict:
     given, k = ds.train.labels, ds.train.num_classes
     labels = given[train_idx].to(pipe.device)
     targets, loss, model, extra = None, engine.distillation_loss, None, {}
-    if name in ("gce", "sce"):
+    if name == "ce":
+        pass
+    elif name in ("gce", "sce"):
         loss = gce_loss if name == "gce" else sce_loss
-    elif name == "mixup":
-        targets = MixupTargets(labels, k)
+    elif name == "mixup":  # the engine's own --mixup 1
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, mixup=1.0))
     elif name in ("elr", "plc"):
         targets = ELR(labels, k) if name == "elr" else PLC(labels, k, warmup=max(cfg.training.epochs // 3, 1))
         loss = targets.loss

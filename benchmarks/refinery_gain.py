@@ -74,6 +74,8 @@ VARIANTS = {  # name: extra run settings of the refinery's label variant, on top
     "soft-np0.4": {"noise_prior": "0.4"},  # ... with the rate given
     "soft-npclass": {"noise_prior": "classwise"},  # ... under a K x K noise matrix estimated from R1
     "soft-npevidence": {"noise_prior": "evidence"},  # ... auto or classwise, as R1's estimates favour
+    "mixup": {"mixup": 1.0},  # every generation trained with mixup, alpha 1 (Zhang et al. 2018)
+    "nomixup": {"mixup": 0.0},  # ... without (for a preset that sets it)
     # 240 verified labels (2% of the default 12,000) as the validation split, the same 10,200 training images
     # (given labels) as the others: --preset noisy with --trusted 240
     "trusted-240": {"trusted": "240", "train_size": 10200},  # --preset noisy: --noise-prior evidence -> verified

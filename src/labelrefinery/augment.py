@@ -21,6 +21,7 @@ global RNG, not a generator.)
   paper: area scale in [0.08, 1], aspect ratio in [3/4, 4/3], resized to the
   training size, plus horizontal flip.
 - :class:`CenterCropView` is its evaluation view: the centre 224/256 of each side.
+- :class:`Mixup` mixes pairs of a batch's images and their targets (``--mixup``).
 
 :func:`make_augment` picks the training augmentation for ``--augment`` and
 :func:`input_size` the side the model sees.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -241,3 +243,34 @@ def make_augment(augment: str, hflip: bool, stored_side: int):
 def eval_view(augment: str):
     """The view applied to un-augmented images at evaluation and prediction: the centre crop for ``crop``, else None."""
     return CenterCropView() if augment == "crop" else None
+
+
+@dataclass(frozen=True)
+class Mixup:
+    """One batch's mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", eq. 1): image i is
+    trained as lam * x_i + (1 - lam) * x_j, j = ``partner[i]``, against lam * t_i + (1 - lam) * t_j. The project's
+    losses are linear in the target rows, so :meth:`loss` takes lam * L(t) + (1 - lam) * L(t[partner]), for class
+    indices and probability rows alike.
+
+    Attributes:
+        lam: in [0, 1], one per batch, drawn from Beta(alpha, alpha).
+        partner: ``(B,) int64`` a permutation of the batch, on its device.
+    """
+
+    lam: float
+    partner: torch.Tensor
+
+    @classmethod
+    def draw(cls, n: int, alpha: float, generator: torch.Generator, device: torch.device) -> "Mixup":
+        """lam and the partners of a batch of ``n`` images from ``generator`` (a CPU generator); ``alpha`` > 0."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+        return cls(lam, torch.randperm(n, generator=generator).to(device))
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> the mixed ``(B, C, H, W)``."""
+        return self.lam * x + (1 - self.lam) * x[self.partner]
+
+    def loss(self, loss_to, targets: torch.Tensor) -> torch.Tensor:
+        """lam * loss_to(targets) + (1 - lam) * loss_to(targets[partner]); ``targets`` ``(B,)`` or ``(B, K)``."""
+        return self.lam * loss_to(targets) + (1 - self.lam) * loss_to(targets[self.partner])

@@ -3,17 +3,13 @@ learning-rate schedule in :mod:`.schedule`; their names are importable from here
 
 Letters: N images, B batch size, C channels, H x W pixels, K classes.
 
-The training images live on the training device as ``(N, C, H, W) uint8``, or
-stay files decoded per batch by worker processes (a streamed image folder,
-:class:`~labelrefinery.data.files.ImageFiles`); both are read through
-:func:`~labelrefinery.data.files.read_batches`. Each step takes a slice of one
-index permutation, converts that batch to float
-on the device, augments it with per-sample parameters (batched, see
-:mod:`labelrefinery.augment`), asks the target source for the batch's targets
-(:mod:`labelrefinery.targets`: stored rows indexed by the same permutation, or
-a frozen refinery labelling exactly the augmented batch), normalises in
-channels_last layout and runs the model under autocast. The loop is the same
-whatever the targets are.
+The training images live on the training device as ``(N, C, H, W) uint8``, or stay files decoded per batch by
+worker processes (a streamed image folder, :class:`~labelrefinery.data.files.ImageFiles`); both are read through
+:func:`~labelrefinery.data.files.read_batches`. Each step takes a slice of one index permutation, converts that batch
+to float on the device, augments it with per-sample parameters (batched, see :mod:`labelrefinery.augment`), asks the
+target source for the batch's targets (:mod:`labelrefinery.targets`: stored rows indexed by the same permutation, or
+a frozen refinery labelling exactly the augmented batch), mixes pairs of images and targets where ``--mixup`` asks,
+normalises in channels_last layout and runs the model under autocast. The loop is the same whatever the targets are.
 
 What a fit trains on (:class:`TrainData`), how (:class:`TrainSetup`) and what it does besides training
 (:class:`FitHooks`) are three frozen dataclasses; one epoch's steps are an :class:`EpochSteps` and its bar an
@@ -22,6 +18,7 @@ What a fit trains on (:class:`TrainData`), how (:class:`TrainSetup`) and what it
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .augment import Mixup
 from .batch import Pipeline, num_batches, rescale
 from .config import TrainConfig
 from .console import ChainClock, format_duration, interactive, log as log_line, progress_bar
@@ -123,6 +121,7 @@ class EpochSteps:
         label_smoothing: epsilon applied to every batch's targets (:func:`~labelrefinery.losses.smooth_targets`).
         input_scale: every augmented batch is resized to this fraction of its side (:func:`~labelrefinery.batch.
             rescale`) before its targets are made and the student sees it (progressive resizing; 1 = as it is).
+        mixup: alpha of :class:`~labelrefinery.augment.Mixup` after the targets are made (0 = off).
     """
 
     batch_size: int
@@ -132,6 +131,7 @@ class EpochSteps:
     grad_scaler: torch.amp.GradScaler | None = None
     label_smoothing: float = 0.0
     input_scale: float = 1.0
+    mixup: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,14 +179,15 @@ def _epoch_plan(images, steps: EpochSteps) -> tuple[list[torch.Tensor], torch.Ge
 
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, steps: EpochSteps,
-                pipeline: Pipeline, n: int) -> torch.Tensor:
-    """One optimizer step on ``batch`` (its images and targets) of ``n`` images; returns ``(3,) float64``: the
-    batch's summed loss, summed KL and correct count."""
+                pipeline: Pipeline, n: int, mix: Mixup | None) -> torch.Tensor:
+    """One optimizer step on ``batch`` (its images and targets, mixed by ``mix``) of ``n`` images; returns
+    ``(3,) float64``: the batch's summed loss, summed KL and correct count (against each image's own targets)."""
     with pipeline.autocast():
-        logits = model(pipeline.normalize(batch.images))
+        logits = model(pipeline.normalize(batch.images if mix is None else mix.images(batch.images)))
     logits = logits.float()
     fitted = smooth_targets(batch.targets, logits.shape[1], steps.label_smoothing)
-    loss = distillation_loss(logits, fitted, batch.temperature, check=False)  # sources are checked
+    loss_to = functools.partial(distillation_loss, logits, temperature=batch.temperature, check=False)  # checked
+    loss = loss_to(fitted) if mix is None else mix.loss(loss_to, fitted)
     _optimizer_step(loss, optimizer, steps.grad_scaler)
     if steps.schedule is not None:
         steps.schedule.after_batch()
@@ -231,7 +232,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tr
             x = steps.augment(x, draws)
         x = rescale(x, steps.input_scale)
         batch = data.targets.for_batch(idx, x, student, pipeline, draws)
-        totals += _train_step(model, optimizer, batch, steps, pipeline, len(idx))
+        mix = Mixup.draw(len(idx), steps.mixup, draws, x.device) if steps.mixup > 0 else None
+        totals += _train_step(model, optimizer, batch, steps, pipeline, len(idx), mix)
         seen += len(idx)
         shown.update(len(idx) * world)  # the bar (rank 0's) counts every process's images
         if not shown.disable and (b % 10 == 0 or b == len(order) - 1):
@@ -317,7 +319,6 @@ def _log_epoch_line(desc: str, epoch: int, epochs: int, stats: dict, val_top1: f
              f"{stats['images_per_s']:.0f} images/s, {eta}")
 
 
-
 @dataclass
 class _Fit:
     """One fit under way: its model (and the wrapper it trains through), optimizer, schedule, progress."""
@@ -350,7 +351,7 @@ class _Fit:
         info = {"lr": f"{self.schedule.lr:.2g}", **({} if last_val is None else {"val": f"{last_val:.2f}"}),
                 **({} if clock is None else {"eta": clock.eta_text().removeprefix("chain ETA ")})}
         steps = EpochSteps(cfg.batch_size, epoch_generator(self.setup.seed_keys, epoch), self.setup.augment,
-                           self.schedule, self.grad_scaler, cfg.label_smoothing, scale)
+                           self.schedule, self.grad_scaler, cfg.label_smoothing, scale, cfg.mixup)
         bar = EpochBar(self.hooks.progress, f"{self.hooks.desc} epoch {epoch + 1}/{cfg.epochs}", info)
         stats = train_one_epoch(self.trainee, self.optimizer, self.data, self.setup.pipeline, steps, bar)
         if not math.isfinite(stats["train_loss"]):  # weights are NaN now: stop before they become refined labels

@@ -68,6 +68,7 @@ RUN_GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("early_stop_min_delta", "validation gain that counts, in percentage points"),
         ("restore_best", "end each generation with its best-validation weights"),
         ("label_smoothing", "epsilon: targets mixed with the uniform distribution"),
+        ("mixup", "alpha: pairs of images and their targets mixed, lam ~ Beta(alpha, alpha) (0 = off)"),
         ("train_scale_start", "progressive resizing: first epochs train at this fraction of the side (1 = off)"),
         ("recalibrate_bn", "recompute BatchNorm statistics after every epoch"),
     ]),

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from labelrefinery.batch import Pipeline
@@ -240,3 +241,40 @@ def test_state_with_compile_prefix_from_older_versions_resumes(tmp_path):
     plain = _digits_fit(None, 2, compile=False)
     for k, v in plain.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_mixup_trains_on_mixed_pairs_reproducibly(digits, monkeypatch):
+    """With --mixup the model sees lam x_i + (1 - lam) x_j and fits lam t_i + (1 - lam) t_j: the step's images
+    are mixed (never the originals), the loss is the one against the mixed target rows, the epoch reproducible."""
+    import labelrefinery.engine as engine
+    from labelrefinery.augment import Mixup
+    from labelrefinery.losses import distillation_loss
+
+    images, targets, *_ = _fit_data(digits, 128, 0)
+    seen = []
+    real_draw = Mixup.draw
+
+    def spy_draw(n, alpha, generator, device):
+        mix = real_draw(n, alpha, generator, device)
+        seen.append(mix)
+        return mix
+
+    monkeypatch.setattr(Mixup, "draw", staticmethod(spy_draw))
+    results = []
+    for _ in range(2):
+        model = _seeded_convnet(0)()
+        opt = torch.optim.Adam(model.parameters(), 3e-3)
+        results.append(train_one_epoch(model, opt, TrainData(images, targets), _pipeline(digits),
+                                       EpochSteps(64, torch.Generator().manual_seed(1), mixup=1.0)))
+    assert results[0] == {**results[1], "images_per_s": results[0]["images_per_s"],
+                          "epoch_time_s": results[0]["epoch_time_s"]}
+    assert len(seen) == 4 and all(0 <= m.lam <= 1 for m in seen) and len({m.lam for m in seen}) > 1
+    mix, x = seen[0], torch.rand(64, 1, 8, 8)
+    assert sorted(mix.partner.tolist()) == list(range(64))
+    assert torch.allclose(mix.images(x), mix.lam * x + (1 - mix.lam) * x[mix.partner])
+    logits, labels = torch.randn(64, 10), torch.randint(0, 10, (64,))
+    rows = F.one_hot(labels, 10).float()
+    mixed_rows = mix.lam * rows + (1 - mix.lam) * rows[mix.partner]
+    assert torch.allclose(mix.loss(lambda t: distillation_loss(logits, t), labels),
+                          distillation_loss(logits, mixed_rows), atol=1e-6)
+    assert engine.EpochSteps(8, torch.Generator()).mixup == 0.0  # off unless asked

@@ -110,6 +110,9 @@ class TrainConfig:
     restore_best: bool = _f(True, "end each generation with its best-validation weights")
     label_smoothing: float = _f(0.0, "epsilon: every generation's targets become (1 - epsilon) * targets + "
                                 "epsilon / K (Szegedy et al. 2016, section 7)")
+    mixup: float = _f(0.0, "alpha: every batch trains on pairs of its images mixed, lam * x_i + (1 - lam) * x_j, "
+                      "against their targets mixed alike, lam ~ Beta(alpha, alpha) per batch (Zhang et al. 2018, "
+                      "mixup); 1 = lam uniform in [0, 1]; 0 = off")
     train_scale_start: float = _f(1.0, "progressive resizing: the first half of the epochs (epochs // 2) train on "
                                   "images resized to a side that grows linearly from this fraction of the full "
                                   "side; the rest at full size (0.72 with 4 epochs: 20, 24, 28, 28 px on 28-px "
@@ -136,6 +139,7 @@ class TrainConfig:
         _need(0 <= self.early_stop_min_delta <= 100, "early_stop_min_delta", self.early_stop_min_delta,
               "in [0, 100] percentage points")
         _need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "in [0, 1)")
+        _need(0.0 <= self.mixup <= 100.0, "mixup", self.mixup, "in [0, 100] (alpha of Beta(alpha, alpha); 0 = off)")
         _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", self.plateau_factor, "in (0, 1)")
         for name in ("plateau_patience_epochs", "early_stop_patience_epochs"):
             _need(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
