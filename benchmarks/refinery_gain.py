@@ -81,6 +81,7 @@ VARIANTS = {  # name: extra run settings of the refinery's label variant, on top
     "trusted-240": {"trusted": "240", "train_size": 10200},  # --preset noisy: --noise-prior evidence -> verified
     "trusted-240-classwise": {"trusted": "240", "train_size": 10200, "noise_prior": "classwise"},  # counted T
     "trusted-240-np0": {"trusted": "240", "train_size": 10200, "noise_prior": "0"},  # soft labels as they are
+    "trusted-240-mixup": {"trusted": "240", "train_size": 10200, "mixup": 1.0},
     # per-crop refined labels (the paper's online labels) and adversarial jittering: for --augment crop or online
     "online": {"labels": "online"},
     "online-jitter": {"labels": "online", "adversarial_jitter": 0.5},
@@ -246,7 +247,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4, help="cleanlab's cross-validation folds")
     parser.add_argument("--no-cleanlab", action="store_true")
     parser.add_argument("--no-last-epoch", action="store_true", help="skip plain R1 scored at its last epoch")
-    parser.add_argument("--no-label-smoothing", action="store_true", help="skip the label-smoothing model")
+    parser.add_argument("--no-label-smoothing", action="store_true", help="skip the label-smoothing models")
+    parser.add_argument("--no-equal-compute", action="store_true", help="skip the clean part's equal-compute model")
     parser.add_argument("--peers", default="", help="comma-separated published noise-robust methods to train "
                         "beside plain R1 (benchmarks/noise_peers.py): " + ", ".join(PEERS))
     parser.add_argument("--robust-losses", default="", help="the same as --peers (its older name)")
@@ -331,10 +333,14 @@ def main() -> None:
         if args.clean_seeds:
             clean = {**common, "seeds": args.clean_seeds}
             row = results["clean"] = {}
-            ls, t = refinery_runs({**clean, "label_smoothing": 0.1, "noise_prior": "0"}, runs, "clean-ls")
-            row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()), "wall_s": t}
-            eq, t = refinery_runs({**clean, "epochs": args.epochs * args.generations}, runs, "clean-equal")
-            row["R1, equal compute"] = {**mean_std(g[0]["test_top1"] for g in eq["per_seed"].values()), "wall_s": t}
+            if not args.no_label_smoothing:
+                ls, t = refinery_runs({**clean, "label_smoothing": 0.1, "noise_prior": "0"}, runs, "clean-ls")
+                row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()),
+                                              "wall_s": t}
+            if not args.no_equal_compute:
+                eq, t = refinery_runs({**clean, "epochs": args.epochs * args.generations}, runs, "clean-equal")
+                row["R1, equal compute"] = {**mean_std(g[0]["test_top1"] for g in eq["per_seed"].values()),
+                                            "wall_s": t}
             for i, variant in enumerate(args.clean_variants.split(",")):
                 res, t = refinery_runs({**clean, **VARIANTS[variant], "generations": args.generations}, runs,
                                        f"clean-{variant}")
