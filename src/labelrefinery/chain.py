@@ -28,7 +28,7 @@ from .errors import ConfigError, DataError
 from .deployed import DEPLOYED_BATCH_SIZE, DEPLOYED_PRECISION
 from .evaluate import ensemble_results
 from .experiment import Experiment
-from .generation import (CONTROL_LABEL_SMOOTHING, CONTROLS, planned_epochs, reload_generation,
+from .generation import (CONTROL_LABEL_SMOOTHING, run_controls, planned_epochs, reload_generation,
                          target_source, train_generation)
 from .models import ModelSpec, build_model, check_model_name
 from .noise import max_noise_rate
@@ -225,11 +225,10 @@ def run_seed(exp: Experiment, seed: int) -> list[dict]:
             targets = target_source(exp, data, g, refinery, stored)
             refinery, summary, stored = train_generation(exp, data, g, targets, summaries[-1] if summaries else None)
         summaries.append(summary)
-    if exp.cfg.refinement.controls:
-        for control in CONTROLS:
-            if not exp.run_dir.is_finished(seed, control):
-                targets = StoredTargets(data.ground_truth, num_classes=exp.dataset.train.num_classes)
-                train_generation(exp, data, 1, targets, None, control=control)
+    for control in run_controls(exp.cfg):
+        if not exp.run_dir.is_finished(seed, control):
+            targets = StoredTargets(data.ground_truth, num_classes=exp.dataset.train.num_classes)
+            train_generation(exp, data, 1, targets, None, control=control)
     return summaries
 
 

@@ -50,8 +50,8 @@ def planned_epochs(cfg: RunConfig, run_dir: RunDir) -> int:
     total = 0
     for seed in cfg.seed_values():
         total += sum(per_generation for g in range(1, cfg.generations + 1) if not run_dir.is_finished(seed, g))
-        if cfg.refinement.controls:
-            total += sum(control_training(cfg, c).epochs for c in CONTROLS if not run_dir.is_finished(seed, c))
+        total += sum(control_training(cfg, c).epochs for c in run_controls(cfg)
+                     if not run_dir.is_finished(seed, c))
     return total
 
 
@@ -154,19 +154,30 @@ class _PhaseClock:
         self._last = now
 
 
-CONTROLS = ("label-smoothing", "equal-compute")  # --controls, in the order they are trained and reported
+CONTROLS = ("label-smoothing", "equal-compute", "no-mixup")  # --controls, in training and report order
 CONTROL_LABEL_SMOOTHING = 0.1
 
 
+def run_controls(cfg: RunConfig) -> tuple[str, ...]:
+    """The controls ``--controls`` trains for ``cfg``: label-smoothing and equal-compute, and no-mixup (plain
+    training: R1's recipe without ``--mixup``) when R1 trains with mixup; none without ``--controls``."""
+    if not cfg.refinement.controls:
+        return ()
+    return tuple(c for c in CONTROLS if c != "no-mixup" or cfg.training.mixup > 0)
+
+
 def control_training(cfg: RunConfig, control: str) -> TrainConfig:
-    """The recipe of a control: R1's with label smoothing 0.1, or R1's for ``generations x epochs`` epochs
-    (``lr_steps`` stretched by the same factor), the compute of the whole chain in one model."""
+    """The recipe of a control: R1's with label smoothing 0.1; R1's for ``generations x epochs`` epochs
+    (``lr_steps`` stretched by the same factor), the compute of the whole chain in one model; or R1's without
+    mixup."""
     t = cfg.training
     if control == "label-smoothing":
         return dataclasses.replace(t, label_smoothing=CONTROL_LABEL_SMOOTHING)
     if control == "equal-compute":
         g = cfg.generations
         return dataclasses.replace(t, epochs=t.epochs * g, lr_steps=[e * g for e in t.lr_steps])
+    if control == "no-mixup":
+        return dataclasses.replace(t, mixup=0.0)
     raise ValueError(f"unknown control {control!r}; known: {', '.join(CONTROLS)}")
 
 

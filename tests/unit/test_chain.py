@@ -51,3 +51,29 @@ def test_controls_cannot_be_dropped(tmp_path, capsys):
     assert RunDir(tmp_path / "k").read_config().refinement.controls
     assert RunDir(tmp_path / "k").finished_controls(1) == ["equal-compute", "label-smoothing"]
     assert "of 2 seeds]" not in (tmp_path / "k/results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_with_mixup_trains_a_plain_control_and_names_its_gain(tmp_path):
+    """--mixup with --controls adds the no-mixup control (R1's recipe, plain cross-entropy); results.md's
+    Which-model line gives the chosen generation's gain over it as well as over R1; without mixup there is none."""
+    from labelrefinery.generation import control_training, run_controls
+    from labelrefinery.config import resolve_config
+
+    args = [*SHORT_RUN, "--runs-dir", str(tmp_path), "--generations", "2", "--controls", "--label-issues"]
+    assert main([*args, "--name", "m", "--mixup", "1"]) == 0
+    run = tmp_path / "m"
+    assert RunDir(run).finished_controls(0) == ["equal-compute", "label-smoothing", "no-mixup"]
+    results = json.loads((run / "results.json").read_text())
+    plain = results["controls"]["no-mixup"]["per_seed"]["0"]["test_top1"]
+    best = results["best_by_validation"]["per_seed"]["0"]
+    md = (run / "results.md").read_text()
+    assert "| no-mixup control |" in md
+    assert (f"{best['test_top1'] - plain:+.2f} over plain training (R1's recipe without mixup)") in md
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "no-mixup" in {r["generation"] for r in epochs if r["kind"] == "epoch"}
+    cfg = resolve_config("quick", {"mixup": 1.0, "controls": True})
+    assert run_controls(cfg) == ("label-smoothing", "equal-compute", "no-mixup")
+    assert control_training(cfg, "no-mixup").mixup == 0.0 and cfg.training.mixup == 1.0
+    assert run_controls(resolve_config("quick", {"controls": True})) == ("label-smoothing", "equal-compute")
+    assert run_controls(resolve_config("quick", {"mixup": 1.0})) == ()

@@ -1,19 +1,16 @@
 """Results tables: rows R1..Rn, columns per run (dataset x augment ...), cells mean +- std test top-1 (%).
 
-The standard deviation is the sample standard deviation over seeds (ddof = 1);
-with one seed only the mean is shown. A generation that collapsed in any seed
-(validation accuracy near chance, or more than 10 points below the previous
-generation's) is marked with ``!`` and listed under the table.
+The standard deviation is the sample standard deviation over seeds (ddof = 1); with one seed only the mean is
+shown. A generation that collapsed in any seed (validation accuracy near chance, or more than 10 points below the
+previous generation's) is marked with ``!`` and listed under the table.
 
-Besides R1..Rn the table has the ensembles of generations (``ensemble.json``) and
-the **best generation by validation**: per seed, the generation with the highest
-validation top-1 (the earliest on a tie), reported on test, so a chain can be
-judged by what a user who selects on validation would get. Gains over R1 are
-paired per seed (the mean and std of each seed's difference). A second table
-describes the refined labels each generation made: the share of training images
-whose refined argmax disputes the given label and, with ``--label-noise``, the
-shares of flipped labels corrected and clean labels harmed and the F1 of
-"disputed" as a detector of flipped labels (see :func:`labelrefinery.noise.label_statistics`).
+Besides R1..Rn the table has the ensembles of generations (``ensemble.json``), the controls and the **best
+generation by validation**: per seed, the generation with the highest validation top-1 (the earliest on a tie),
+reported on test, so a chain can be judged by what a user who selects on validation would get. Gains over R1 are
+paired per seed (the mean and std of each seed's difference). A second table describes the refined labels each
+generation made: the share of training images whose refined argmax disputes the given label and, with
+``--label-noise``, the shares of flipped labels corrected and clean labels harmed and the F1 of "disputed" as a
+detector of flipped labels (see :func:`labelrefinery.noise.label_statistics`).
 """
 
 from __future__ import annotations
@@ -282,7 +279,8 @@ def _control_beats(r: dict) -> str:
         return ""
     name, score = max(beats, key=lambda b: b[1])
     what = {"label-smoothing": "R1's recipe with label smoothing",
-            "equal-compute": "one model trained as long as the whole chain"}.get(name, f"the {name} control")
+            "equal-compute": "one model trained as long as the whole chain",
+            "no-mixup": "R1's recipe without mixup"}.get(name, f"the {name} control")
     return (f" But {what} scored higher on test ({score:.2f}% against {best:.2f}%, mean over seeds): on this data "
             f"that simpler model is the better choice (`{r['run_dir']}/seed-0/control-{name}/model.safetensors`).")
 
@@ -296,9 +294,12 @@ def _next_lines(r: dict) -> list[str]:
     run, g = r["run_dir"], best["generation"]
     fixed = next_label_file(str(r["config"].get("dataset", "")))
     r1 = r["per_seed"]["0"][0]["test_top1"]
+    plain = ((r.get("controls") or {}).get("no-mixup") or {}).get("per_seed", {}).get("0")  # R1 used mixup
+    over = f"{best['test_top1'] - r1:+.2f} points over " + ("plain training, R1" if plain is None else f"R1, "
+            f"{best['test_top1'] - plain['test_top1']:+.2f} over plain training (R1's recipe without mixup)")
     out = [f"**Which model to use:** seed 0's R{g}, its best generation by validation (validation "
-           f"{best['val_top1']:.2f}%, test {best['test_top1']:.2f}%, {best['test_top1'] - r1:+.2f} points over plain "
-           f"training, R1): `{run}/seed-0/gen-{g}/model.safetensors`, the one `refinery predict {run}` and "
+           f"{best['val_top1']:.2f}%, test {best['test_top1']:.2f}%, {over}): "
+           f"`{run}/seed-0/gen-{g}/model.safetensors`, the one `refinery predict {run}` and "
            f"`load_classifier(\"{run}\")` load." + _control_beats(r), "",
            "**Next:** `label_issues.csv` lists the disputed labels, most disputed first. Review them" + (
                f", then `refinery label-issues {run}{' --all-seeds' if len(r['per_seed']) > 1 else ''} "
