@@ -82,10 +82,14 @@ VARIANTS = {  # name: extra run settings of the refinery's label variant, on top
     "trusted-240-classwise": {"trusted": "240", "train_size": 10200, "noise_prior": "classwise"},  # counted T
     "trusted-240-np0": {"trusted": "240", "train_size": 10200, "noise_prior": "0"},  # soft labels as they are
     "trusted-240-mixup": {"trusted": "240", "train_size": 10200, "mixup": 1.0},
+    "trusted-240-nomixup": {"trusted": "240", "train_size": 10200, "mixup": 0.0},  # --preset noisy before mixup
     # per-crop refined labels (the paper's online labels) and adversarial jittering: for --augment crop or online
     "online": {"labels": "online"},
     "online-jitter": {"labels": "online", "adversarial_jitter": 0.5},
 }
+
+
+PLAIN = {"mixup": 0.0}  # the baselines (last epoch, label smoothing, peers, cleanlab, controls) train without mixup
 
 
 def mean_std(values) -> dict:
@@ -283,22 +287,23 @@ def main() -> None:
             seeds = {**common, "seeds": args.seeds, "label_noise": noise}
             row: dict = results["noisy"].setdefault(noise, {})  # saved after every method: a crash loses one
             if not args.no_last_epoch:
-                last, t = refinery_runs({**seeds, "restore_best": False}, runs, f"last-{noise}")
+                last, t = refinery_runs({**seeds, **PLAIN, "restore_best": False}, runs, f"last-{noise}")
                 row["R1 (last epoch)"] = {**mean_std(g[0]["test_top1"] for g in last["per_seed"].values()),
                                           "wall_s": t}
             if not args.no_label_smoothing:
-                ls, t = refinery_runs({**seeds, "label_smoothing": 0.1, "noise_prior": "0"}, runs, f"ls-{noise}")
+                ls, t = refinery_runs({**seeds, **PLAIN, "label_smoothing": 0.1, "noise_prior": "0"}, runs,
+                                      f"ls-{noise}")
                 row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()),
                                               "wall_s": t}
             for name in peers:
                 ds, noise_info = with_label_noise(load_dataset(args.dataset), noise)
-                cfg = resolve_config(PRESET, seeds)
+                cfg = resolve_config(PRESET, {**seeds, **PLAIN})
                 pipe = Pipeline.create(cpu, ds.mean, ds.std, amp)
                 row[ROW_NAMES[name]] = peers_method(ds, cfg, pipe, args.seeds, name, noise_info)
                 save(args.out, results)
             if not args.no_cleanlab:
                 ds, noise_info = with_label_noise(load_dataset(args.dataset), noise)
-                cfg = resolve_config(PRESET, seeds)
+                cfg = resolve_config(PRESET, {**seeds, **PLAIN})
                 pipe = Pipeline.create(cpu, ds.mean, ds.std, amp)
                 found = [cleanlab_method(ds, cfg, pipe, s, args.folds) for s in range(args.seeds)]
                 dets = [detection(f["issues"], noise_info.flipped.numpy()[f["train_idx"]]) for f in found]
@@ -334,11 +339,13 @@ def main() -> None:
             clean = {**common, "seeds": args.clean_seeds}
             row = results["clean"] = {}
             if not args.no_label_smoothing:
-                ls, t = refinery_runs({**clean, "label_smoothing": 0.1, "noise_prior": "0"}, runs, "clean-ls")
+                ls, t = refinery_runs({**clean, **PLAIN, "label_smoothing": 0.1, "noise_prior": "0"}, runs,
+                                      "clean-ls")
                 row["label smoothing 0.1"] = {**mean_std(g[0]["test_top1"] for g in ls["per_seed"].values()),
                                               "wall_s": t}
             if not args.no_equal_compute:
-                eq, t = refinery_runs({**clean, "epochs": args.epochs * args.generations}, runs, "clean-equal")
+                eq, t = refinery_runs({**clean, **PLAIN, "epochs": args.epochs * args.generations}, runs,
+                                      "clean-equal")
                 row["R1, equal compute"] = {**mean_std(g[0]["test_top1"] for g in eq["per_seed"].values()),
                                             "wall_s": t}
             for i, variant in enumerate(args.clean_variants.split(",")):

@@ -113,7 +113,7 @@ RUN_GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
 PRESET_LINES = [
     "quick   first run: convnet, 3 generations x 4 epochs, 1 seed (about 3.5 min on 2 bf16 CPU cores)",
     "refine  does refinement pay? 3 seeds x 3 generations x 16 epochs + controls: 112 epochs per seed",
-    "noisy   my labels may be wrong: noise model from the evidence, 3 seeds, controls, label issues",
+    "noisy   my labels may be wrong: noise model from the evidence, mixup, 3 seeds, controls, label issues",
     "blog    the write-up's protocol: ResNet-50, static augmentation, 5 seeds, early stopping",
     "paper   the paper's protocol: per-crop labels, random crops, SGD, 5 generations",
 ]

@@ -104,6 +104,18 @@ def test_refine_preset_is_patient_and_controlled():
     assert "112 epochs per seed" in " ".join(build_parser_help())
 
 
+def test_noisy_preset_trains_with_mixup_beside_a_plain_control():
+    from labelrefinery.config import resolve_config
+    from labelrefinery.generation import planned_epochs, run_controls
+    from labelrefinery.rundir import RunDir
+
+    cfg = resolve_config("noisy", {})
+    assert cfg.training.mixup == 1.0 and cfg.refinement.prior.model == "evidence"
+    assert run_controls(cfg) == ("label-smoothing", "equal-compute", "no-mixup")
+    assert planned_epochs(cfg, RunDir("/nonexistent")) // cfg.seeds == 64  # 3 x 8 + 8 + 24 + 8
+    assert resolve_config("noisy", {"mixup": 0.0}).training.mixup == 0.0  # a flag overrides the preset
+
+
 def build_parser_help():
     from labelrefinery.cli import build_parser
 
