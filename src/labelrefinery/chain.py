@@ -19,7 +19,7 @@ import torch
 from .augment import eval_view, input_size, make_augment, static_copies
 from .batch import Pipeline, scaled_side
 from .checkpoint import load_refinery
-from .config import DataConfig, RunConfig, parse_label_form
+from .config import PRESETS, DataConfig, RunConfig, parse_label_form
 from .console import ChainClock, log
 from . import dist
 from .data import Dataset, check_dataset_name
@@ -176,12 +176,12 @@ def _forward_problem(model: torch.nn.Module, channels: int, side: int, device: t
 
 
 def _warn_unused(cfg: RunConfig) -> None:
-    """Warn about settings that have no effect in this run (values that differ from the defaults)."""
+    """Warn about settings that have no effect in this run (values that neither the defaults nor a preset set)."""
     ref, default = cfg.refinement, type(cfg.refinement)()
     if cfg.generations == 1 and ref.refinery_checkpoint is None:
         unused = [f"--{n.replace('_', '-')}" for n in ("labels", "temperature", "label_form", "gt_weight",
                                                        "noise_prior")
-                  if getattr(ref, n) != getattr(default, n)]
+                  if getattr(ref, n) not in {getattr(default, n), *(p.get(n) for p in PRESETS.values())}]
         if unused:
             log(f"warning: {', '.join(unused)} change(s) nothing: with --generations 1 and no --refinery-checkpoint "
                 "no refined labels are trained on")

@@ -116,6 +116,16 @@ def test_noisy_preset_trains_with_mixup_beside_a_plain_control():
     assert resolve_config("noisy", {"mixup": 0.0}).training.mixup == 0.0  # a flag overrides the preset
 
 
+def test_quick_preset_students_keep_some_ground_truth_unless_a_noise_prior_is_given():
+    from labelrefinery.config import resolve_config
+
+    assert resolve_config("quick", {}).refinement.gt_weight == 0.3
+    assert resolve_config("quick", {"noise_prior": "auto"}).refinement.gt_weight == 0.0  # the flag given wins
+    assert resolve_config("quick", {"noise_prior": "0"}).refinement.gt_weight == 0.3  # off: nothing to drop
+    with pytest.raises(ConfigError, match="use one of them"):  # both given: the user must choose
+        resolve_config("quick", {"noise_prior": "auto", "gt_weight": 0.3})
+
+
 def build_parser_help():
     from labelrefinery.cli import build_parser
 
