@@ -192,10 +192,12 @@ def new_model(ds, cfg) -> nn.Module:
         memory_format=torch.channels_last)
 
 
-def fit_model(ds, train_idx, val_idx, labels: torch.Tensor, cfg, pipe, seed: int, key: int, targets=None,
+def fit_model(ds, split: tuple, labels: torch.Tensor, cfg, pipe, keys: tuple[int, int], targets=None,
               model: nn.Module | None = None) -> nn.Module:
-    """One model of the common recipe on ``train_idx``: ``targets`` (a target source; default the ``labels`` of
-    those images, ``labels`` being the given labels of the whole split), its best epoch by ``labels[val_idx]``."""
+    """One model of the common recipe on ``split = (train_idx, val_idx)``: ``targets`` (a target source; default
+    the ``labels`` of the training images, ``labels`` being the given labels of the whole split), its best epoch by
+    ``labels[val_idx]``; ``keys = (seed, key)`` seed its initialisation and epochs."""
+    (train_idx, val_idx), (seed, key) = split, keys
     if model is None:
         torch.manual_seed(derive_seed(seed, key))
         model = new_model(ds, cfg)
@@ -240,7 +242,7 @@ def peer_method(ds, cfg, pipe, seed: int, name: str, noise_rate: float) -> dict:
     else:
         raise ValueError(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
     with engine_loss(loss):
-        model = fit_model(ds, train_idx, val_idx, given, cfg, pipe, seed, 1, targets, model)
+        model = fit_model(ds, (train_idx, val_idx), given, cfg, pipe, (seed, 1), targets, model)
     if name == "plc":
         extra["corrected"] = targets.changed
     return {"test_top1": top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels),

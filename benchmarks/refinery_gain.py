@@ -213,11 +213,11 @@ def cleanlab_method(ds, cfg, pipe, seed: int, folds: int) -> dict:
     for f in range(folds):
         inside = (fold_of != f).nonzero().squeeze(1)
         out = (fold_of == f).nonzero().squeeze(1)
-        model = fit_model(ds, train_idx[inside], val_idx, given, cfg, pipe, seed, 100 + f)
+        model = fit_model(ds, (train_idx[inside], val_idx), given, cfg, pipe, (seed, 100 + f))
         pred_probs[out.numpy()] = predict(model, ds.train.images[train_idx[out]], pipe).softmax(1).numpy()
     issues = find_label_issues(given[train_idx].numpy(), pred_probs)
     keep = train_idx[torch.from_numpy(~issues)]
-    model = fit_model(ds, keep, val_idx, given, cfg, pipe, seed, 200)
+    model = fit_model(ds, (keep, val_idx), given, cfg, pipe, (seed, 200))
     test = top1_accuracy(predict(model, ds.test.images, pipe), ds.test.labels)
     return {"test_top1": test, "issues": issues, "train_idx": train_idx.numpy(), "wall_s": time.perf_counter() - start}
 

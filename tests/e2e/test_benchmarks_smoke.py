@@ -40,7 +40,7 @@ CASES: dict[str, tuple[list[str], str | None]] = {
     # 200 digits, 1 epoch, 2 generations, 1 seed, without cleanlab (an optional package), no clean part
     "refinery_gain.py": (["--dataset", "digits", "--train-size", "200", "--epochs", "1", "--generations", "2",
                           "--seeds", "1", "--clean-seeds", "0", "--variants", "soft", "--no-cleanlab",
-                          "--out", "{out}"], None),
+                          "--peers", "ce,coteaching", "--out", "{out}"], None),
     # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
     "inspect_speed.py": (["{tmp}/runs/tiny", "--repeats", "1", "--out", "{out}"], None),
     # a run directory made first (digits, --augment crop, 1 epoch, 1 generation): see test_benchmark
@@ -110,6 +110,9 @@ def test_benchmark(script, tmp_path):
         chain = result["noisy"]["symmetric:0.4"]["refinery soft (whole chain)"]
         assert chain["suggestions"] and all(0 <= r["precision"] <= 100 and r["given"] != r["suggested"]
                                             for r in chain["suggestions"])
+        peers = result["noisy"]["symmetric:0.4"]  # published noise-robust methods beside the refinery
+        assert all(0 <= peers[row]["mean"] <= 100 for row in ("plain cross-entropy (the peers' R1)",
+                                                              "co-teaching (true noise rate)"))
         opinion = chain["mean_opinion"]  # label-issues --all-seeds: training and validation images
         assert opinion["images"] == 200 and 0 <= opinion["precision"] <= 100 and 0 <= opinion["recall"] <= 100
     command = shlex.split(meta["command"])
