@@ -225,9 +225,7 @@ def peer_method(ds, cfg, pipe, seed: int, name: str, noise_rate: float) -> dict:
     given, k = ds.train.labels, ds.train.num_classes
     labels = given[train_idx].to(pipe.device)
     targets, loss, model, extra = None, engine.distillation_loss, None, {}
-    if name == "ce":
-        pass
-    elif name in ("gce", "sce"):
+    if name in ("gce", "sce"):  # ce: nothing changed
         loss = gce_loss if name == "gce" else sce_loss
     elif name == "mixup":  # the engine's own --mixup 1
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, mixup=1.0))
@@ -239,7 +237,7 @@ def peer_method(ds, cfg, pipe, seed: int, name: str, noise_rate: float) -> dict:
         model = CoTeachingPair(new_model(ds, cfg), new_model(ds, cfg))
         steps = -(-len(train_idx) // cfg.training.batch_size)
         loss = CoTeaching(k, noise_rate, ramp_steps=max(cfg.training.epochs // 4, 1) * steps).loss
-    else:
+    elif name != "ce":
         raise ValueError(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
     with engine_loss(loss):
         model = fit_model(ds, (train_idx, val_idx), given, cfg, pipe, (seed, 1), targets, model)

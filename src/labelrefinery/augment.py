@@ -262,7 +262,12 @@ class Mixup:
 
     @classmethod
     def draw(cls, n: int, alpha: float, generator: torch.Generator, device: torch.device) -> "Mixup":
-        """lam and the partners of a batch of ``n`` images from ``generator`` (a CPU generator); ``alpha`` > 0."""
+        """lam ~ Beta(``alpha``, ``alpha``) (numpy's sampler, seeded from ``generator``, a CPU generator, so a seed
+        gives the same draws on any device) and a random permutation of ``n`` partners on ``device``.
+
+        Raises:
+            ValueError: ``alpha`` <= 0 (numpy's Beta sampler; ``--mixup`` 0 never draws).
+        """
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         lam = float(np.random.default_rng(seed).beta(alpha, alpha))
         return cls(lam, torch.randperm(n, generator=generator).to(device))
@@ -272,5 +277,10 @@ class Mixup:
         return self.lam * x + (1 - self.lam) * x[self.partner]
 
     def loss(self, loss_to, targets: torch.Tensor) -> torch.Tensor:
-        """lam * loss_to(targets) + (1 - lam) * loss_to(targets[partner]); ``targets`` ``(B,)`` or ``(B, K)``."""
+        """lam * loss_to(targets) + (1 - lam) * loss_to(targets[partner]): a scalar tensor (nats, as ``loss_to``).
+
+        Args:
+            loss_to: ``targets -> scalar`` loss of the mixed batch's logits against ``targets``, linear in them.
+            targets: ``(B,) int64`` class indices or ``(B, K) float32`` probability rows.
+        """
         return self.lam * loss_to(targets) + (1 - self.lam) * loss_to(targets[self.partner])
