@@ -46,10 +46,11 @@ COLLAPSE_DROP_POINTS = 10.0  # ... and so does a drop of more than this many poi
 def planned_epochs(cfg: RunConfig, run_dir: RunDir) -> int:
     """Epochs of every seed's generations, cross-fit fold models and controls that have not finished yet
     (a partly trained generation counts whole)."""
-    per_generation = cfg.training.epochs * (1 + (cfg.refinement.cross_fit or 0))
+    folds = 1 + (cfg.refinement.cross_fit or 0)
     total = 0
     for seed in cfg.seed_values():
-        total += sum(per_generation for g in range(1, cfg.generations + 1) if not run_dir.is_finished(seed, g))
+        total += sum(generation_training(cfg, g).epochs * folds for g in range(1, cfg.generations + 1)
+                     if not run_dir.is_finished(seed, g))
         total += sum(control_training(cfg, c).epochs for c in run_controls(cfg)
                      if not run_dir.is_finished(seed, c))
     return total
@@ -131,7 +132,7 @@ def cross_fit_labels(exp: Experiment, data: SeedData, generation: int, targets: 
         model = build_model(exp.spec).to(pipeline.device).to(memory_format=torch.channels_last)
         images = data.images[inside.to(pipeline.device)]
         fit(model, TrainData(images, targets.subset(inside), data.val_images, data.val_labels),
-            TrainSetup(cfg.training, pipeline, (seed, generation, CROSS_FIT, f), exp.augment,
+            TrainSetup(generation_training(cfg, generation), pipeline, (seed, generation, CROSS_FIT, f), exp.augment,
                        sync_bn=cfg.execution.sync_bn),
             FitHooks(progress=cfg.execution.progress, desc=f"[seed {seed} R{generation} fold {f + 1}/{k}]",
                      clock=exp.clock))
@@ -166,16 +167,25 @@ def run_controls(cfg: RunConfig) -> tuple[str, ...]:
     return tuple(c for c in CONTROLS if c != "no-mixup" or cfg.training.mixup > 0)
 
 
+def generation_training(cfg: RunConfig, generation: int) -> TrainConfig:
+    """The recipe generation ``generation`` (1-based) trains with: ``cfg.training``, its epochs
+    ``student_epochs`` from generation 2 on when that is set (the schedule, resizing and patience follow the
+    shorter length; ``lr_steps`` cannot be set with it)."""
+    t = cfg.training
+    return dataclasses.replace(t, epochs=t.student_epochs) if generation > 1 and t.student_epochs else t
+
+
 def control_training(cfg: RunConfig, control: str) -> TrainConfig:
-    """The recipe of a control: R1's with label smoothing 0.1; R1's for ``generations x epochs`` epochs
-    (``lr_steps`` stretched by the same factor), the compute of the whole chain in one model; or R1's without
-    mixup."""
+    """The recipe of a control: R1's with label smoothing 0.1; R1's for the epochs of the whole chain (``epochs
+    + (generations - 1) x student epochs``; ``lr_steps`` stretched by generations), the compute of the chain in
+    one model; or R1's without mixup."""
     t = cfg.training
     if control == "label-smoothing":
         return dataclasses.replace(t, label_smoothing=CONTROL_LABEL_SMOOTHING)
     if control == "equal-compute":
         g = cfg.generations
-        return dataclasses.replace(t, epochs=t.epochs * g, lr_steps=[e * g for e in t.lr_steps])
+        epochs = sum(generation_training(cfg, i).epochs for i in range(1, g + 1))
+        return dataclasses.replace(t, epochs=epochs, lr_steps=[e * g for e in t.lr_steps])
     if control == "no-mixup":
         return dataclasses.replace(t, mixup=0.0)
     raise ValueError(f"unknown control {control!r}; known: {', '.join(CONTROLS)}")
@@ -204,7 +214,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     cfg, seed, rd, pipeline = exp.cfg, data.seed, exp.run_dir, exp.pipeline
     slot = generation if control is None else control  # where it is saved: gen-<g> or control-<name>
     tag = f"seed {seed} R{generation}" if control is None else f"seed {seed} {control} control"
-    training = cfg.training if control is None else control_training(cfg, control)
+    training = generation_training(cfg, generation) if control is None else control_training(cfg, control)
     seed_model_init(seed, generation)
     model = build_model(exp.spec).to(pipeline.device).to(memory_format=torch.channels_last)
     state_file = rd.train_state(seed, slot)

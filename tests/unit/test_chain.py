@@ -54,6 +54,21 @@ def test_controls_cannot_be_dropped(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_students_train_their_own_shorter_schedule(tmp_path):
+    """--student-epochs 1 with --epochs 2: R1 trains 2 epochs, R2 1 (its one-cycle schedule ends in it), and the
+    equal-compute control the chain's 3."""
+    args = [*SHORT_RUN, "--runs-dir", str(tmp_path), "--name", "s", "--generations", "2", "--student-epochs", "1",
+            "--lr-schedule", "onecycle", "--controls"]
+    assert main(args) == 0
+    run = tmp_path / "s"
+    runs = {g: json.loads((run / f"seed-0/{g}/summary.json").read_text())["epochs_run"]
+            for g in ("gen-1", "gen-2", "control-equal-compute")}
+    assert runs == {"gen-1": 2, "gen-2": 1, "control-equal-compute": 3}
+    lrs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lrs if r["kind"] == "epoch" and r["generation"] == 2] == [1]
+
+
+@pytest.mark.slow
 def test_a_run_with_mixup_trains_a_plain_control_and_names_its_gain(tmp_path):
     """--mixup with --controls adds the no-mixup control (R1's recipe, plain cross-entropy); results.md's
     Which-model line gives the chosen generation's gain over it as well as over R1; without mixup there is none."""

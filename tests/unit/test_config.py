@@ -131,3 +131,23 @@ def build_parser_help():
 
     run = build_parser()._subparsers._group_actions[0].choices["run"]
     return run.format_help().split()
+
+
+def test_student_epochs_shorten_later_generations_and_the_equal_compute_control():
+    """--student-epochs S: generation 1 trains --epochs E, generations 2.. train S on a schedule of that length;
+    the equal-compute control trains the chain's E + (G - 1) S; the progress total counts the same."""
+    from labelrefinery.config import resolve_config
+    from labelrefinery.errors import ConfigError
+    from labelrefinery.generation import control_training, generation_training, planned_epochs
+    from labelrefinery.rundir import RunDir
+
+    cfg = resolve_config("quick", {"student_epochs": 2, "controls": True})
+    assert [generation_training(cfg, g).epochs for g in (1, 2, 3)] == [4, 2, 2]
+    assert generation_training(cfg, 2).lr == cfg.training.lr  # only the length changes
+    assert control_training(cfg, "equal-compute").epochs == 8  # 4 + 2 x 2
+    assert planned_epochs(cfg, RunDir("/nonexistent")) == 4 + 2 + 2 + 4 + 8  # generations, smoothing, equal compute
+    assert generation_training(resolve_config("quick", {}), 3).epochs == 4  # 0: every generation --epochs
+    with pytest.raises(ConfigError, match="--student-epochs applies only with --lr-schedule onecycle"):
+        resolve_config("paper", {"student_epochs": 10})
+    with pytest.raises(ConfigError, match="--student-epochs"):
+        resolve_config("quick", {"student_epochs": -1})

@@ -93,6 +93,8 @@ class TrainConfig:
     """How one generation is fitted: what :func:`labelrefinery.engine.fit` reads."""
 
     epochs: int = _f(100, "maximum epochs per generation")
+    student_epochs: int = _f(0, "maximum epochs of generations 2 and later (the students, which fit refined labels), "
+                             "on their own schedule of that length; 0 = --epochs")
     batch_size: int = _f(250, "images per optimizer step, over all processes: under torchrun each of W processes "
                          "takes batch_size / W of every batch, so results mean the same at any W")
     optimizer: str = _f("adam", "adam | sgd (momentum 0.9, nesterov)", choices=OPTIMIZERS)
@@ -130,6 +132,10 @@ class TrainConfig:
         _check_finite_floats(self)
         self.lr_steps = parse_int_list(self.lr_steps, "lr_steps")
         _need(1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"in [1, {MAX_EPOCHS}]")
+        _need(0 <= self.student_epochs <= MAX_EPOCHS, "student_epochs", self.student_epochs,
+              f"in [1, {MAX_EPOCHS}], or 0 for --epochs")
+        _only_with(self.student_epochs > 0, "student_epochs", self.lr_schedule != "steps",
+                   "--lr-schedule onecycle, cosine or plateau (--lr-steps are epochs of --epochs)")
         _need(2 <= self.batch_size <= MAX_BATCH, "batch_size", self.batch_size,
               f"in [2, {MAX_BATCH}] (BatchNorm cannot train on one image)")
         _need(self.lr <= MAX_LR, "lr", self.lr, f"a finite number in (0, {MAX_LR}]")
@@ -187,9 +193,10 @@ class RefineConfig:
     jitter_eps: float = _f(1 / 255, "E: adversarial jitter step, in [0, 1] pixel units")
     ensemble: list[int] = _f([], "comma-separated generations whose averaged softmax is also evaluated (the "
                              "ensemble of all generations always is), e.g. 2,3")
-    controls: bool = _f(False, "also train, per seed, two controls from R1's initialisation: label-smoothing "
-                        "(R1's recipe with --label-smoothing 0.1) and equal-compute (R1's recipe for generations x "
-                        "epochs); the table reports them beside the generations")
+    controls: bool = _f(False, "also train, per seed, controls from R1's initialisation: label-smoothing (R1's "
+                        "recipe with --label-smoothing 0.1), equal-compute (R1's recipe for the epochs of the whole "
+                        "chain: epochs + (generations - 1) x student epochs) and, with --mixup, no-mixup; the table "
+                        "reports them beside the generations")
     label_storage: str = _f("auto", "how labels.npz stores each generation's refined labels: float32 | float16 | "
                             "topk:J (the J largest probabilities, float16, with their class indices; rows "
                             "renormalised when read) | auto (float32 up to 2^26 images x classes, else float16)")
