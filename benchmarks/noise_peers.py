@@ -23,8 +23,9 @@ best epoch by the noisy validation labels, BatchNorm recalibrated), and changes 
   and rises by 0.1 (to at most 0.9) whenever an epoch corrects under 0.1% of the labels; the predictions are
   those of the training passes, averaged over the last 3 epochs.
 
-DivideMix (Li et al. 2020: two networks, a mixture model per epoch and MixMatch) is not here: on this CPU it
-would cost several times a plain model, and its parts (co-teaching's two networks, mixup) are measured alone.
+- ``dividemix``: DivideMix (Li et al. 2020: two networks, a Gaussian mixture of the losses each epoch, MixMatch
+  on the other network's division), its own training loop in ``benchmarks/dividemix.py``, which says what
+  differs from the paper's setting; the two networks' prediction averaged is scored.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from labelrefinery.models import ModelSpec, build_model
 from labelrefinery.protocol import seed_split
 from labelrefinery.seeding import derive_seed
 from labelrefinery.targets import BatchTargets, StoredTargets
+
+from dividemix import DivideMix, dividemix_generator
 
 
 def _one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -210,20 +213,27 @@ def fit_model(ds, split: tuple, labels: torch.Tensor, cfg, pipe, keys: tuple[int
     return model
 
 
-PEERS = ("ce", "gce", "sce", "mixup", "elr", "coteaching", "plc")
+PEERS = ("ce", "gce", "sce", "mixup", "elr", "coteaching", "plc", "dividemix")
 ROW_NAMES = {"ce": "plain cross-entropy (the peers' R1)", "gce": "GCE loss", "sce": "SCE loss",
              "mixup": "mixup (alpha 1)", "elr": "ELR",
-             "coteaching": "co-teaching (true noise rate)", "plc": "PLC"}
+             "coteaching": "co-teaching (true noise rate)", "plc": "PLC", "dividemix": "DivideMix"}
 
 
 def peer_method(ds, cfg, pipe, seed: int, name: str, noise_rate: float) -> dict:
     """Train peer ``name`` (one of :data:`PEERS`) for ``seed`` on the given labels of ``ds``; ``noise_rate`` is
     the true share of wrong training labels (co-teaching's forget rate). Returns ``test_top1`` (%) on the clean
-    test labels, ``wall_s`` and, for PLC, ``corrected`` (labels changed per round)."""
+    test labels, ``wall_s`` and, for PLC, ``corrected`` (labels changed per round), for DivideMix ``labelled``
+    (the share of images each division labelled)."""
     start = time.perf_counter()
     train_idx, val_idx = seed_split(ds, cfg, seed)
     given, k = ds.train.labels, ds.train.num_classes
     labels = given[train_idx].to(pipe.device)
+    if name == "dividemix":  # its own loop; the first network starts where plain R1 of this script would
+        torch.manual_seed(derive_seed(seed, 1))
+        dm = DivideMix((new_model(ds, cfg), new_model(ds, cfg)), cfg, pipe, dividemix_generator(seed, 1), k)
+        history = dm.fit(ds.train.images[train_idx], labels, (ds.train.images[val_idx], given[val_idx]))
+        return {"test_top1": dm.score(ds.test.images, ds.test.labels), "wall_s": time.perf_counter() - start,
+                "labelled": history["labelled"]}
     targets, loss, model, extra = None, engine.distillation_loss, None, {}
     if name in ("gce", "sce"):  # ce: nothing changed
         loss = gce_loss if name == "gce" else sce_loss

@@ -227,7 +227,8 @@ def peers_method(ds, cfg, pipe, seeds: int, name: str, noise) -> dict:
     """Peer ``name`` (:data:`noise_peers.PEERS`) for every seed: its row (test top-1 over seeds, wall time)."""
     rate = 0.0 if noise is None else float(noise.flipped.float().mean())
     found = [peer_method(ds, cfg, pipe, s, name, rate) for s in range(seeds)]
-    extra = {"corrected_per_round": [f["corrected"] for f in found]} if name == "plc" else {}
+    extra = {"corrected_per_round": [f["corrected"] for f in found]} if name == "plc" else \
+        {"labelled_per_division": [f["labelled"] for f in found]} if name == "dividemix" else {}
     return {**mean_std(f["test_top1"] for f in found), "wall_s": sum(f["wall_s"] for f in found), **extra}
 
 

@@ -1,7 +1,7 @@
 """Smoke test of the benchmark scripts: each runs end to end on the tiniest input it allows, and every result
 JSON carries ``meta`` (commit, command, ...) from ``benchmarks/benchmeta.py``.
 
-One case per ``benchmarks/*.py`` script (``benchmeta.py`` and ``noise_peers.py`` are helpers, not benchmarks). Scripts whose
+One case per ``benchmarks/*.py`` script (``benchmeta.py``, ``noise_peers.py`` and ``dividemix.py`` are helpers, not benchmarks). Scripts whose
 smallest run takes minutes (a full Fashion-MNIST epoch or more is built in) are listed with the reason and
 skipped; ``streaming.py`` (seven Python processes, about 40 s on 2 cores) runs only with
 ``LABELREFINERY_SMOKE_ALL=1``. About 70 s on 2 cores for the rest; ``pytest -m 'not slow'`` leaves them out.
@@ -40,7 +40,7 @@ CASES: dict[str, tuple[list[str], str | None]] = {
     # 200 digits, 1 epoch, 2 generations, 1 seed, without cleanlab (an optional package), no clean part
     "refinery_gain.py": (["--dataset", "digits", "--train-size", "200", "--epochs", "1", "--generations", "2",
                           "--seeds", "1", "--clean-seeds", "0", "--variants", "soft", "--no-cleanlab",
-                          "--peers", "ce,coteaching", "--out", "{out}"], None),
+                          "--peers", "ce,coteaching,dividemix", "--out", "{out}"], None),
     # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
     "inspect_speed.py": (["{tmp}/runs/tiny", "--repeats", "1", "--out", "{out}"], None),
     # a run directory made first (digits, --augment crop, 1 epoch, 1 generation): see test_benchmark
@@ -69,7 +69,7 @@ CASES: dict[str, tuple[list[str], str | None]] = {
 
 
 def test_every_benchmark_script_has_a_case():
-    scripts = {p.name for p in BENCH.glob("*.py")} - {"benchmeta.py", "noise_peers.py"}
+    scripts = {p.name for p in BENCH.glob("*.py")} - {"benchmeta.py", "noise_peers.py", "dividemix.py"}
     assert scripts == set(CASES), "add the new script to CASES (with its tiniest arguments, or a reason to skip)"
 
 

@@ -78,3 +78,57 @@ def test_elr_keeps_a_running_average_of_each_images_predictions(peers):
     assert torch.allclose(elr.target[[0, 2]], t) and elr.target[1].abs().sum() == 0
     expected = F.cross_entropy(logits, torch.tensor([0, 2])) + 3.0 * (1 - (t * p).sum(1)).log().mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.fixture
+def dividemix(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module("dividemix")
+
+
+def test_dividemix_divides_by_a_two_component_mixture_of_the_losses(dividemix):
+    g = torch.Generator().manual_seed(0)
+    losses = torch.cat([0.1 * torch.rand(80, generator=g), 2.0 + torch.rand(20, generator=g)])  # 20 high: "noisy"
+    w = dividemix.clean_probability(losses)
+    assert w.shape == (100,) and w.dtype == torch.float32
+    assert (w[:80] > 0.9).all() and (w[80:] < 0.1).all()  # the low-loss component is the clean one
+
+
+def test_dividemix_sharpens_and_augments_as_stated(dividemix):
+    p = torch.tensor([[0.6, 0.4], [0.5, 0.5]])
+    assert torch.allclose(dividemix.sharpen(p), torch.tensor([[0.36 / 0.52, 0.16 / 0.52], [0.5, 0.5]]))
+    x = torch.zeros(64, 1, 9, 11)
+    x[:, 0, 4, 2] = 1.0  # one lit pixel, 2 px from the left edge: a 2-px shift keeps it in the image
+    out = dividemix.shift_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and (out.sum((1, 2, 3)) == 1).all()
+    rows, cols = out[:, 0].nonzero()[:, 1], out[:, 0].nonzero()[:, 2]
+    assert ((rows - 4).abs() <= 2).all() and (rows != 4).any()  # shifted by at most 2 px, and shifted
+    assert (((cols - 2).abs() <= 2) | ((cols - 8).abs() <= 2)).all()  # as it was, or mirrored (10 - 2 = 8)
+    assert (cols >= 6).any() and (cols <= 4).any()  # both happen
+
+
+@pytest.mark.slow
+def test_dividemix_trains_both_networks_on_each_others_division(dividemix):
+    from labelrefinery.batch import Pipeline
+    from labelrefinery.config import resolve_config
+    from labelrefinery.data import load_dataset
+
+    ds = load_dataset("digits")
+    images, clean = ds.train.images[:600], ds.train.labels[:600]
+    g = torch.Generator().manual_seed(0)
+    flip = torch.rand(600, generator=g) < 0.3
+    given = torch.where(flip, (clean + 1) % 10, clean)
+    cfg = resolve_config("quick", {"epochs": 3, "batch_size": 64})
+    torch.manual_seed(0)
+    nets = tuple(nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+                 for _ in range(2))
+    before = [n[1].weight.detach().clone() for n in nets]
+    pipe = Pipeline.create(torch.device("cpu"), ds.mean, ds.std)
+    dm = dividemix.DivideMix(nets, cfg, pipe, torch.Generator().manual_seed(1), 10)
+    history = dm.fit(images, given, (ds.train.images[600:800], ds.train.labels[600:800]))
+    assert len(history["val_top1"]) == 3 and len(history["labelled"]) == 4  # 2 epochs after the warm-up x 2 nets
+    assert all(0.3 < s < 1.0 for s in history["labelled"])  # a division, neither everything nor nothing
+    assert all(not torch.equal(b, n[1].weight) for b, n in zip(before, nets))  # both trained
+    assert dm.score(ds.train.images[600:800], ds.train.labels[600:800]) == pytest.approx(max(history["val_top1"]),
+                                                                                         abs=2.0)
+    assert dm.probabilities(images[:5]).sum(1).allclose(torch.ones(5))
