@@ -41,6 +41,8 @@ CASES: dict[str, tuple[list[str], str | None]] = {
     "refinery_gain.py": (["--dataset", "digits", "--train-size", "200", "--epochs", "1", "--generations", "2",
                           "--seeds", "1", "--clean-seeds", "0", "--variants", "soft", "--no-cleanlab",
                           "--peers", "ce,coteaching,dividemix", "--out", "{out}"], None),
+    # the quick preset's R1 on digits, one seed, its EMAs beside it
+    "weight_averaging.py": (["--dataset", "digits", "--seeds", "0", "--out", "{out}"], None),
     # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
     "inspect_speed.py": (["{tmp}/runs/tiny", "--repeats", "1", "--out", "{out}"], None),
     # a run directory made first (digits, --augment crop, 1 epoch, 1 generation): see test_benchmark
