@@ -18,8 +18,9 @@ schedule (Adam to 3e-3, weight decay 5e-4, batch 128; theirs SGD 0.02 for 300 ep
 ``epochs // 4`` of warm-up (theirs 10 of 300) and lambda_u ramped linearly over the remaining epochs (theirs
 over 16), plain cross-entropy in the warm-up (their negative-entropy penalty is for asymmetric noise only),
 lambda_u 25 at every noise rate; the augmentation is a random shift of up to 2 px (zero padding) and a
-horizontal flip (theirs: a 4-px padded 32-px crop and a flip); the epoch kept is the best by the noisy
-validation labels; BatchNorm is recalibrated at the end, as for every peer. Its cost per epoch is several
+horizontal flip (theirs: a 4-px padded 32-px crop and a flip); both networks guess in eval mode (theirs: the
+one being trained in train mode); the prediction averages the two softmaxes (theirs sums the logits); the
+epoch kept is the best by the noisy validation labels; BatchNorm is recalibrated at the end, as for every peer. Its cost per epoch is several
 times a plain model's: each labelled batch takes six forward passes without gradients and one with gradients
 on four times the images, for each network.
 """

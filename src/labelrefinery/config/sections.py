@@ -92,7 +92,7 @@ class DataConfig:
 class TrainConfig:
     """How one generation is fitted: what :func:`labelrefinery.engine.fit` reads."""
 
-    epochs: int = _f(100, "maximum epochs per generation")
+    epochs: int = _f(100, "maximum epochs per generation (of R1 alone with --student-epochs)")
     student_epochs: int = _f(0, "maximum epochs of generations 2 and later (the students, which fit refined labels), "
                              "on their own schedule of that length; 0 = --epochs")
     batch_size: int = _f(250, "images per optimizer step, over all processes: under torchrun each of W processes "
