@@ -54,7 +54,7 @@ RUN_GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("--refinery-std", "see --refinery-mean"),
     ]),
     ("training (every generation)", [
-        ("epochs", "maximum epochs per generation (R1's alone with --student-epochs)"),
+        ("epochs", "maximum epochs per generation"),
         ("student_epochs", "epochs of generations 2 and later, on a schedule of that length (0 = --epochs)"),
         ("batch_size", "images per optimizer step, over all processes"),
         ("optimizer", "adam | sgd (momentum 0.9, nesterov)"),
