@@ -18,9 +18,12 @@ schedule (Adam to 3e-3, weight decay 5e-4, batch 128; theirs SGD 0.02 for 300 ep
 ``epochs // 4`` of warm-up (theirs 10 of 300) and lambda_u ramped linearly over the remaining epochs (theirs
 over 16), plain cross-entropy in the warm-up (their negative-entropy penalty is for asymmetric noise only),
 lambda_u 25 at every noise rate; the augmentation is a random shift of up to 2 px (zero padding) and a
-horizontal flip (theirs: a 4-px padded 32-px crop and a flip); both networks guess in eval mode (theirs: the
-one being trained in train mode); the prediction averages the two softmaxes (theirs sums the logits); the
-epoch kept is the best by the noisy validation labels; BatchNorm is recalibrated at the end, as for every peer. Its cost per epoch is several
+horizontal flip (theirs: a 4-px padded 32-px crop and a flip); the prediction averages the two softmaxes
+(theirs sums the logits); the epoch kept is the best by the noisy validation labels; as in the common recipe
+(``--recalibrate-bn``), both networks' BatchNorm statistics are recomputed on the training images after every
+epoch, before the division: without it, at this schedule's learning rates, the running statistics lag the
+weights and the eval-mode losses the division reads are those of a broken model (their 300-epoch schedule
+does not need it). Its cost per epoch is several
 times a plain model's: each labelled batch takes six forward passes without gradients and one with gradients
 on four times the images, for each network.
 """
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelrefinery.inference import predict, recalibrate_batchnorm
+from labelrefinery.inference import predict, recalibrate_batchnorm, recalibration_subset
 from labelrefinery.schedule import build_optimizer
 from labelrefinery.seeding import derive_seed
 
@@ -126,7 +129,7 @@ class DivideMix:
         k = self.k
         x1, x2, u1, u2 = (self._input(v) for v in (x, x, u, u))
         with torch.no_grad():
-            net.model.eval()  # their code guesses in train mode; eval keeps BatchNorm's running statistics
+            net.model.train()  # as theirs: the network trained guesses in train mode, the other in eval mode
             other.eval()
             pu = sum(self._logits(m, v).softmax(1) for m in (net.model, other) for v in (u1, u2)) / 4
             px = (self._logits(net.model, x1).softmax(1) + self._logits(net.model, x2).softmax(1)) / 2
@@ -184,13 +187,14 @@ class DivideMix:
                                                                       unit(images[ui])), ramp)
                     for _ in range(steps - (-(-len(lo) // bs))):  # the schedule keeps the common pace
                         net.sched.step()
+            for m in self.models:
+                recalibrate_batchnorm(m, recalibration_subset(images), self.pipe)
             top1 = self.score(*val)
             history["val_top1"].append(top1)
             if top1 > best:
                 best, best_state = top1, [copy.deepcopy(m.state_dict()) for m in self.models]
         for m, state in zip(self.models, best_state):
-            m.load_state_dict(state)
-            recalibrate_batchnorm(m, images, self.pipe)
+            m.load_state_dict(state)  # its statistics recomputed at the end of its epoch
         return history
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
