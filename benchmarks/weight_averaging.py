@@ -38,7 +38,8 @@ from labelrefinery.targets import StoredTargets  # noqa: E402
 
 
 class WeightAverages:
-    """EMAs of ``model``'s parameters, one copy per decay, updated by :meth:`update` (``(1 + t) / (10 + t)`` warm-up)."""
+    """EMAs of ``model``'s parameters, one copy per decay, updated by :meth:`update` (with the ``(1 + t) / (10 + t)``
+    warm-up)."""
 
     def __init__(self, model: torch.nn.Module, decays: list[float]):
         self.model, self.decays, self.steps = model, decays, 0

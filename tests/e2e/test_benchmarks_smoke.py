@@ -1,9 +1,9 @@
 """Smoke test of the benchmark scripts: each runs end to end on the tiniest input it allows, and every result
 JSON carries ``meta`` (commit, command, ...) from ``benchmarks/benchmeta.py``.
 
-One case per ``benchmarks/*.py`` script (``benchmeta.py``, ``noise_peers.py`` and ``dividemix.py`` are helpers, not benchmarks). Scripts whose
-smallest run takes minutes (a full Fashion-MNIST epoch or more is built in) are listed with the reason and
-skipped; ``streaming.py`` (seven Python processes, about 40 s on 2 cores) runs only with
+One case per ``benchmarks/*.py`` script (``benchmeta.py``, ``noise_peers.py`` and ``dividemix.py`` are helpers, not
+benchmarks). Scripts whose smallest run takes minutes (a full Fashion-MNIST epoch or more is built in) are listed
+with the reason and skipped; ``streaming.py`` (seven Python processes, about 40 s on 2 cores) runs only with
 ``LABELREFINERY_SMOKE_ALL=1``. About 70 s on 2 cores for the rest; ``pytest -m 'not slow'`` leaves them out.
 """
 
