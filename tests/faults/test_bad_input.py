@@ -21,7 +21,7 @@ NUMERIC = [(f.name, hint) for f, hint in leaf_fields()
 
 ZERO_OK = {"weight_decay", "plateau_patience_epochs", "min_lr", "early_stop_patience_epochs",
            "early_stop_min_delta", "gt_weight", "adversarial_jitter", "threads", "label_smoothing", "cross_fit",
-           "workers", "mixup"}
+           "workers", "mixup", "student_epochs"}
 
 
 HUGE_OK = {"plateau_patience_epochs", "early_stop_patience_epochs"}
