@@ -152,8 +152,16 @@ class DivideMix:
 
     def fit(self, images: torch.Tensor, labels: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor]) -> dict:
         """Train both networks; keep the epoch whose averaged prediction scores best on ``val = (images,
-        labels)`` (the noisy validation labels). Returns ``{"val_top1": [per epoch, %], "labelled": [share of
-        images labelled per division]}``."""
+        labels)`` (the noisy validation labels).
+
+        Args:
+            images: ``(N, C, H, W) uint8`` training images; labels: ``(N,) int64`` their given labels in [0, K).
+            val: ``((V, C, H, W) uint8, (V,) int64)``.
+
+        Returns:
+            ``{"val_top1": [top-1 % per epoch], "labelled": [share in [0, 1] of the images each division labelled,
+            two per epoch after the warm-up]}``.
+        """
         n, bs, epochs = len(labels), self.t.batch_size, self.t.epochs
         steps = -(-n // bs)
         nets = [_Net(m, self.t, epochs * steps) for m in self.models]

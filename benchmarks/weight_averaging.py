@@ -55,6 +55,8 @@ class WeightAverages:
 
 
 def run_seed(ds, pipe, seed: int, decays: list[float], data: str) -> dict:
+    """The quick preset's R1 of ``seed`` on ``ds`` and its EMAs, each BatchNorm-recalibrated: ``{"seed", "steps",
+    "trained" | "ema D": {"test_top1", "val_top1"} (%)}``."""
     cfg = resolve_config("quick", {"dataset": data})
     train_idx, val_idx = seed_split(ds, cfg, seed)
     seed_model_init(seed, 1)
