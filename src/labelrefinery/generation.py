@@ -32,7 +32,7 @@ from .engine import FitHooks, TrainData, TrainSetup, fit
 from .inference import predict, recalibrate_batchnorm, recalibration_subset, top1_accuracy
 from .models import build_model
 from .experiment import Experiment
-from .noise import classwise_summary, estimate_symmetric_noise, label_statistics
+from .noise import classwise_summary, estimate_symmetric_noise, fit_temperature, label_statistics, temperature_scaled
 from .noisemodel import MEMORISED_GAP_POINTS, noise_model, noise_records, noise_transition, verified_correction
 from .protocol import SeedData
 from .rundir import RunDir, as_stored, label_storage
@@ -258,7 +258,7 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
         "stopped_early": result.stopped_early,
         "train_time_s": clock.phases["fit"] + clock.phases["recalibrate"],
         "phase_time_s": clock.phases,  # seconds of this session's fit, recalibration, relabelling, evaluation
-        **_label_statistics(exp, data, refined, fitted_given=generation == 1 and control is None),
+        **_label_statistics(exp, data, refined, model if generation == 1 and control is None else None),
         "label_storage": storage,
         "collapsed": is_collapsed(val_top1, exp.dataset.train.num_classes,
                                   previous["val_top1"] if previous else None),
@@ -272,13 +272,15 @@ def train_generation(exp: Experiment, data: SeedData, generation: int, targets: 
     return model, summary, refined
 
 
-def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fitted_given: bool) -> dict:
+def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fitted: nn.Module | None) -> dict:
     """What a generation's ``(M, K)`` refined labels, as stored, say about the training images, each counted
     once (static augmented copies left out), all from :func:`~labelrefinery.noise.label_statistics`:
     mean entropy (nats), agreement with the given labels (%), label quality (with ``--true-labels``, the figures
-    against true labels on the ``true_labels_scored`` images that have one); and for a model that fitted the
-    given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1, no label smoothing and no
-    cross-fit, the share of given labels they suggest are wrong (:func:`estimate_symmetric_noise`) and the
+    against true labels on the ``true_labels_scored`` images that have one); and when ``fitted`` is the model that
+    made them after fitting the given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1, no
+    label smoothing and no cross-fit: the temperature that calibrates it on the validation images and their given
+    labels (``calibration_temperature``, :func:`~labelrefinery.noise.fit_temperature`), and from its rows at that
+    temperature the share of given labels they suggest are wrong (:func:`estimate_symmetric_noise`) and the
     class-conditional estimate (:func:`~labelrefinery.noise.classwise_summary`)."""
     originals = (data.views.views == 0).cpu()
     own, given = refined[originals], data.views.labels[originals].cpu()
@@ -296,9 +298,12 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
                                                              "detection_recall", "detection_f1")})
         stats["true_labels_scored"] = int(known.sum())
         stats["true_labels_listed"] = len(exp.dataset.true_labels.indices)
-    if fitted_given and exp.external is None and exp.cfg.calibrated_refined_labels():
-        stats["symmetric_noise_estimate"] = estimate_symmetric_noise(given, own)
-        stats["classwise_noise_estimate"] = classwise_summary(given, own)
+    if fitted is not None and exp.external is None and exp.cfg.calibrated_refined_labels():
+        temperature = fit_temperature(predict(fitted, data.val_images, exp.pipeline), data.val_labels)
+        calibrated = temperature_scaled(own, temperature)
+        stats["calibration_temperature"] = temperature
+        stats["symmetric_noise_estimate"] = estimate_symmetric_noise(given, calibrated)
+        stats["classwise_noise_estimate"] = classwise_summary(given, calibrated)
     return stats
 
 
@@ -331,8 +336,9 @@ def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, c
                 "from its training predictions can be trusted (they read too low); use --trusted, fewer --epochs, "
                 "or --cross-fit 4 for out-of-sample refined labels")
     if noisy and s.get("symmetric_noise_estimate") is not None:
-        log(f"[{tag}] its refined labels suggest about {100 * s['symmetric_noise_estimate']:.0f}% of the given labels "
-            "are wrong (symmetric-noise estimate; --noise-prior auto uses it)")
+        log(f"[{tag}] its refined labels, calibrated on validation (temperature {s['calibration_temperature']:.2f}), "
+            f"suggest about {100 * s['symmetric_noise_estimate']:.0f}% of the given labels are wrong (symmetric-noise "
+            "estimate; --noise-prior auto uses it)")
     classwise = s.get("classwise_noise_estimate")
     if noisy and classwise and classwise["largest"] and (classwise_prior or classwise["largest"][0][2] >= 0.1):
         pairs = [f"{classes[c]} given as {classes[y]} ({100 * v:.0f}%)" for c, y, v in classwise["largest"][:3]]

@@ -18,7 +18,8 @@ from .errors import RunDirError
 from .experiment import Experiment
 from .inference import final_linear, predict_features
 from .noise import (estimate_noise_transition, fit_verified_correction, implied_noise_rate,
-                    max_noise_rate, symmetric_transition, trusted_noise_estimate, trusted_transition, wilson_interval)
+                    max_noise_rate, symmetric_transition, temperature_scaled, trusted_noise_estimate, trusted_transition,
+                    wilson_interval)
 from .protocol import SeedData
 
 
@@ -65,7 +66,9 @@ def noise_transition(exp: Experiment, data: SeedData, model: str,
     """The ``(K, K) float32`` noise transition matrix T[c, y] = P(given y | true c) that ``--noise-prior`` sets
     for ``data.seed``, or None when it is off: symmetric with the share given, or with R1's estimate recorded
     in its summary (``auto``: ``symmetric_noise_estimate``), or estimated class by class from R1's refined
-    labels (``classwise``: :func:`estimate_noise_transition`; ``r1_labels`` are R1's ``(M, K)`` rows when in
+    labels at the temperature that calibrates R1 on validation (``classwise``: :func:`estimate_noise_transition` of
+    :func:`~labelrefinery.noise.temperature_scaled` rows, the temperature R1's summary records as
+    ``calibration_temperature``, 1 for a run an older version wrote; ``r1_labels`` are R1's ``(M, K)`` rows when in
     memory, else they are read back from the run directory). With verified labels (``--trusted``) both are
     counted on them instead (:func:`~labelrefinery.noise.trusted_transition`; ``auto``: its implied share as
     symmetric noise). An estimate of no noise at all (T = I) is None
@@ -91,7 +94,9 @@ def noise_transition(exp: Experiment, data: SeedData, model: str,
             r1_labels = torch.from_numpy(exp.run_dir.load_labels(data.seed, 1, len(data.views.indices),
                                                                  num_classes)["labels"])
         originals = (data.views.views == 0).cpu()
-        transition = estimate_noise_transition(data.views.labels.cpu()[originals], r1_labels.cpu()[originals])
+        temperature = exp.run_dir.read_summary(data.seed, 1).get("calibration_temperature", 1.0)
+        transition = estimate_noise_transition(data.views.labels.cpu()[originals],
+                                               temperature_scaled(r1_labels.cpu()[originals], temperature))
         return None if torch.equal(transition, torch.eye(num_classes)) else transition
     estimate = exp.run_dir.read_summary(data.seed, 1).get("symmetric_noise_estimate")
     if estimate is None:

@@ -176,9 +176,10 @@ def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
 
 
 def test_classwise_noise_prior_run(tmp_path, monkeypatch):
-    """--noise-prior classwise: R2 and R3 fit posteriors under the matrix estimated from R1's stored labels
-    (R3's read back from disk), and R1's summary and results.md report the estimate."""
-    from labelrefinery.noise import estimate_noise_transition
+    """--noise-prior classwise: R2 and R3 fit posteriors under the matrix estimated from R1's stored labels at the
+    temperature that calibrates R1 on validation (R3's read back from disk), and R1's summary and results.md report
+    the estimate."""
+    from labelrefinery.noise import estimate_noise_transition, temperature_scaled
     from labelrefinery.targets import LabelRecipe
 
     calls = []
@@ -197,7 +198,10 @@ def test_classwise_noise_prior_run(tmp_path, monkeypatch):
     by_index[torch.from_numpy(split["train_indices"])] = torch.from_numpy(split["train_labels"])
     given = by_index[torch.from_numpy(saved["indices"])]
     assert [denoise for _, denoise in calls] == [True, False]
-    assert torch.allclose(calls[0][0], estimate_noise_transition(given, torch.from_numpy(saved["labels"])))
+    temperature = rd.read_summary(0, 1)["calibration_temperature"]
+    assert temperature > 0 and temperature != 1.0
+    assert torch.allclose(calls[0][0], estimate_noise_transition(
+        given, temperature_scaled(torch.from_numpy(saved["labels"]), temperature)))
     assert torch.equal(calls[0][0], calls[1][0])  # R3's matrix, from R1's labels read back, is R2's
     t = calls[0][0]
     shares = torch.bincount(given, minlength=10).float() / len(given)

@@ -10,6 +10,8 @@ Functions are shaped like cleanlab's: the given labels ``(N,) int64`` first, a r
   class-by-class transition matrix (:func:`estimate_noise_transition`) and the posterior of the true class
   under it (:func:`noisy_label_posterior`); from verified labels (``--trusted``) the share with its interval
   (:func:`trusted_noise_estimate`) and the matrix (:func:`trusted_transition`).
+- :mod:`~labelrefinery.noise.calibrate`: the temperature that calibrates a refinery on held-out images
+  (:func:`fit_temperature`), which the estimates read its rows at (:func:`temperature_scaled`).
 - :mod:`~labelrefinery.noise.correct`: refined labels corrected on verified labels
   (:func:`fit_verified_correction`, ``--noise-prior verified``). **T[c, y] = P(given label y | true class c)**: cleanlab's
   ``noise_matrix`` transposed.
@@ -17,6 +19,7 @@ Functions are shaped like cleanlab's: the given labels ``(N,) int64`` first, a r
   every statistic reported about them (:func:`label_statistics`), label issues ranked (:func:`rank_label_issues`).
 """
 
+from .calibrate import fit_temperature, temperature_scaled
 from .correct import VerifiedCorrection, fit_verified_correction
 from .estimate import (classwise_summary, disputes, estimate_noise_transition, estimate_symmetric_noise,
                        implied_noise_rate, largest_transitions, noise_concentration, noisy_label_posterior,
@@ -27,9 +30,9 @@ from .quality import (entropy, generation_label_stats, given_label_scores, label
 
 __all__ = [
     "LabelNoise", "VerifiedCorrection", "classwise_summary", "disputes", "entropy", "estimate_noise_transition",
-    "estimate_symmetric_noise", "fit_verified_correction", "generation_label_stats", "given_label_scores",
+    "estimate_symmetric_noise", "fit_temperature", "fit_verified_correction", "generation_label_stats", "given_label_scores",
     "implied_noise_rate", "inject_label_noise", "label_statistics", "largest_transitions", "max_noise_rate",
     "noise_concentration",
     "noisy_label_posterior", "rank_label_issues", "suggested_labels", "symmetric_transition",
-    "trusted_noise_estimate", "trusted_transition", "wilson_interval",
+    "temperature_scaled", "trusted_noise_estimate", "trusted_transition", "wilson_interval",
 ]

@@ -208,8 +208,9 @@ def _label_table(r: dict, name: str) -> list[str]:
     lines += _evidence_lines(r)
     estimate = r["generations"][0].get("symmetric_noise_estimate") if r["generations"] else None
     if estimate is not None:
-        lines += ["", f"R1's refined labels suggest about {100 * estimate:.0f}% of the given labels are wrong "
-                  "(symmetric-noise estimate, mean over seeds; what `--noise-prior auto` uses)."]
+        lines += ["", f"R1's refined labels, calibrated on the validation images, suggest about {100 * estimate:.0f}% "
+                  "of the given labels are wrong (symmetric-noise estimate, mean over seeds; what `--noise-prior "
+                  "auto` uses)."]
     classwise = r["generations"][0].get("classwise_noise_rate") if r["generations"] else None
     # shown when used, or when it reads 5 points more than the symmetric estimate: wrong labels that depend on
     # the true class (on clean labels it reads a few % of classes the model finds alike)
