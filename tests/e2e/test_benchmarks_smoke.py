@@ -43,6 +43,8 @@ CASES: dict[str, tuple[list[str], str | None]] = {
                           "--peers", "ce,coteaching,dividemix", "--out", "{out}"], None),
     # the quick preset's R1 on digits, one seed, its EMAs beside it
     "weight_averaging.py": (["--dataset", "digits", "--seeds", "0", "--out", "{out}"], None),
+    # the quick preset's R1 on digits, one seed, with Lookahead and with the frozen whitening layer
+    "lookahead_whitening.py": (["--dataset", "digits", "--seeds", "0", "--out", "{out}"], None),
     # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
     "inspect_speed.py": (["{tmp}/runs/tiny", "--repeats", "1", "--out", "{out}"], None),
     # a run directory made first (digits, --augment crop, 1 epoch, 1 generation): see test_benchmark

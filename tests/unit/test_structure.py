@@ -21,7 +21,7 @@ LAYERS = [
     ["config.presets"],
     ["config", "seeding", "dist", "fileio", "tblog"],
     ["console", "device", "runflags", "losses", "augment", "data.core", "data.files", "noise.inject", "noise.correct",
-     "report.html"],
+     "noise.calibrate", "report.html"],
     ["models", "batch", "data.cache", "data.idx", "noise.estimate", "noise.quality"],
     ["data.small", "data.rows", "data.torchvision_sets", "data.folder", "noise", "report.labelstats"],
     ["data.csvfile"],

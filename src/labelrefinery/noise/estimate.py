@@ -39,8 +39,9 @@ def estimate_symmetric_noise(given: torch.Tensor, refined: torch.Tensor) -> floa
     non-top probabilities, capped at the share of images whose refined argmax differs from the given label
     (a refinery cannot believe more labels wrong than it disputes; an under-trained one, unsure of every
     image, would otherwise read as noise). It reads near 0 for a refinery that memorised its labels (near
-    one-hot rows) and needs soft rows at T = 1 from a model trained without label smoothing (its accuracy:
-    BENCHMARKS.md, "Telling the refinery how noisy the labels are").
+    one-hot rows) and needs calibrated soft rows from a model trained without label smoothing: a run passes R1's rows
+    at the temperature fitted on validation (:mod:`~labelrefinery.noise.calibrate`; its accuracy: BENCHMARKS.md,
+    "Telling the refinery how noisy the labels are" and "Calibrated before estimating").
 
     Args:
         refined: ``(N, K) float`` soft refined labels of a refinery trained on the given labels, K >= 2.
@@ -87,7 +88,8 @@ def estimate_noise_transition(given: torch.Tensor, refined: torch.Tensor) -> tor
     Its accuracy: BENCHMARKS.md, "Class-conditional noise".
 
     Args:
-        refined: ``(N, K) float`` soft refined labels at T = 1 of a refinery trained on the given labels.
+        refined: ``(N, K) float`` calibrated soft refined labels of a refinery trained on the given labels (a run
+            passes R1's rows at the temperature fitted on validation, :mod:`~labelrefinery.noise.calibrate`).
         given: ``(N,) int64`` the given labels.
 
     Returns:
