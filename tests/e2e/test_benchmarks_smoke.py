@@ -46,6 +46,8 @@ CASES: dict[str, tuple[list[str], str | None]] = {
     # the quick preset's R1 on digits, one seed, with Lookahead and with the frozen whitening layer
     "lookahead_whitening.py": (["--dataset", "digits", "--seeds", "0", "--out", "{out}"], None),
     # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
+    "calibrated_estimates.py": (["{tmp}/runs/tiny", "--out", "{out}"], None),
+    # a run directory made first (digits, 1 epoch, 1 generation): see test_benchmark
     "inspect_speed.py": (["{tmp}/runs/tiny", "--repeats", "1", "--out", "{out}"], None),
     # a run directory made first (digits, --augment crop, 1 epoch, 1 generation): see test_benchmark
     "overlap_crops.py": (["{tmp}/runs/crop", "--images", "100", "--out", "{out}"], None),
@@ -90,7 +92,7 @@ def test_benchmark(script, tmp_path):
     if skip:
         pytest.skip(skip)
     out = tmp_path / "result.json"
-    if script == "inspect_speed.py":
+    if script in ("inspect_speed.py", "calibrated_estimates.py"):
         _run(["-m", "labelrefinery", "run", "--dataset", "digits", "--train-size", "200", "--epochs", "1",
               "--generations", "1", "--runs-dir", str(tmp_path / "runs"), "--name", "tiny", "--no-progress"])
     if script == "overlap_crops.py":
@@ -106,6 +108,10 @@ def test_benchmark(script, tmp_path):
         return
     result = json.loads(out.read_text())
     meta = result["meta"]
+    if script == "calibrated_estimates.py":  # R1's estimates at T = 1 and at its fitted temperature
+        (row,) = result["runs"]["tiny"]
+        assert row["temperature"] > 0 and all(0 <= row[k][e] < 1 for k in ("t1", "calibrated")
+                                              for e in ("symmetric", "classwise"))
     if script == "tta_flip.py":  # one generation and its one-model ensemble, scored both ways
         rows = result["per_seed"]["0"]
         assert [r["generation"] for r in rows] == [1, "ensemble"]
