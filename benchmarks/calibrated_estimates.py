@@ -39,7 +39,8 @@ def seed_estimates(rd: RunDir, seed: int) -> dict | None:
     out = {"seed": seed, "temperature": summary["calibration_temperature"],
            "true_rate": None if clean is None else float(np.mean(np.asarray(given) != np.asarray(clean)))}
     for name, p in [("t1", rows), ("calibrated", temperature_scaled(rows, summary["calibration_temperature"]))]:
-        out[name] = {"symmetric": estimate_symmetric_noise(given_t, p), "classwise": classwise_summary(given_t, p)["rate"]}
+        out[name] = {"symmetric": estimate_symmetric_noise(given_t, p),
+                     "classwise": classwise_summary(given_t, p)["rate"]}
     return out
 
 

@@ -278,8 +278,8 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
     mean entropy (nats), agreement with the given labels (%), label quality (with ``--true-labels``, the figures
     against true labels on the ``true_labels_scored`` images that have one); and when ``fitted`` is the model that
     made them after fitting the given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1, no
-    label smoothing and no cross-fit: the temperature that calibrates it on the validation images and their given
-    labels (``calibration_temperature``, :func:`~labelrefinery.noise.fit_temperature`), and from its rows at that
+    label smoothing and no cross-fit: the temperature that calibrates it on the validation images and their labels
+    (given ones; with ``--trusted``, the verified ones) (``calibration_temperature``, :func:`~labelrefinery.noise.fit_temperature`), and from its rows at that
     temperature the share of given labels they suggest are wrong (:func:`estimate_symmetric_noise`) and the
     class-conditional estimate (:func:`~labelrefinery.noise.classwise_summary`)."""
     originals = (data.views.views == 0).cpu()

@@ -17,8 +17,8 @@ from .console import log
 from .errors import RunDirError
 from .experiment import Experiment
 from .inference import final_linear, predict_features
-from .noise import (estimate_noise_transition, fit_verified_correction, implied_noise_rate,
-                    max_noise_rate, symmetric_transition, temperature_scaled, trusted_noise_estimate, trusted_transition,
+from .noise import (estimate_noise_transition, fit_verified_correction, implied_noise_rate, max_noise_rate,
+                    symmetric_transition, temperature_scaled, trusted_noise_estimate, trusted_transition,
                     wilson_interval)
 from .protocol import SeedData
 

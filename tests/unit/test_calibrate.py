@@ -18,6 +18,7 @@ def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_at(true_
     labels = _sampled(logits, true_temperature)
     fitted = fit_temperature(logits, labels)
     assert fitted == pytest.approx(true_temperature, rel=0.05)
+    assert fit_temperature(logits, labels, iterations=200) == pytest.approx(fitted, rel=1e-6)  # converged
 
     def nll(t):
         return float(torch.nn.functional.cross_entropy(logits.double() / t, labels))

@@ -30,7 +30,8 @@ from .quality import (entropy, generation_label_stats, given_label_scores, label
 
 __all__ = [
     "LabelNoise", "VerifiedCorrection", "classwise_summary", "disputes", "entropy", "estimate_noise_transition",
-    "estimate_symmetric_noise", "fit_temperature", "fit_verified_correction", "generation_label_stats", "given_label_scores",
+    "estimate_symmetric_noise", "fit_temperature", "fit_verified_correction", "generation_label_stats",
+    "given_label_scores",
     "implied_noise_rate", "inject_label_noise", "label_statistics", "largest_transitions", "max_noise_rate",
     "noise_concentration",
     "noisy_label_posterior", "rank_label_issues", "suggested_labels", "symmetric_transition",

@@ -25,8 +25,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iterations: int 
     ``softmax(logits / T)`` (Guo et al. 2017, section 4.2).
 
     The NLL is convex in the inverse temperature 1 / T (a log-sum-exp of linear functions minus a linear one), so a
-    golden-section search over 1 / T in ``BETA_RANGE`` finds it deterministically (to about 1e-6 relative after the
-    default 80 steps).
+    golden-section search over log(1 / T) in ``BETA_RANGE`` finds it deterministically; the default 80 steps agree
+    with 200 to 1e-6 relative (``tests/unit/test_calibrate.py``).
 
     Args:
         logits: ``(V, K) float`` held-out logits (any device; computed in float64 on the CPU).
