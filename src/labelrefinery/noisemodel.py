@@ -17,9 +17,9 @@ from .console import log
 from .errors import RunDirError
 from .experiment import Experiment
 from .inference import final_linear, predict_features
-from .noise import (estimate_noise_transition, fit_verified_correction, implied_noise_rate, max_noise_rate,
-                    symmetric_transition, temperature_scaled, trusted_noise_estimate, trusted_transition,
-                    wilson_interval)
+from .noise import (CLASSWISE_CONCENTRATION, estimate_noise_transition, fit_verified_correction, implied_noise_rate,
+                    max_noise_rate, symmetric_transition, temperature_scaled, trusted_noise_estimate,
+                    trusted_transition, wilson_interval)
 from .protocol import SeedData
 
 
@@ -106,7 +106,6 @@ def noise_transition(exp: Experiment, data: SeedData, model: str,
 
 
 CLASSWISE_MARGIN = 0.03  # evidence: class by class when it reads this much more noise than the symmetric estimate
-CLASSWISE_CONCENTRATION = 0.5  # ... and when more than this share of a class's wrong labels go to one other class
 
 
 def _chosen_noise_model(exp: Experiment, seed: int, generation: int) -> str:
@@ -131,10 +130,10 @@ def _chosen_noise_model(exp: Experiment, seed: int, generation: int) -> str:
         larger = classwise["rate"] >= symmetric + CLASSWISE_MARGIN
         concentrated = classwise["concentration"] >= CLASSWISE_CONCENTRATION
         chosen = "classwise" if larger and concentrated else "auto"
-        why = (f"R1's class-by-class estimate ({100 * classwise['rate']:.1f}%) "
-               f"{'exceeds' if larger else 'does not exceed'} its symmetric one ({100 * symmetric:.1f}%) by "
-               f"{100 * CLASSWISE_MARGIN:.0f} points; {100 * classwise['concentration']:.0f}% of a class's wrong "
-               f"labels go to one other class ({'at least' if concentrated else 'under'} "
+        why = (f"R1's class-by-class estimate ({100 * classwise['rate']:.1f}%) is "
+               f"{100 * (classwise['rate'] - symmetric):.1f} points above its symmetric one ({100 * symmetric:.1f}%; "
+               f"classwise needs {100 * CLASSWISE_MARGIN:.0f}), and {100 * classwise['concentration']:.0f}% of the "
+               "wrong labels it reads go to their class's most frequent other class (classwise needs "
                f"{100 * CLASSWISE_CONCENTRATION:.0f}%)")
     log(f"[seed {seed} R{generation}] --noise-prior evidence: {chosen} ({why})")
     return chosen

@@ -62,10 +62,11 @@ def test_rank_label_issues_order():
 def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetric_one():
     from labelrefinery.report.tables import _label_table
 
-    def table(symmetric, classwise, prior="0", looks=True):
+    def table(symmetric, classwise, prior="0", looks=True, concentration=0.9):
         r = {"config": {"noise_prior": prior, "label_issues": looks}, "generations": [
             {"generation": 1, "label_quality": {"disputed": 0.1}, "symmetric_noise_estimate": symmetric,
-             "classwise_noise_rate": classwise}]}
+             "classwise_noise_rate": classwise, "classwise_noise_concentration": concentration,
+             "calibration_temperature": 0.77}]}
         return "\n".join(_label_table(r, "x"))
 
     assert "Class by class" not in table(0.0, 0.034)  # clean labels: classes the model finds alike
@@ -75,6 +76,12 @@ def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetri
     assert "they suggest 3%" in table(0.0, 0.034, prior="classwise")  # always when used
     assert "depend on" not in table(0.0, 0.034, prior="classwise")
     assert "suggest" not in table(0.01, 0.29, looks=False)  # a plain run that does not ask about wrong labels
+    assert "calibrated on the validation images (temperature 0.77), suggest about 1%" in table(0.01, 0.29)
+    # symmetric noise with R1's own confusions on top: above, but spread, so no advice to switch models
+    spread = table(0.34, 0.48, prior="evidence", concentration=0.26)
+    assert "only 26% of the wrong labels go to their class's most frequent other class" in spread
+    assert "try `--noise-prior classwise`" not in spread and "depend on the true class" not in spread
+    assert "depend on the true class." in table(0.01, 0.29, prior="evidence")  # evidence chooses by itself
 
 
 def test_a_loss_of_later_generations_is_explained_with_the_recipes_that_pay():

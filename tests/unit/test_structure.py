@@ -24,7 +24,7 @@ LAYERS = [
      "noise.calibrate", "report.html"],
     ["models", "batch", "data.cache", "data.idx", "noise.estimate", "noise.quality"],
     ["data.small", "data.rows", "data.torchvision_sets", "data.folder", "noise", "report.labelstats"],
-    ["data.csvfile"],
+    ["data.csvfile", "report.noisewords"],
     ["data.verified"],
     ["data"],
     ["checkpoint", "protocol", "targets", "deployed", "inference", "schedule"],

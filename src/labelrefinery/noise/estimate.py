@@ -118,14 +118,18 @@ def implied_noise_rate(given: torch.Tensor, transition: torch.Tensor) -> float:
     return float((shares * (1 - transition.float().cpu().diagonal())).sum())
 
 
+CLASSWISE_CONCENTRATION = 0.5  # wrong labels count as class-dependent from this noise_concentration on
+
+
 def noise_concentration(given: torch.Tensor, transition: torch.Tensor) -> float:
     """How much of the wrong labels a ``(K, K)`` transition matrix T implies go, class by class, to one other class:
     sum_c pi_c max_{y != c} T[c, y] / sum_c pi_c (1 - T[c, c]), pi the ``(N,) int64`` given labels' class shares.
 
     1 for pair flips and swaps (every wrong label of a class has one class), 1 / (K - 1) for symmetric noise
     (spread evenly over the others); 0 when T implies no wrong labels. Shrinking T towards the identity (as
-    :func:`estimate_noise_transition` does) leaves it unchanged. ``--noise-prior evidence`` reads it
-    (:mod:`labelrefinery.noisemodel`); a measure of this project, no published formula.
+    :func:`estimate_noise_transition` does) leaves it unchanged. ``--noise-prior evidence``
+    (:mod:`labelrefinery.noisemodel`) and ``results.md`` count wrong labels as class-dependent from
+    ``CLASSWISE_CONCENTRATION`` on; a measure of this project, no published formula.
 
     Returns:
         A fraction in [0, 1].
