@@ -343,8 +343,9 @@ def _log_summary(tag: str, s: dict, classes: list[str], previous: dict | None, c
     if noisy and classwise and classwise["largest"] and (classwise_prior or classwise["largest"][0][2] >= 0.1):
         pairs = [f"{classes[c]} given as {classes[y]} ({100 * v:.0f}%)" for c, y, v in classwise["largest"][:3]]
         log(f"[{tag}] class by class they suggest {100 * classwise['rate']:.0f}% are wrong; most often true class "
-            f"{', '.join(pairs)}" + ("" if evidence and evidence["source"] == "trusted"
-                                     else " (--noise-prior classwise uses these)"))
+            f"{', '.join(pairs)}" + ("" if evidence and evidence["source"] == "trusted" else
+                                     " (--noise-prior classwise uses these)" if classwise_prior else
+                                     " (what --noise-prior classwise would use)"))
     q = s.get("label_quality") or {}
     if q.get("corrected") is not None:
         f1 = "n/a" if q["detection_f1"] is None else f"{q['detection_f1']:.3f}"

@@ -175,7 +175,7 @@ def test_noise_prior_run_fits_the_posterior(tmp_path, monkeypatch):
     assert f"suggest about {100 * estimate:.0f}% of the given labels are wrong" in (tmp_path / "np/results.md").read_text()
 
 
-def test_classwise_noise_prior_run(tmp_path, monkeypatch):
+def test_classwise_noise_prior_run(tmp_path, monkeypatch, capsys):
     """--noise-prior classwise: R2 and R3 fit posteriors under the matrix estimated from R1's stored labels at the
     temperature that calibrates R1 on validation (R3's read back from disk), and R1's summary and results.md report
     the estimate."""
@@ -212,6 +212,7 @@ def test_classwise_noise_prior_run(tmp_path, monkeypatch):
                                                  for c, y, v in estimate["largest"])
     assert "classwise_noise_estimate" not in rd.read_summary(0, 2)
     assert "Class by class (`--noise-prior classwise`)" in (tmp_path / "cw/results.md").read_text()
+    assert "(--noise-prior classwise uses these)" in capsys.readouterr().err  # the log names the confusions it uses
 
 
 def test_resume_names_an_invalid_value_before_comparing_settings(tmp_path, capsys):
