@@ -79,6 +79,9 @@ def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetri
     assert "calibrated on the validation images (temperature 0.77), suggest about 1%" in table(0.01, 0.29)
     # symmetric noise with R1's own confusions on top: above, but spread, so no advice to switch models
     spread = table(0.34, 0.48, prior="evidence", concentration=0.26)
+    capped = table(0.02, 0.1, prior="evidence", concentration=0.26)  # the label table's disputed share: 0.1
+    assert "they suggest 10% (mean over seeds; at its cap, the share of labels R1 disputes;" in capped
+    assert "at its cap" not in table(0.01, 0.29)
     assert "only 26% of the wrong labels go to their class's most frequent other class" in spread
     assert "try `--noise-prior classwise`" not in spread and "depend on the true class" not in spread
     assert "depend on the true class." in table(0.01, 0.29, prior="evidence")  # evidence chooses by itself

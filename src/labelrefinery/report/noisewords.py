@@ -72,6 +72,9 @@ def estimate_lines(r: dict) -> list[str]:
         else:
             hint = (" That is well above the symmetric estimate: the wrong labels seem to depend on the true class"
                     + ("." if used or model == "evidence" else "; try `--noise-prior classwise`."))
+        disputed = (r1.get("label_quality") or {}).get("disputed")
+        capped = disputed is not None and abs(classwise - disputed) < 1e-3  # the estimator's cap (noise.estimate)
         lines += ["", f"Class by class (`--noise-prior classwise`), they suggest {100 * classwise:.0f}% (mean over "
-                  "seeds; each seed's largest confusions: its R1 `summary.json`, `classwise_noise_estimate`)." + hint]
+                  "seeds" + ("; at its cap, the share of labels R1 disputes" if capped else "")
+                  + "; each seed's largest confusions: its R1 `summary.json`, `classwise_noise_estimate`)." + hint]
     return lines
