@@ -23,7 +23,8 @@ from .calibrate import fit_temperature, temperature_scaled
 from .correct import VerifiedCorrection, fit_verified_correction
 from .estimate import (CLASSWISE_CONCENTRATION, classwise_summary, disputes, estimate_noise_transition,
                        estimate_symmetric_noise, implied_noise_rate, largest_transitions, noise_concentration,
-                       noisy_label_posterior, symmetric_transition, trusted_noise_estimate, trusted_transition, wilson_interval)
+                       noisy_label_posterior, symmetric_transition, trusted_noise_estimate, trusted_transition,
+                       wilson_interval)
 from .inject import LabelNoise, inject_label_noise, max_noise_rate
 from .quality import (entropy, generation_label_stats, given_label_scores, label_statistics, rank_label_issues,
                       suggested_labels)
