@@ -278,10 +278,11 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
     mean entropy (nats), agreement with the given labels (%), label quality (with ``--true-labels``, the figures
     against true labels on the ``true_labels_scored`` images that have one); and when ``fitted`` is the model that
     made them after fitting the given labels (R1 without ``--refinery-checkpoint``), with full soft rows at T = 1, no
-    label smoothing and no cross-fit: the temperature that calibrates it on the validation images and their labels
-    (given ones; with ``--trusted``, the verified ones) (``calibration_temperature``, :func:`~labelrefinery.noise.fit_temperature`), and from its rows at that
-    temperature the share of given labels they suggest are wrong (:func:`estimate_symmetric_noise`) and the
-    class-conditional estimate (:func:`~labelrefinery.noise.classwise_summary`)."""
+    label smoothing and no cross-fit: the temperature that calibrates it on the validation images and their labels,
+    given ones or, with ``--trusted``, verified ones (``calibration_temperature``,
+    :func:`~labelrefinery.noise.fit_temperature`), and from its rows at that temperature the share of given labels
+    they suggest are wrong (:func:`estimate_symmetric_noise`) and the class-conditional estimate
+    (:func:`~labelrefinery.noise.classwise_summary`)."""
     originals = (data.views.views == 0).cpu()
     own, given = refined[originals], data.views.labels[originals].cpu()
     clean = None if data.clean_labels is None else data.clean_labels[originals].cpu().numpy()
@@ -299,6 +300,7 @@ def _label_statistics(exp: Experiment, data: SeedData, refined: torch.Tensor, fi
         stats["true_labels_scored"] = int(known.sum())
         stats["true_labels_listed"] = len(exp.dataset.true_labels.indices)
     if fitted is not None and exp.external is None and exp.cfg.calibrated_refined_labels():
+        # val logits on the pipeline's path (the one the rows came from), not the deployed fp32 path of val_top1
         temperature = fit_temperature(predict(fitted, data.val_images, exp.pipeline), data.val_labels)
         calibrated = temperature_scaled(own, temperature)
         stats["calibration_temperature"] = temperature

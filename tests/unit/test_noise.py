@@ -159,6 +159,10 @@ def test_noise_transition_estimate_class_by_class():
     unsure = estimate_noise_transition(torch.where(torch.arange(1000) < 20, (clean + 1) % 10, clean),
                                        _pairflip_rows(clean, 0.4, 10))
     assert float((1 - unsure.diagonal()).mean()) == pytest.approx(0.02, abs=1e-6)
+    from labelrefinery.noise import classwise_summary
+    assert classwise_summary(torch.where(torch.arange(1000) < 20, (clean + 1) % 10, clean),
+                             _pairflip_rows(clean, 0.4, 10))["capped"]  # the summary says it was capped
+    assert not classwise_summary(given, _pairflip_rows(clean, 0.3, 10))["capped"]  # read as it is
     # the posterior with the estimate corrects a pair-flipped label, which symmetric noise cannot
     q = noisy_label_posterior(torch.tensor([5]), _pairflip_rows(torch.tensor([4]), 0.3, 10), t, denoise=True)
     assert q.argmax() == 4 and q[0, 4] > 0.99

@@ -66,6 +66,7 @@ def test_results_name_the_classwise_estimate_when_it_says_more_than_the_symmetri
         r = {"config": {"noise_prior": prior, "label_issues": looks}, "generations": [
             {"generation": 1, "label_quality": {"disputed": 0.1}, "symmetric_noise_estimate": symmetric,
              "classwise_noise_rate": classwise, "classwise_noise_concentration": concentration,
+             "classwise_noise_capped": classwise == 0.1,  # at the disputed share: the estimator capped it
              "calibration_temperature": 0.77}]}
         return "\n".join(_label_table(r, "x"))
 

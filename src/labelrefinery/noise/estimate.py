@@ -95,6 +95,11 @@ def estimate_noise_transition(given: torch.Tensor, refined: torch.Tensor) -> tor
     Returns:
         ``(K, K) float32`` on the CPU.
     """
+    return _capped_transition(given, refined)[0]
+
+
+def _capped_transition(given: torch.Tensor, refined: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """:func:`estimate_noise_transition`'s T, and whether the cap at the disputed share shrank it."""
     p, given = refined.float().cpu(), given.cpu()
     num_classes = p.shape[1]
     top = p.argmax(1)
@@ -107,8 +112,8 @@ def estimate_noise_transition(given: torch.Tensor, refined: torch.Tensor) -> tor
     implied = implied_noise_rate(given, transition)
     disputed = float(disputes(given, p).float().mean())
     if implied > disputed:
-        transition = torch.eye(num_classes) + (disputed / implied) * (transition - torch.eye(num_classes))
-    return transition
+        return torch.eye(num_classes) + (disputed / implied) * (transition - torch.eye(num_classes)), True
+    return transition, False
 
 
 def implied_noise_rate(given: torch.Tensor, transition: torch.Tensor) -> float:
@@ -194,10 +199,12 @@ def noisy_label_posterior(given: torch.Tensor, refined: torch.Tensor, transition
 def classwise_summary(given: torch.Tensor, refined: torch.Tensor) -> dict:
     """What :func:`estimate_noise_transition` reads in ``(N, K)`` refined labels of the given ``(N,) int64``
     labels, in a form small enough for a summary whatever K: ``rate``, the share of wrong labels T implies
-    (:func:`implied_noise_rate`), ``concentration`` (:func:`noise_concentration`), and ``largest``, its five
+    (:func:`implied_noise_rate`), ``concentration`` (:func:`noise_concentration`), ``capped`` (bool: the rate
+    is the share of given labels the refinery disputes, the estimator's cap), and ``largest``, its five
     largest off-diagonal entries as ``[true class, given class, P(given | true)]``."""
-    transition = estimate_noise_transition(given, refined)
+    transition, capped = _capped_transition(given, refined)
     return {"rate": implied_noise_rate(given, transition), "concentration": noise_concentration(given, transition),
+            "capped": capped,
             "largest": largest_transitions(transition)}
 
 

@@ -72,9 +72,8 @@ def estimate_lines(r: dict) -> list[str]:
         else:
             hint = (" That is well above the symmetric estimate: the wrong labels seem to depend on the true class"
                     + ("." if used or model == "evidence" else "; try `--noise-prior classwise`."))
-        disputed = (r1.get("label_quality") or {}).get("disputed")
-        capped = disputed is not None and abs(classwise - disputed) < 1e-3  # the estimator's cap (noise.estimate)
+        cap = "; at its cap, the share of labels R1 disputes" if r1.get("classwise_noise_capped") else ""
         lines += ["", f"Class by class (`--noise-prior classwise`), they suggest {100 * classwise:.0f}% (mean over "
-                  "seeds" + ("; at its cap, the share of labels R1 disputes" if capped else "")
+                  "seeds" + cap
                   + "; each seed's largest confusions: its R1 `summary.json`, `classwise_noise_estimate`)." + hint]
     return lines

@@ -76,6 +76,7 @@ def _generation_row(per_seed: dict[str, list[dict]], g: int) -> dict:
         **_mean_of([{"classwise_noise_concentration": (r.get("classwise_noise_estimate") or {}).get("concentration")}
                     for r in rows], "classwise_noise_concentration"),
         **_mean_of(rows, "calibration_temperature"),
+        "classwise_noise_capped": all((r.get("classwise_noise_estimate") or {}).get("capped") for r in rows),
         **_evidence(rows),
         **_correction(rows),
     }
